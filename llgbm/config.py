@@ -1,0 +1,216 @@
+"""The one validated configuration object, loaded from params.yaml.
+
+Every knob of the pipeline lives here with its default; params.yaml overrides them. Unknown keys,
+wrong types and unknown option names are rejected at load time with the key named, before any work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LlgbmError
+
+BUILTIN_TASKS = (
+    "first", "second", "third", "last", "largest", "smallest", "after_first", "before_last",
+)
+PROBE_TYPES = ("generic", "task")
+PROBE_TEMPLATES = ("raw", "chat")
+DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
+LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
+DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS_DEFAULT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class TasksConfig:
+    # "builtin" generates the synthetic task family; otherwise `files` names JSON/JSONL task files.
+    source: str = "builtin"
+    seed: int = 0
+    names: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
+    files: list[str] = field(default_factory=list)
+    train_per_task: int = 256
+    test_per_task: int = 120
+    test_fraction: float = 0.2  # for user files: share of each task's records held out as test
+    sequence_length: int = 5
+
+
+@dataclass
+class TinyModelConfig:
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+
+
+@dataclass
+class BaseConfig:
+    # "tiny" builds a small Qwen2 locally; anything else is a hub id or local path for from_pretrained.
+    model: str = "tiny"
+    seed: int = 0
+    dtype: str = "float32"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    # Language-model pre-training of the tiny base on task-free world text (never on answers).
+    pretrain_steps: int = 300
+    pretrain_batch_size: int = 64
+    pretrain_learning_rate: float = 3e-3
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 4
+    alpha: float = 8.0
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS_DEFAULT))
+
+
+@dataclass
+class TeachersConfig:
+    seed: int = 0  # the shared LoRA initialisation and the batch order
+    steps: int = 200
+    batch_size: int = 32
+    learning_rate: float = 5e-3
+    checkpoints_per_task: int = 3  # the last K snapshots of each task's trajectory
+    checkpoint_interval: int = 20
+    min_accuracy: float = 0.9  # the stage fails if a checkpoint is below this on held-out records
+
+
+@dataclass
+class ProbesConfig:
+    seed: int = 0
+    types: list[str] = field(default_factory=lambda: list(PROBE_TYPES))
+    template: str = "raw"  # "chat" applies the tokenizer's chat template (instruction-tuned bases)
+    max_length: int = 32
+
+
+@dataclass
+class DeltasConfig:
+    adapters_per_batch: int = 8
+
+
+@dataclass
+class Config:
+    # Top-level knobs of the ablation grid (dvc exp run -S key=value).
+    lambda_delta: float = 1.0
+    delta_loss_type: str = "mse"
+    probe_count: int = 5
+    lambda_schedule: str = "linear"
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    deltas: DeltasConfig = field(default_factory=DeltasConfig)
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise LlgbmError(f"{source}: '{where or 'top level'}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            full = f"{where}.{key}" if where else str(key)
+            raise LlgbmError(f"{source}: unknown key '{full}'")
+    values = {}
+    for name, value in raw.items():
+        full = f"{where}.{name}" if where else name
+        values[name] = _coerce(hints[name], value, full, source)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise LlgbmError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_coerce(item, v, key, source) for v in value]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    raise LlgbmError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -> None:
+    if value not in choices:
+        raise LlgbmError(f"{source}: '{key}' is '{value}', expected one of {', '.join(choices)}")
+
+
+def _check_positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise LlgbmError(f"{source}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(cfg: Config, source: str = "params.yaml") -> Config:
+    _check_choice(cfg.delta_loss_type, DELTA_LOSS_TYPES, "delta_loss_type", source)
+    _check_choice(cfg.lambda_schedule, LAMBDA_SCHEDULES, "lambda_schedule", source)
+    _check_positive(cfg.lambda_delta, "lambda_delta", source, allow_zero=True)
+    _check_positive(cfg.probe_count, "probe_count", source)
+    if cfg.tasks.source == "builtin":
+        for name in cfg.tasks.names:
+            _check_choice(name, BUILTIN_TASKS, "tasks.names", source)
+        if len(set(cfg.tasks.names)) != len(cfg.tasks.names) or not cfg.tasks.names:
+            raise LlgbmError(f"{source}: 'tasks.names' must be a non-empty list without repeats")
+    elif cfg.tasks.source == "files":
+        if not cfg.tasks.files:
+            raise LlgbmError(f"{source}: 'tasks.files' is empty but tasks.source is 'files'")
+    else:
+        raise LlgbmError(f"{source}: 'tasks.source' is '{cfg.tasks.source}', expected builtin or files")
+    if not 0.0 < cfg.tasks.test_fraction < 1.0:
+        raise LlgbmError(f"{source}: 'tasks.test_fraction' must be in (0, 1)")
+    for key in ("train_per_task", "test_per_task", "sequence_length"):
+        _check_positive(getattr(cfg.tasks, key), f"tasks.{key}", source)
+    if cfg.tasks.sequence_length < 4 or cfg.tasks.sequence_length > 9:
+        raise LlgbmError(f"{source}: 'tasks.sequence_length' must be between 4 and 9")
+    _check_choice(cfg.base.dtype, DTYPES, "base.dtype", source)
+    for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+        _check_positive(getattr(cfg.base.tiny, key), f"base.tiny.{key}", source)
+    if cfg.base.tiny.hidden_size % cfg.base.tiny.num_heads or cfg.base.tiny.num_heads % cfg.base.tiny.num_kv_heads:
+        raise LlgbmError(f"{source}: 'base.tiny' needs hidden_size % num_heads == 0 and num_heads % num_kv_heads == 0")
+    _check_positive(cfg.base.pretrain_steps, "base.pretrain_steps", source, allow_zero=True)
+    _check_positive(cfg.lora.rank, "lora.rank", source)
+    _check_positive(cfg.lora.alpha, "lora.alpha", source)
+    if not cfg.lora.target_modules:
+        raise LlgbmError(f"{source}: 'lora.target_modules' is empty")
+    t = cfg.teachers
+    for key in ("steps", "batch_size", "learning_rate", "checkpoints_per_task", "checkpoint_interval"):
+        _check_positive(getattr(t, key), f"teachers.{key}", source)
+    if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
+        raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
+    for probe_type in cfg.probes.types:
+        _check_choice(probe_type, PROBE_TYPES, "probes.types", source)
+    if not cfg.probes.types:
+        raise LlgbmError(f"{source}: 'probes.types' is empty")
+    _check_choice(cfg.probes.template, PROBE_TEMPLATES, "probes.template", source)
+    _check_positive(cfg.probes.max_length, "probes.max_length", source)
+    _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
+    return cfg
+
+
+def config_from_dict(raw: dict, source: str = "params.yaml") -> Config:
+    return validate(_build(Config, raw or {}, "", source), source)
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise LlgbmError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise LlgbmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return config_from_dict(raw or {}, str(path))
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,32 @@
+"""Token-level views of task records, shared by teacher training and accuracy scoring."""
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from .tasks import Record
+
+
+def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of prompt + completion, and how many of them belong to the prompt."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    completion_ids = tokenizer(" " + completion, add_special_tokens=False)["input_ids"]
+    return prompt_ids + completion_ids, len(prompt_ids)
+
+
+def completion_batch(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids and attention_mask, and labels that score only the completion tokens."""
+    encoded = [encode_completion(tokenizer, p, c) for p, c in pairs]
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    for row, (ids, n_prompt) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        labels[row, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def record_batch(tokenizer: PreTrainedTokenizerBase, records: list[Record]) -> dict[str, torch.Tensor]:
+    return completion_batch(tokenizer, [(r.prompt, r.response) for r in records])

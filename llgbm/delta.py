@@ -1,0 +1,100 @@
+"""Behavioural deltas: delta(M, B) = mean over probes of h_M(p, last token) - h_B(p, last token), where h
+is the last layer's hidden state after the final norm.
+
+B adapters are applied in one forward of the frozen base over B x P sequences: forward hooks on the
+target linear layers add scaling * x A_j^T B_j^T for the rows of adapter j (two batched matmuls; no
+dense delta-W, no LM head, no PEFT injection into the base). With grad it is the training-time delta;
+under no_grad it fills the cache.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from transformers import PreTrainedModel
+
+from .lora import LoraSlot
+
+# {slot name: (A of shape (B, r, in), B of shape (B, out, r))}
+AdapterBatch = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def stack_adapters(adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> AdapterBatch:
+    names = adapters[0].keys()
+    return {n: (torch.stack([a[n][0] for a in adapters]), torch.stack([a[n][1] for a in adapters])) for n in names}
+
+
+def batched_lora_update(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """x: (B * P, T, in), rows adapter-major; a: (B, r, in); b: (B, out, r) -> (B * P, T, out)."""
+    n_adapters = a.shape[0]
+    rows, length, width = x.shape
+    grouped = x.reshape(n_adapters, (rows // n_adapters) * length, width)
+    low_rank = torch.bmm(grouped, a.transpose(1, 2).to(grouped.dtype))
+    update = torch.bmm(low_rank, b.transpose(1, 2).to(grouped.dtype)) * scaling
+    return update.reshape(rows, length, -1)
+
+
+@contextlib.contextmanager
+def apply_adapters(model: PreTrainedModel, adapters: AdapterBatch, scaling: float) -> Iterator[None]:
+    """Within the block, the target linears of `model` add each sequence group's own LoRA update."""
+    modules = dict(model.named_modules())
+    handles = []
+    try:
+        for name, (a, b) in adapters.items():
+            def hook(module, inputs, output, a=a, b=b):
+                return output + batched_lora_update(inputs[0], a, b, scaling)
+
+            handles.append(modules[name].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def last_token_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The last layer's normed hidden state at each right-padded sequence's last real token, fp32."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    last = attention_mask.sum(-1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+
+
+class DeltaComputer:
+    """delta(base + adapter_j, base) for a batch of adapters on a fixed probe batch."""
+
+    def __init__(self, model: PreTrainedModel, layout: list[LoraSlot], scaling: float,
+                 probe_ids: torch.Tensor, probe_mask: torch.Tensor,
+                 autocast_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False):
+        self.model = model
+        self.layout = layout
+        self.scaling = scaling
+        device = next(model.parameters()).device
+        self.probe_ids = probe_ids.to(device)
+        self.probe_mask = probe_mask.to(device)
+        self.autocast_dtype = autocast_dtype
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        with torch.no_grad():
+            self.base_state = self._mean_states(None)[0]
+
+    def _mean_states(self, adapters: AdapterBatch | None) -> torch.Tensor:
+        n = 1 if adapters is None else next(iter(adapters.values()))[0].shape[0]
+        ids = self.probe_ids.repeat(n, 1)
+        mask = self.probe_mask.repeat(n, 1)
+        device_type = ids.device.type
+        autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else contextlib.nullcontext())
+        adapters_ctx = apply_adapters(self.model, adapters, self.scaling) if adapters else contextlib.nullcontext()
+        # HF models checkpoint only in training mode; the frozen base has no dropout to switch on.
+        self.model.train(self.gradient_checkpointing and torch.is_grad_enabled())
+        try:
+            with autocast, adapters_ctx:
+                states = last_token_states(self.model, ids, mask)
+        finally:
+            self.model.eval()
+        return states.view(n, self.probe_ids.shape[0], -1).mean(1)
+
+    def __call__(self, adapters: AdapterBatch) -> torch.Tensor:
+        """(B, hidden) deltas in fp32; differentiable with respect to the adapter tensors."""
+        return self._mean_states(adapters) - self.base_state

@@ -1,0 +1,192 @@
+"""The delta cache: one safetensors file per (adapter content, probe set, base model), a JSON manifest,
+and the probe set itself so training measures deltas on exactly the same probes.
+
+Entries are written atomically (temporary file, then rename; manifest rewritten after each batch), so a
+killed run leaves only complete entries and a rerun reuses every valid one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import LlgbmError
+from .io import read_json, sha256_json, write_json_atomic
+from .probes import ProbeSet
+
+if TYPE_CHECKING:
+    from .config import Config
+
+MANIFEST = "manifest.json"
+PROBES = "probes.json"
+BASE_STATE = "base_state.safetensors"
+FORMAT = 1
+
+
+def entry_key(adapter_sha256: str, probes_fingerprint: str, base_fingerprint: str) -> str:
+    return sha256_json([adapter_sha256, probes_fingerprint, base_fingerprint])
+
+
+def _save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"delta": tensor.detach().float().cpu().contiguous()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class DeltaCache:
+    def __init__(self, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int):
+        self.root = Path(root)
+        self.probes = probes
+        self.base_fingerprint = base_fingerprint
+        self.hidden_size = hidden_size
+        self.entries: dict[str, dict] = {}
+
+    @classmethod
+    def open(cls, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int) -> "DeltaCache":
+        """Open for writing: keep the entries that are valid for these probes and this base model."""
+        cache = cls(root, probes, base_fingerprint, hidden_size)
+        (cache.root / "entries").mkdir(parents=True, exist_ok=True)
+        for stale in cache.root.rglob(".*.tmp"):
+            stale.unlink()
+        manifest_path = cache.root / MANIFEST
+        if manifest_path.is_file():
+            try:
+                manifest = read_json(manifest_path, "delta cache manifest")
+            except LlgbmError:
+                manifest = {}
+            if (manifest.get("format") == FORMAT and manifest.get("probes_fingerprint") == probes.fingerprint()
+                    and manifest.get("base_fingerprint") == base_fingerprint):
+                cache.entries = {k: v for k, v in manifest.get("entries", {}).items() if cache._valid(k, v)}
+        write_json_atomic(cache.root / PROBES, probes.identity())
+        return cache
+
+    @classmethod
+    def load(cls, root: Path) -> "DeltaCache":
+        """Open for reading, as training and evaluation do."""
+        root = Path(root)
+        manifest = read_json(root / MANIFEST, "delta cache manifest")
+        probes = ProbeSet.from_identity(read_json(root / PROBES, "delta cache probes"))
+        if probes.fingerprint() != manifest.get("probes_fingerprint"):
+            raise LlgbmError(f"{root / PROBES}: probe set does not match the manifest's fingerprint")
+        cache = cls(root, probes, manifest["base_fingerprint"], manifest["hidden_size"])
+        cache.entries = manifest["entries"]
+        return cache
+
+    def _valid(self, key: str, entry: dict) -> bool:
+        try:
+            delta = load_file(str(self.root / entry["file"]))["delta"]
+        except (SafetensorError, OSError, KeyError, ValueError):
+            return False
+        return tuple(delta.shape) == (self.hidden_size,) and bool(torch.isfinite(delta).all())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def key_for(self, adapter_sha256: str) -> str:
+        return entry_key(adapter_sha256, self.probes.fingerprint(), self.base_fingerprint)
+
+    def put(self, key: str, delta: torch.Tensor, meta: dict) -> None:
+        if tuple(delta.shape) != (self.hidden_size,) or not torch.isfinite(delta).all():
+            raise LlgbmError(f"delta cache: refusing a delta of shape {tuple(delta.shape)} or with NaN/Inf for {meta}")
+        rel = f"entries/{key}.safetensors"
+        _save_tensor_atomic(self.root / rel, delta)
+        self.entries[key] = {**meta, "file": rel}
+
+    def get(self, key: str) -> torch.Tensor:
+        if key not in self.entries:
+            raise LlgbmError(f"{self.root}: no delta for key {key[:12]}; rerun the deltas stage")
+        return load_file(str(self.root / self.entries[key]["file"]))["delta"]
+
+    def save_base_state(self, base_state: torch.Tensor) -> None:
+        _save_tensor_atomic(self.root / BASE_STATE, base_state)
+
+    def flush(self) -> None:
+        write_json_atomic(self.root / MANIFEST, {
+            "format": FORMAT, "probes_fingerprint": self.probes.fingerprint(),
+            "base_fingerprint": self.base_fingerprint, "hidden_size": self.hidden_size, "entries": self.entries,
+        })
+
+    def prune(self, keep: set[str]) -> None:
+        """Drop entries (and files) that no current adapter refers to."""
+        for key in [k for k in self.entries if k not in keep]:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / self.entries.pop(key)["file"]).unlink()
+        referenced = {self.root / e["file"] for e in self.entries.values()}
+        for path in (self.root / "entries").glob("*.safetensors"):
+            if path not in referenced:
+                path.unlink()
+        self.flush()
+
+
+def base_fingerprint(base_dir: Path) -> str:
+    from .io import sha256_file
+
+    files = sorted(Path(base_dir).glob("*.safetensors")) + [Path(base_dir) / "config.json"]
+    return sha256_json([[f.name, sha256_file(f)] for f in files])
+
+
+def fill_cache(cfg: "Config", tasks: list, base_dir: Path, teachers_dir: Path, cache_dir: Path) -> dict:
+    """Compute (or reuse) the delta of every teacher checkpoint; returns the stage's metrics."""
+    import time
+
+    from transformers import AutoConfig
+
+    from .delta import DeltaComputer, stack_adapters
+    from .io import sha256_file
+    from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
+    from .models import load_base, load_tokenizer
+    from .probes import build_probe_set, tokenize_probes
+
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(base_dir)
+    probes = build_probe_set(cfg, tasks, tokenizer)
+    layout = lora_layout(AutoConfig.from_pretrained(str(base_dir)), cfg.lora)
+    model = load_base(base_dir, cfg.base.dtype)
+    cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), model.config.hidden_size)
+    checkpoints = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
+    for c in checkpoints:
+        c["adapter_sha256"] = sha256_file(Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS)
+        c["key"] = cache.key_for(c["adapter_sha256"])
+    todo = [c for c in checkpoints if c["key"] not in cache]
+    computer = DeltaComputer(model, layout, lora_scaling(cfg.lora), *tokenize_probes(probes, tokenizer))
+    cache.save_base_state(computer.base_state)
+    per_batch = cfg.deltas.adapters_per_batch
+    for first in range(0, len(todo), per_batch):
+        chunk = todo[first : first + per_batch]
+        tensors = [load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora) for c in chunk]
+        with torch.no_grad():
+            deltas = computer(stack_adapters(tensors))
+        for c, delta in zip(chunk, deltas):
+            cache.put(c["key"], delta, {"task": c["task"], "step": c["step"], "adapter": c["path"],
+                                        "adapter_sha256": c["adapter_sha256"]})
+        cache.flush()
+    cache.prune({c["key"] for c in checkpoints})
+    deltas = torch.stack([cache.get(c["key"]) for c in checkpoints])
+    return {"checkpoints": len(checkpoints), "computed": len(todo), "reused": len(checkpoints) - len(todo),
+            "probes": len(probes.texts), "seconds": time.perf_counter() - start,
+            **delta_geometry(deltas, [c["task"] for c in checkpoints])}
+
+
+def delta_geometry(deltas: torch.Tensor, tasks: list[str]) -> dict:
+    """Mean delta norm, and mean cosine between checkpoints of the same task vs of different tasks: the
+    deltas say something about behaviour only if the first clearly exceeds the second."""
+    unit = torch.nn.functional.normalize(deltas, dim=-1)
+    cosine = unit @ unit.T
+    same = torch.tensor([[a == b for b in tasks] for a in tasks])
+    off_diagonal = ~torch.eye(len(tasks), dtype=torch.bool)
+    within, between = cosine[same & off_diagonal], cosine[~same]
+    return {"delta_norm_mean": deltas.norm(dim=-1).mean().item(),
+            "cosine_within_task": within.mean().item() if within.numel() else float("nan"),
+            "cosine_between_tasks": between.mean().item() if between.numel() else float("nan")}

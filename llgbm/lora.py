@@ -1,0 +1,170 @@
+"""The LoRA layout and the boundary to PEFT.
+
+For a base model config and a LoRA config there is one ordered list of slots (layer, module, A shape,
+B shape); the weight tokenizer, the batched delta and the PEFT export all derive from it. Adapters
+are read and written only as standard PEFT directories, with PEFT's own state-dict conversions.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from .config import LoraConfig
+from .errors import LlgbmError
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class LoraSlot:
+    name: str  # module path in the causal LM, e.g. "model.layers.0.self_attn.q_proj"
+    layer: int
+    module: str  # e.g. "self_attn.q_proj"
+    in_features: int
+    out_features: int
+    rank: int
+
+    @property
+    def a_shape(self) -> tuple[int, int]:
+        return (self.rank, self.in_features)
+
+    @property
+    def b_shape(self) -> tuple[int, int]:
+        return (self.out_features, self.rank)
+
+    @property
+    def peft_a_key(self) -> str:
+        return f"base_model.model.{self.name}.lora_A.weight"
+
+    @property
+    def peft_b_key(self) -> str:
+        return f"base_model.model.{self.name}.lora_B.weight"
+
+
+def lora_layout(model_config: PretrainedConfig, lora: LoraConfig) -> list[LoraSlot]:
+    """Slots in module order, read off the model built on the meta device (no weights needed)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config)
+    slots = layout_of_model(model, lora)
+    del model
+    return slots
+
+
+def layout_of_model(model: PreTrainedModel, lora: LoraConfig) -> list[LoraSlot]:
+    slots = []
+    found = set()
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf not in lora.target_modules or not isinstance(module, torch.nn.Linear):
+            continue
+        match = _LAYER.search(name)
+        if match is None:
+            continue
+        found.add(leaf)
+        slots.append(LoraSlot(
+            name=name, layer=int(match.group(1)), module=name[match.end():],
+            in_features=module.in_features, out_features=module.out_features, rank=lora.rank,
+        ))
+    missing = [m for m in lora.target_modules if m not in found]
+    if missing:
+        raise LlgbmError(f"lora.target_modules: {missing} match no linear layer of the base model")
+    return slots
+
+
+def lora_scaling(lora: LoraConfig) -> float:
+    return lora.alpha / lora.rank
+
+
+def peft_config(lora: LoraConfig) -> PeftLoraConfig:
+    return PeftLoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.target_modules),
+        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def shared_initialisation(base: PreTrainedModel, lora: LoraConfig, seed: int) -> dict[str, torch.Tensor]:
+    """PEFT's own LoRA initialisation drawn once from `seed`: every teacher starts from it, so A and B
+    of different teachers live in one coordinate system (they are defined only up to r x r mixing)."""
+    torch.manual_seed(seed)
+    model = get_peft_model(base, peft_config(lora))
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+def read_adapter_config(adapter_dir: Path) -> dict:
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise LlgbmError(f"{path}: adapter config not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LlgbmError(f"{path}: adapter config is not valid JSON ({exc})") from None
+
+
+def load_adapter_tensors(adapter_dir: Path, layout: list[LoraSlot], lora: LoraConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Read a PEFT adapter directory as {slot name: (A, B)}, checked against the layout and LoRA config."""
+    adapter_dir = Path(adapter_dir)
+    config = read_adapter_config(adapter_dir)
+    expected = {"r": lora.rank, "lora_alpha": lora.alpha}
+    for key, value in expected.items():
+        if config.get(key) != value:
+            raise LlgbmError(f"{adapter_dir / ADAPTER_CONFIG}: {key} is {config.get(key)}, params say {value}")
+    if config.get("use_rslora") or config.get("use_dora"):
+        raise LlgbmError(f"{adapter_dir / ADAPTER_CONFIG}: rsLoRA and DoRA adapters are not supported")
+    path = adapter_dir / ADAPTER_WEIGHTS
+    if not path.is_file():
+        raise LlgbmError(f"{path}: adapter weights not found")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise LlgbmError(f"{path}: cannot read adapter weights ({exc})") from None
+    tensors = {}
+    for slot in layout:
+        pair = []
+        for key, shape in ((slot.peft_a_key, slot.a_shape), (slot.peft_b_key, slot.b_shape)):
+            if key not in state:
+                raise LlgbmError(f"{path}: missing tensor '{key}' required by the base model's layout")
+            if tuple(state[key].shape) != shape:
+                raise LlgbmError(
+                    f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}, the base model needs {shape}")
+            pair.append(state[key].float())
+        tensors[slot.name] = (pair[0], pair[1])
+    extra = set(state) - {k for s in layout for k in (s.peft_a_key, s.peft_b_key)}
+    if extra:
+        raise LlgbmError(f"{path}: tensors the base model's layout does not have, e.g. '{sorted(extra)[0]}'")
+    return tensors
+
+
+def to_peft_state_dict(tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], layout: list[LoraSlot]) -> dict[str, torch.Tensor]:
+    state = {}
+    for slot in layout:
+        a, b = tensors[slot.name]
+        state[slot.peft_a_key] = a.detach().contiguous()
+        state[slot.peft_b_key] = b.detach().contiguous()
+    return state
+
+
+def save_adapter(base: PreTrainedModel, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 layout: list[LoraSlot], lora: LoraConfig, out_dir: Path) -> None:
+    """Write tensors as a PEFT directory through PEFT's own API. `base` must be a fresh model: PEFT
+    injects its layers into it."""
+    model = get_peft_model(base, peft_config(lora))
+    result = set_peft_model_state_dict(model, to_peft_state_dict(tensors, layout))
+    if result.unexpected_keys:
+        raise LlgbmError(f"{out_dir}: PEFT rejected tensors {result.unexpected_keys[:3]}")
+    model.save_pretrained(str(out_dir))
+
+
+def load_peft_model(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
+    """The real client's path: `PeftModel.from_pretrained` on a fresh base model."""
+    return PeftModel.from_pretrained(base, str(adapter_dir))

@@ -1,0 +1,116 @@
+"""Base language models: the tiny locally built Qwen2 of the embedded default, or any hub id / path.
+
+Every consumer loads the base through `load_base`, a fresh `from_pretrained` each call, so no model
+object is ever shared between two adapters (PEFT injects LoRA layers in place).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from .config import BaseConfig
+from .errors import LlgbmError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+
+
+def build_tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:
+    """A word-level tokenizer over the task world's vocabulary, saved and loaded like any HF tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate([PAD, UNK, EOS, *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNK, eos_token=EOS)
+
+
+def build_tiny_model(cfg: BaseConfig, vocab_size: int, seed: int) -> PreTrainedModel:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tiny = cfg.tiny
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_kv_heads, max_position_embeddings=128, tie_word_embeddings=True,
+        pad_token_id=0, eos_token_id=2, bos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
+def pretrain_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+                  cfg: BaseConfig, seed: int) -> list[float]:
+    """Next-token pre-training on task-free world text; returns the loss curve."""
+    if cfg.pretrain_steps == 0:
+        return []
+    generator = torch.Generator().manual_seed(seed)
+    encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    labels = ids.masked_fill(mask == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_learning_rate, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in range(cfg.pretrain_steps):
+        batch = torch.randint(0, len(texts), (cfg.pretrain_batch_size,), generator=generator)
+        loss = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch]).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def load_base(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> PreTrainedModel:
+    """A fresh, frozen copy of the base model."""
+    _quiet_transformers()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    except OSError as exc:
+        raise LlgbmError(f"{path}: cannot load base model ({str(exc).splitlines()[0]})") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    # The fast-tokenizer class reads any model's tokenizer.json as written; AutoTokenizer would pick
+    # the class from config.json's model_type and misread the tiny model's word-level tokenizer.
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+    except OSError as exc:
+        raise LlgbmError(f"{path}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Right padding: a sequence's last real token sits at (length - 1), and causal attention keeps
+    # padding from reaching it.
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def prepare_base(cfg: BaseConfig, tokenizer_words: list[str], pretraining_texts: list[str], out_dir: Path) -> dict:
+    """Write the base model and tokenizer to out_dir: the tiny model built (and pre-trained) here, or a
+    hub id / local path passed through the same from_pretrained path every later stage uses."""
+    if cfg.model == "tiny":
+        tokenizer = build_tiny_tokenizer(tokenizer_words)
+        tokenizer.padding_side = "right"
+        model = build_tiny_model(cfg, len(tokenizer), cfg.seed)
+        losses = pretrain_tiny(model, tokenizer, pretraining_texts, cfg, cfg.seed)
+    else:
+        tokenizer, model, losses = load_tokenizer(cfg.model), load_base(cfg.model, cfg.dtype), []
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    metrics = {"parameters": sum(p.numel() for p in model.parameters())}
+    if losses:
+        metrics.update(pretrain_loss_first=losses[0], pretrain_loss_final=sum(losses[-10:]) / len(losses[-10:]))
+    return metrics
