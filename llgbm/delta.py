@@ -9,9 +9,11 @@ under no_grad it fills the cache.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 import torch
+import torch.utils.checkpoint
 from transformers import PreTrainedModel
 
 from .lora import LoraSlot
@@ -25,25 +27,28 @@ def stack_adapters(adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]])
     return {n: (torch.stack([a[n][0] for a in adapters]), torch.stack([a[n][1] for a in adapters])) for n in names}
 
 
-def batched_lora_update(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """x: (B * P, T, in), rows adapter-major; a: (B, r, in); b: (B, out, r) -> (B * P, T, out)."""
+def batched_lora_forward(x: torch.Tensor, base_out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                         scaling: float) -> torch.Tensor:
+    """base_out + scaling * x A_j^T B_j^T for the rows of adapter j.
+
+    x: (B * P, T, in) and base_out: (B * P, T, out), rows adapter-major; a: (B, r, in); b: (B, out, r).
+    """
     n_adapters = a.shape[0]
     rows, length, width = x.shape
     grouped = x.reshape(n_adapters, (rows // n_adapters) * length, width)
     low_rank = torch.bmm(grouped, a.transpose(1, 2).to(grouped.dtype))
-    update = torch.bmm(low_rank, b.transpose(1, 2).to(grouped.dtype)) * scaling
-    return update.reshape(rows, length, -1)
+    out = base_out.reshape(n_adapters, low_rank.shape[1], -1)
+    # One fused kernel for the second matmul, the scaling and the residual add.
+    return torch.baddbmm(out, low_rank.to(out.dtype), b.transpose(1, 2).to(out.dtype), alpha=scaling).reshape(base_out.shape)
 
 
 @contextlib.contextmanager
-def apply_adapters(model: PreTrainedModel, adapters: AdapterBatch, scaling: float) -> Iterator[None]:
-    """Within the block, the target linears of `model` add each sequence group's own LoRA update."""
-    modules = dict(model.named_modules())
+def _lora_hooks(modules: dict[str, torch.nn.Module], adapters: AdapterBatch, scaling: float) -> Iterator[None]:
     handles = []
     try:
         for name, (a, b) in adapters.items():
             def hook(module, inputs, output, a=a, b=b):
-                return output + batched_lora_update(inputs[0], a, b, scaling)
+                return batched_lora_forward(inputs[0], output, a, b, scaling)
 
             handles.append(modules[name].register_forward_hook(hook))
         yield
@@ -52,11 +57,47 @@ def apply_adapters(model: PreTrainedModel, adapters: AdapterBatch, scaling: floa
             handle.remove()
 
 
+@contextlib.contextmanager
+def apply_adapters(model: PreTrainedModel, layout: list[LoraSlot], adapters: AdapterBatch, scaling: float,
+                   checkpoint_layers: bool = False) -> Iterator[None]:
+    """Within the block, the target linears of `model` add each sequence group's own LoRA update.
+
+    With checkpoint_layers, each decoder layer runs under non-reentrant activation checkpointing with
+    its LoRA hooks installed inside the checkpointed function, so the recomputation during backward
+    (after this block has exited) applies the same adapters.
+    """
+    modules = dict(model.named_modules())
+    if not checkpoint_layers:
+        with _lora_hooks(modules, adapters, scaling):
+            yield
+        return
+    blocks: dict[str, AdapterBatch] = {}
+    for slot in layout:
+        if slot.name in adapters:
+            blocks.setdefault(slot.block, {})[slot.name] = adapters[slot.name]
+    try:
+        for block, block_adapters in blocks.items():
+            original = modules[block].forward
+
+            def run(*args, _original=original, _adapters=block_adapters, **kwargs):
+                with _lora_hooks(modules, _adapters, scaling):
+                    return _original(*args, **kwargs)
+
+            modules[block].forward = functools.partial(
+                torch.utils.checkpoint.checkpoint, run, use_reentrant=False)
+        yield
+    finally:
+        for block in blocks:
+            vars(modules[block]).pop("forward", None)
+
+
 def last_token_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The last layer's normed hidden state at each right-padded sequence's last real token, fp32."""
+    """The last layer's normed hidden state at each right-padded sequence's last real token, in fp32
+    (or wider: float64 stays float64, for gradcheck)."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     last = attention_mask.sum(-1) - 1
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+    states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    return states.to(torch.promote_types(states.dtype, torch.float32))
 
 
 class DeltaComputer:
@@ -73,8 +114,6 @@ class DeltaComputer:
         self.probe_mask = probe_mask.to(device)
         self.autocast_dtype = autocast_dtype
         self.gradient_checkpointing = gradient_checkpointing
-        if gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         with torch.no_grad():
             self.base_state = self._mean_states(None)[0]
 
@@ -85,14 +124,11 @@ class DeltaComputer:
         device_type = ids.device.type
         autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
-        adapters_ctx = apply_adapters(self.model, adapters, self.scaling) if adapters else contextlib.nullcontext()
-        # HF models checkpoint only in training mode; the frozen base has no dropout to switch on.
-        self.model.train(self.gradient_checkpointing and torch.is_grad_enabled())
-        try:
-            with autocast, adapters_ctx:
-                states = last_token_states(self.model, ids, mask)
-        finally:
-            self.model.eval()
+        adapters_ctx = (apply_adapters(self.model, self.layout, adapters, self.scaling,
+                                       checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled())
+                        if adapters else contextlib.nullcontext())
+        with autocast, adapters_ctx:
+            states = last_token_states(self.model, ids, mask)
         return states.view(n, self.probe_ids.shape[0], -1).mean(1)
 
     def __call__(self, adapters: AdapterBatch) -> torch.Tensor:

@@ -107,7 +107,8 @@ class DeltaCache:
     def get(self, key: str) -> torch.Tensor:
         if key not in self.entries:
             raise LlgbmError(f"{self.root}: no delta for key {key[:12]}; rerun the deltas stage")
-        return load_file(str(self.root / self.entries[key]["file"]))["delta"]
+        # A copy: safetensors may map the file, and the tensor must not change if the file does.
+        return load_file(str(self.root / self.entries[key]["file"]))["delta"].clone()
 
     def save_base_state(self, base_state: torch.Tensor) -> None:
         _save_tensor_atomic(self.root / BASE_STATE, base_state)
@@ -166,8 +167,10 @@ def fill_cache(cfg: "Config", tasks: list, base_dir: Path, teachers_dir: Path, c
     for first in range(0, len(todo), per_batch):
         chunk = todo[first : first + per_batch]
         tensors = [load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora) for c in chunk]
+        device = computer.probe_ids.device
+        batch = {k: (a.to(device), b.to(device)) for k, (a, b) in stack_adapters(tensors).items()}
         with torch.no_grad():
-            deltas = computer(stack_adapters(tensors))
+            deltas = computer(batch).cpu()
         for c, delta in zip(chunk, deltas):
             cache.put(c["key"], delta, {"task": c["task"], "step": c["step"], "adapter": c["path"],
                                         "adapter_sha256": c["adapter_sha256"]})

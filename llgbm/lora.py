@@ -29,6 +29,7 @@ _LAYER = re.compile(r"\.layers\.(\d+)\.")
 @dataclass(frozen=True)
 class LoraSlot:
     name: str  # module path in the causal LM, e.g. "model.layers.0.self_attn.q_proj"
+    block: str  # its decoder layer, e.g. "model.layers.0"
     layer: int
     module: str  # e.g. "self_attn.q_proj"
     in_features: int
@@ -73,7 +74,7 @@ def layout_of_model(model: PreTrainedModel, lora: LoraConfig) -> list[LoraSlot]:
             continue
         found.add(leaf)
         slots.append(LoraSlot(
-            name=name, layer=int(match.group(1)), module=name[match.end():],
+            name=name, block=name[: match.end() - 1], layer=int(match.group(1)), module=name[match.end():],
             in_features=module.in_features, out_features=module.out_features, rank=lora.rank,
         ))
     missing = [m for m in lora.target_modules if m not in found]
@@ -137,7 +138,7 @@ def load_adapter_tensors(adapter_dir: Path, layout: list[LoraSlot], lora: LoraCo
             if tuple(state[key].shape) != shape:
                 raise LlgbmError(
                     f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}, the base model needs {shape}")
-            pair.append(state[key].float())
+            pair.append(state[key].to(torch.float32, copy=True))  # not a view of a mapped file
         tensors[slot.name] = (pair[0], pair[1])
     extra = set(state) - {k for s in layout for k in (s.peft_a_key, s.peft_b_key)}
     if extra:

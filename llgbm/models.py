@@ -71,9 +71,18 @@ def _quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-def load_base(path: str | Path, dtype: str = "float32", device: str | torch.device = "cpu") -> PreTrainedModel:
-    """A fresh, frozen copy of the base model."""
+def compute_device() -> torch.device:
+    """The device accelerate assigns this process: a GPU where there is one (per rank under
+    `accelerate launch`), else the CPU."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def load_base(path: str | Path, dtype: str = "float32", device: str | torch.device | None = None) -> PreTrainedModel:
+    """A fresh, frozen copy of the base model, on `device` (default: compute_device())."""
     _quiet_transformers()
+    device = compute_device() if device is None else device
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     except OSError as exc:
@@ -107,7 +116,7 @@ def prepare_base(cfg: BaseConfig, tokenizer_words: list[str], pretraining_texts:
         model = build_tiny_model(cfg, len(tokenizer), cfg.seed)
         losses = pretrain_tiny(model, tokenizer, pretraining_texts, cfg, cfg.seed)
     else:
-        tokenizer, model, losses = load_tokenizer(cfg.model), load_base(cfg.model, cfg.dtype), []
+        tokenizer, model, losses = load_tokenizer(cfg.model), load_base(cfg.model, cfg.dtype, device="cpu"), []
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     metrics = {"parameters": sum(p.numel() for p in model.parameters())}

@@ -31,13 +31,14 @@ def train_teacher(base_dir: Path, tokenizer: PreTrainedTokenizerBase, task: Task
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(cfg.teachers.seed * 1000 + task_index)
-    batch = record_batch(tokenizer, list(task.train))
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in record_batch(tokenizer, list(task.train)).items()}
     snapshots = set(snapshot_steps(t.steps, t.checkpoints_per_task, t.checkpoint_interval))
     train_prompts = [r.prompt for r in task.train]
     results = []
     for step in range(1, t.steps + 1):
         model.train()
-        rows = torch.randint(0, len(task.train), (t.batch_size,), generator=generator)
+        rows = torch.randint(0, len(task.train), (t.batch_size,), generator=generator).to(device)
         loss = model(**{k: v[rows] for k, v in batch.items()}).loss
         if not torch.isfinite(loss):
             raise LlgbmError(f"teachers: loss of task '{task.name}' is {loss.item()} at step {step}; lower teachers.learning_rate")

@@ -1,0 +1,193 @@
+"""`llgbm bench delta`: the batched delta against the naive ways and the base-model floor, side by side.
+
+All figures are median wall seconds over `repeats` runs after one warm-up, measured in one process.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+
+from .config import Config, LoraConfig
+from .delta import AdapterBatch, DeltaComputer, last_token_states, stack_adapters
+from .lora import LoraSlot, layout_of_model, load_adapter_tensors, lora_scaling, peft_config, to_peft_state_dict
+
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                  num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+
+
+def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_model(shape: dict, seed: int = 0) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape)).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def random_adapter(layout: list[LoraSlot], generator: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    return {s.name: (torch.randn(s.a_shape, generator=generator) * 0.05, torch.randn(s.b_shape, generator=generator) * 0.05)
+            for s in layout}
+
+
+def random_probes(vocab: int, count: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded probes of unequal length (the shortest is 3/4 of the longest), as real probes are."""
+    ids = torch.randint(3, vocab, (count, length), generator=generator)
+    lengths = torch.linspace(length, max(1, (3 * length) // 4), count).round().long()
+    mask = (torch.arange(length)[None] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def peft_delta(base: PreTrainedModel, adapter: dict, layout: list[LoraSlot], lora: LoraConfig,
+               ids: torch.Tensor, mask: torch.Tensor, base_state: torch.Tensor) -> torch.Tensor:
+    """The naive reference: a PEFT model on its own copy of the base per adapter, forward only."""
+    model = get_peft_model(copy.deepcopy(base), peft_config(lora))
+    set_peft_model_state_dict(model, to_peft_state_dict(adapter, layout))
+    with torch.no_grad():
+        return last_token_states(model.get_base_model(), ids, mask).mean(0) - base_state
+
+
+def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, length: int, lora: LoraConfig,
+          repeats: int, device: torch.device, autocast_dtype: torch.dtype | None) -> list[dict]:
+    generator = torch.Generator().manual_seed(n_adapters)
+    layout = layout_of_model(model, lora)
+    ids, mask = random_probes(model.config.vocab_size, probes, length, generator)
+    ids, mask = ids.to(device), mask.to(device)
+    adapters = [{k: (a.to(device), b.to(device)) for k, (a, b) in random_adapter(layout, generator).items()}
+                for _ in range(n_adapters)]
+    computer = DeltaComputer(model, layout, lora_scaling(lora), ids, mask, autocast_dtype=autocast_dtype)
+    rows = []
+    for mode in ("forward", "forward_backward"):
+        backward = mode == "forward_backward"
+
+        def leaves(batch: AdapterBatch) -> AdapterBatch:
+            return {k: (a.clone().requires_grad_(backward), b.clone().requires_grad_(backward)) for k, (a, b) in batch.items()}
+
+        def delta_of(batch: AdapterBatch) -> None:
+            with torch.set_grad_enabled(backward):
+                delta = computer(leaves(batch))
+                if backward:
+                    delta.square().sum().backward()
+
+        def plain() -> None:
+            with torch.set_grad_enabled(backward):
+                embeds = model.get_input_embeddings()(ids.repeat(n_adapters, 1)).detach().requires_grad_(backward)
+                hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask.repeat(n_adapters, 1)).last_hidden_state
+                states = hidden[torch.arange(hidden.shape[0], device=device), mask.repeat(n_adapters, 1).sum(-1) - 1]
+                if backward:
+                    states.float().square().sum().backward()
+
+        stacked = stack_adapters(adapters)
+        singles = [stack_adapters([a]) for a in adapters]
+        row = {"model": name, "adapters": n_adapters, "probes": probes, "probe_length": length, "mode": mode,
+               "batched": _median_seconds(lambda: delta_of(stacked), repeats),
+               "loop": _median_seconds(lambda: [delta_of(s) for s in singles], repeats),
+               "plain": _median_seconds(plain, repeats),
+               "peft": None}
+        if not backward:
+            row["peft"] = _median_seconds(lambda: [peft_delta(model, a, layout, lora, ids, mask, computer.base_state)
+                                                   for a in adapters], repeats)
+        row["batched_over_plain"] = row["batched"] / row["plain"]
+        row["loop_over_batched"] = row["loop"] / row["batched"]
+        rows.append(row)
+    return rows
+
+
+def bench_deltas_stage(cfg: Config, n_adapters: int, repeats: int) -> dict:
+    """The deltas stage's path (adapters read from PEFT directories, batched, no_grad) against the naive
+    PEFT path (fresh base from disk and PeftModel.from_pretrained per adapter), on the default shape."""
+    from .models import load_base
+
+    shape = dict(vocab_size=32, hidden_size=cfg.base.tiny.hidden_size, intermediate_size=cfg.base.tiny.intermediate_size,
+                 num_hidden_layers=cfg.base.tiny.num_layers, num_attention_heads=cfg.base.tiny.num_heads,
+                 num_key_value_heads=cfg.base.tiny.num_kv_heads, tie_word_embeddings=True)
+    generator = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        base_dir, model = Path(tmp) / "base", random_model(shape)
+        model.save_pretrained(str(base_dir))
+        layout = layout_of_model(model, cfg.lora)
+        dirs = []
+        for i in range(n_adapters):
+            peft_model = get_peft_model(random_model(shape), peft_config(cfg.lora))
+            set_peft_model_state_dict(peft_model, to_peft_state_dict(random_adapter(layout, generator), layout))
+            peft_model.save_pretrained(str(Path(tmp) / f"adapter-{i}"))
+            dirs.append(Path(tmp) / f"adapter-{i}")
+        ids, mask = random_probes(shape["vocab_size"], cfg.probe_count, 12, generator)
+
+        def stage_path() -> None:
+            base = load_base(base_dir)
+            computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), ids, mask)
+            for first in range(0, len(dirs), cfg.deltas.adapters_per_batch):
+                chunk = [load_adapter_tensors(d, layout, cfg.lora) for d in dirs[first : first + cfg.deltas.adapters_per_batch]]
+                with torch.no_grad():
+                    computer(stack_adapters(chunk))
+
+        def peft_path() -> None:
+            with torch.no_grad():
+                base_state = last_token_states(load_base(base_dir), ids, mask).mean(0)
+                for d in dirs:
+                    peft_model = PeftModel.from_pretrained(load_base(base_dir), str(d))
+                    last_token_states(peft_model.get_base_model(), ids, mask).mean(0) - base_state
+
+        stage, peft = _median_seconds(stage_path, repeats), _median_seconds(peft_path, repeats)
+    return {"model": "embedded-default", "adapters": n_adapters, "probes": cfg.probe_count,
+            "stage": stage, "peft": peft, "peft_over_stage": peft / stage}
+
+
+def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repeats: int,
+                probes: int | None, probe_length: int | None, device: str, dtype: str) -> dict:
+    torch_device = torch.device(device)
+    autocast_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    shapes = {
+        "embedded-default": (dict(vocab_size=32, hidden_size=cfg.base.tiny.hidden_size,
+                                  intermediate_size=cfg.base.tiny.intermediate_size,
+                                  num_hidden_layers=cfg.base.tiny.num_layers, num_attention_heads=cfg.base.tiny.num_heads,
+                                  num_key_value_heads=cfg.base.tiny.num_kv_heads, tie_word_embeddings=True),
+                             cfg.lora, probes or cfg.probe_count, probe_length or 12),
+        "qwen2.5-0.5b": (QWEN25_05B, LoraConfig(rank=8, alpha=16.0), probes or 2, probe_length or 16),
+        "qwen2.5-1.5b": (QWEN25_15B, LoraConfig(rank=16, alpha=32.0), probes or 8, probe_length or 128),
+    }
+    cases = []
+    for name in models:
+        shape, lora, n_probes, length = shapes[name]
+        model = random_model(shape).to(torch_device)
+        if torch_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for n_adapters in adapter_counts:
+            rows = _case(model, name, n_adapters, n_probes, length, lora, repeats, torch_device, autocast_dtype)
+            if torch_device.type == "cuda":
+                for row in rows:
+                    row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            cases.extend(rows)
+        del model
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch_threads": torch.get_num_threads(), "device": str(torch_device),
+                    "gpu": torch.cuda.get_device_name() if torch_device.type == "cuda" else None,
+                    "dtype": dtype, "torch": torch.__version__},
+        "repeats": repeats,
+        "cases": cases,
+        "deltas_stage": bench_deltas_stage(cfg, 24, repeats) if "embedded-default" in models else None,
+    }

@@ -1,0 +1,50 @@
+"""Shared micro configuration: three small tasks, a 2-layer base of width 32, short teacher runs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from llgbm.config import Config, config_from_dict  # noqa: E402
+
+MICRO_PARAMS = {
+    "probe_count": 4,
+    "tasks": {"names": ["first", "last", "largest"], "train_per_task": 64, "test_per_task": 30},
+    "base": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
+                      "intermediate_size": 64}, "pretrain_steps": 20},
+    "lora": {"rank": 2, "alpha": 4.0},
+    "teachers": {"steps": 30, "batch_size": 16, "checkpoints_per_task": 2, "checkpoint_interval": 10,
+                 "min_accuracy": 0.0},
+}
+
+
+def micro_config(**overrides: object) -> Config:
+    raw = yaml.safe_load(yaml.safe_dump(MICRO_PARAMS))
+    raw.update(overrides)
+    return config_from_dict(raw, "micro params")
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """tasks, base model and teacher checkpoints of the micro configuration, built once per session."""
+    from llgbm.models import prepare_base
+    from llgbm.tasks import make_tasks, pretraining_texts, vocabulary
+    from llgbm.teachers import train_all_teachers
+
+    root = tmp_path_factory.mktemp("micro")
+    cfg = micro_config()
+    tasks = make_tasks(cfg.tasks)
+    prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks), root / "base")
+    summary = train_all_teachers(root / "base", tasks, cfg, root / "teachers")
+    return {"cfg": cfg, "tasks": tasks, "base": root / "base", "teachers": root / "teachers",
+            "summary": summary, "root": root}
+
+
+def checkpoint_dirs(teachers: Path) -> list[Path]:
+    return sorted(p.parent for p in teachers.glob("*/step-*/adapter_model.safetensors"))

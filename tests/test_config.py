@@ -1,0 +1,39 @@
+import pytest
+
+from llgbm.config import Config, config_from_dict, load_config
+from llgbm.errors import LlgbmError
+
+
+def test_defaults_are_valid() -> None:
+    cfg = config_from_dict({})
+    assert isinstance(cfg, Config)
+    assert cfg.lambda_schedule in ("constant", "linear", "cosine")
+
+
+def test_repository_params_load() -> None:
+    cfg = load_config("params.yaml")
+    assert len(cfg.tasks.names) >= 8
+    assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"lambda_dleta": 1.0}, "unknown key 'lambda_dleta'"),
+    ({"teachers": {"stpes": 3}}, "unknown key 'teachers.stpes'"),
+    ({"probes": {"types": ["generic", "oracle"]}}, "'probes.types' is 'oracle'"),
+    ({"delta_loss_type": "huber"}, "'delta_loss_type' is 'huber'"),
+    ({"lambda_schedule": "step"}, "'lambda_schedule' is 'step'"),
+    ({"lora": {"rank": "four"}}, "'lora.rank' must be int"),
+    ({"tasks": {"names": ["first", "nonsense"]}}, "'tasks.names' is 'nonsense'"),
+    ({"probe_count": 0}, "'probe_count' must be > 0"),
+    ({"tasks": {"source": "files"}}, "'tasks.files' is empty"),
+])
+def test_bad_params_name_the_key(raw: dict, fragment: str) -> None:
+    with pytest.raises(LlgbmError, match=fragment.replace("(", r"\(")) as info:
+        config_from_dict(raw, "params.yaml")
+    assert str(info.value).startswith("params.yaml: ")
+    assert "\n" not in str(info.value)
+
+
+def test_missing_params_file(tmp_path) -> None:
+    with pytest.raises(LlgbmError, match="params file not found"):
+        load_config(tmp_path / "params.yaml")

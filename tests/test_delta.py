@@ -1,0 +1,139 @@
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
+
+from llgbm.config import LoraConfig
+from llgbm.delta import DeltaComputer, batched_lora_forward, stack_adapters
+from llgbm.lora import layout_of_model, load_adapter_tensors, lora_layout, lora_scaling
+from llgbm.models import load_base, load_tokenizer
+from llgbm.probes import build_probe_set, tokenize_probes
+
+from .conftest import checkpoint_dirs
+
+
+def peft_oracle_delta(base_dir, adapter_dir, ids, mask) -> torch.Tensor:
+    """Independent computation: a fresh base per model, PEFT's own loading, the full causal-LM forward."""
+    last = mask.sum(-1) - 1
+
+    def mean_state(model) -> torch.Tensor:
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        return hidden[torch.arange(len(ids)), last].mean(0)
+
+    base_state = mean_state(load_base(base_dir))
+    return mean_state(PeftModel.from_pretrained(load_base(base_dir), str(adapter_dir))) - base_state
+
+
+def _setup(micro):
+    cfg = micro["cfg"]
+    tokenizer = load_tokenizer(micro["base"])
+    probes = build_probe_set(cfg, micro["tasks"], tokenizer)
+    ids, mask = tokenize_probes(probes, tokenizer)
+    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
+    computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora), ids, mask)
+    adapters = [load_adapter_tensors(d, layout, cfg.lora) for d in checkpoint_dirs(micro["teachers"])]
+    return computer, adapters, ids, mask
+
+
+def test_batched_delta_matches_peft(micro) -> None:
+    computer, adapters, ids, mask = _setup(micro)
+    assert len(set(mask.sum(-1).tolist())) > 1, "probes of unequal length exercise the padding"
+    with torch.no_grad():
+        deltas = computer(stack_adapters(adapters))
+    for directory, delta in zip(checkpoint_dirs(micro["teachers"]), deltas):
+        expected = peft_oracle_delta(micro["base"], directory, ids, mask)
+        assert expected.norm() > 1e-3
+        assert (delta - expected).norm() / expected.norm() < 1e-5
+
+
+def test_delta_does_not_depend_on_batch_companions(micro) -> None:
+    computer, adapters, _, _ = _setup(micro)
+    with torch.no_grad():
+        together = computer(stack_adapters(adapters))
+        reversed_order = computer(stack_adapters(adapters[::-1])).flip(0)
+        alone = torch.cat([computer(stack_adapters([a])) for a in adapters])
+    torch.testing.assert_close(reversed_order, together, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(alone, together, rtol=1e-6, atol=1e-6)
+
+
+def test_padding_does_not_change_a_delta(micro) -> None:
+    computer, adapters, ids, mask = _setup(micro)
+    lengths = mask.sum(-1)
+    per_probe = []
+    with torch.no_grad():
+        padded = computer(stack_adapters(adapters[:2]))
+        for i, length in enumerate(lengths.tolist()):
+            single = DeltaComputer(computer.model, computer.layout, computer.scaling,
+                                   ids[i : i + 1, :length], mask[i : i + 1, :length])
+            per_probe.append(single(stack_adapters(adapters[:2])))
+    torch.testing.assert_close(torch.stack(per_probe).mean(0), padded, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_lora_forward_is_the_lora_formula() -> None:
+    torch.manual_seed(0)
+    n_adapters, probes, length, d_in, d_out, rank = 3, 2, 4, 5, 6, 2
+    x = torch.randn(n_adapters * probes, length, d_in, dtype=torch.float64)
+    a = torch.randn(n_adapters, rank, d_in, dtype=torch.float64)
+    b = torch.randn(n_adapters, d_out, rank, dtype=torch.float64)
+    base_out = torch.randn(n_adapters * probes, length, d_out, dtype=torch.float64)
+    out = batched_lora_forward(x, base_out, a, b, 0.5)
+    for row in range(n_adapters * probes):
+        j = row // probes
+        torch.testing.assert_close(out[row], base_out[row] + 0.5 * x[row] @ a[j].T @ b[j].T)
+
+
+def _rms_norm_in_input_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+def test_gradcheck_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    # HF's Qwen2RMSNorm computes in float32 even for float64 input, which would cap gradcheck at
+    # float32 resolution; the same formula kept in float64 lets gradcheck see our path exactly.
+    from transformers.models.qwen2 import modeling_qwen2
+
+    monkeypatch.setattr(modeling_qwen2.Qwen2RMSNorm, "forward", _rms_norm_in_input_dtype)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1)).double().eval()
+    model.requires_grad_(False)
+    lora = LoraConfig(rank=2, alpha=4.0)
+    layout = layout_of_model(model, lora)
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    computer = DeltaComputer(model, layout, lora_scaling(lora), ids, mask)
+    tensors = [torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
+               for slot in layout for shape in (slot.a_shape, slot.b_shape)]
+
+    def delta(*flat: torch.Tensor) -> torch.Tensor:
+        adapters = {slot.name: (flat[2 * i], flat[2 * i + 1]) for i, slot in enumerate(layout)}
+        return computer(adapters)
+
+    assert torch.autograd.gradcheck(delta, tuple(tensors), eps=1e-6, atol=1e-5)
+
+
+def test_gradients_reach_every_adapter_tensor(micro) -> None:
+    computer, adapters, _, _ = _setup(micro)
+    batch = {n: (a.clone().requires_grad_(True), b.clone().requires_grad_(True))
+             for n, (a, b) in stack_adapters(adapters[:2]).items()}
+    computer(batch).pow(2).sum().backward()
+    for a, b in batch.values():
+        assert a.grad is not None and a.grad.abs().sum() > 0
+        assert b.grad is not None and b.grad.abs().sum() > 0
+    assert all(p.grad is None for p in computer.model.parameters())
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(micro, checkpointing: bool) -> None:
+    computer, adapters, ids, mask = _setup(micro)
+    reference = {n: (a.clone().requires_grad_(True), b.clone().requires_grad_(True))
+                 for n, (a, b) in stack_adapters(adapters[:2]).items()}
+    computer(reference).sum().backward()
+    other = DeltaComputer(load_base(micro["base"]), computer.layout, computer.scaling, ids, mask,
+                          gradient_checkpointing=checkpointing)
+    batch = {n: (a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))
+             for n, (a, b) in reference.items()}
+    other(batch).sum().backward()
+    for name in batch:
+        torch.testing.assert_close(batch[name][0].grad, reference[name][0].grad, rtol=1e-5, atol=1e-6)

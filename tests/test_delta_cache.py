@@ -1,0 +1,91 @@
+import shutil
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+from llgbm.delta import DeltaComputer, stack_adapters
+from llgbm.delta_cache import DeltaCache, delta_geometry, fill_cache
+from llgbm.errors import LlgbmError
+from llgbm.io import read_json
+from llgbm.lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
+from llgbm.models import load_base, load_tokenizer
+from llgbm.probes import build_probe_set, tokenize_probes
+
+from .conftest import micro_config
+
+
+def _cached_deltas(cache_dir) -> dict[str, torch.Tensor]:
+    cache = DeltaCache.load(cache_dir)
+    return {e["adapter"]: cache.get(k) for k, e in cache.entries.items()}
+
+
+def test_cache_holds_every_checkpoint_delta(micro, tmp_path) -> None:
+    cfg = micro["cfg"]
+    metrics = fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "cache")
+    index = read_json(micro["teachers"] / "index.json", "index")["checkpoints"]
+    assert metrics["computed"] == len(index) == 6 and metrics["reused"] == 0
+    cached = _cached_deltas(tmp_path / "cache")
+    tokenizer = load_tokenizer(micro["base"])
+    probes = build_probe_set(cfg, micro["tasks"], tokenizer)
+    assert DeltaCache.load(tmp_path / "cache").probes == probes  # the probe set travels with the cache
+    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
+    computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora), *tokenize_probes(probes, tokenizer))
+    for entry in index:
+        adapter = load_adapter_tensors(micro["teachers"] / entry["path"], layout, cfg.lora)
+        with torch.no_grad():
+            expected = computer(stack_adapters([adapter]))[0]
+        torch.testing.assert_close(cached[entry["path"]], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_rerun_reuses_and_repairs_entries(micro, tmp_path) -> None:
+    cfg, cache_dir = micro["cfg"], tmp_path / "cache"
+    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    before = _cached_deltas(cache_dir)
+    assert fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], cache_dir)["computed"] == 0
+    # What a kill leaves behind: a stray temporary file, a lost entry, a truncated entry.
+    files = sorted((cache_dir / "entries").glob("*.safetensors"))
+    files[0].unlink()
+    files[1].write_bytes(files[1].read_bytes()[:20])
+    (cache_dir / "entries" / ".half-written.safetensors.tmp").write_bytes(b"x")
+    metrics = fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    assert (metrics["computed"], metrics["reused"]) == (2, 4)
+    assert not list(cache_dir.rglob("*.tmp"))
+    after = _cached_deltas(cache_dir)
+    assert after.keys() == before.keys()
+    for key in before:
+        assert torch.equal(after[key], before[key])
+
+
+def test_new_probe_set_invalidates_the_cache(micro, tmp_path) -> None:
+    cache_dir = tmp_path / "cache"
+    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    old_files = set((cache_dir / "entries").glob("*"))
+    metrics = fill_cache(micro_config(probe_count=3), micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    assert metrics["computed"] == 6 and metrics["probes"] == 3
+    assert not old_files & set((cache_dir / "entries").glob("*"))  # stale entries pruned
+
+
+def test_two_runs_give_identical_deltas(micro, tmp_path) -> None:
+    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], tmp_path / "a")
+    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], tmp_path / "b")
+    a, b = _cached_deltas(tmp_path / "a"), _cached_deltas(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_adapter_fails_naming_the_file(micro, tmp_path) -> None:
+    teachers = tmp_path / "teachers"
+    shutil.copytree(micro["teachers"], teachers)
+    broken = sorted(teachers.glob("*/step-*"))[-1] / ADAPTER_WEIGHTS
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(LlgbmError, match="cannot read adapter weights") as info:
+        fill_cache(micro["cfg"], micro["tasks"], micro["base"], teachers, tmp_path / "cache")
+    assert str(broken) in str(info.value)
+
+
+def test_delta_geometry_on_a_hand_made_case() -> None:
+    deltas = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    geometry = delta_geometry(deltas, ["a", "a", "b"])
+    assert geometry["cosine_within_task"] == pytest.approx(1.0)
+    assert geometry["cosine_between_tasks"] == pytest.approx(0.0)
+    assert geometry["delta_norm_mean"] == pytest.approx(4.0 / 3.0)

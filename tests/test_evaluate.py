@@ -1,0 +1,38 @@
+import torch
+
+from llgbm.evaluate import completion_log_likelihoods, task_accuracy
+from llgbm.models import build_tiny_tokenizer
+from llgbm.tasks import Record, Task
+
+
+class NextWordModel(torch.nn.Module):
+    """Puts all probability on token id (previous id + 1): a successor rule, exactly known."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask):
+        logits = torch.full((*input_ids.shape, self.vocab), -1e4)
+        logits.scatter_(-1, ((input_ids + 1) % self.vocab).unsqueeze(-1), 0.0)
+
+        class Out:
+            pass
+
+        out = Out()
+        out.logits = logits
+        return out
+
+
+def test_multiple_choice_picks_the_likeliest_option() -> None:
+    words = ["a", "b", "c", "d"]
+    tokenizer = build_tiny_tokenizer(words)  # ids: <pad> 0, <unk> 1, <eos> 2, a 3, b 4, c 5, d 6
+    tokenizer.padding_side = "right"
+    model = NextWordModel(len(tokenizer))
+    task = Task("successor", ("b", "c", "d"), train=(),
+                test=(Record("a", "b"), Record("b", "c"), Record("c", "b"), Record("a b", "c")))
+    scores = completion_log_likelihoods(model, tokenizer, [("a", "b"), ("a", "c")])
+    assert scores[0] == 0.0 and scores[1] == -1e4
+    # Record 3 ("c" -> "b") is wrong under the successor rule; the rest are right.
+    assert task_accuracy(model, tokenizer, task) == 0.75

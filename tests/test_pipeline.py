@@ -1,0 +1,98 @@
+"""The stages end to end through `dvc repro`, in a temporary git + DVC repository, on the micro config."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llgbm.config import to_dict
+
+from .conftest import micro_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(cwd.parent / "dvc-site-cache"),
+           "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline") / "project"
+    root.mkdir()
+    shutil.copytree(REPO / "stages", root / "stages")
+    shutil.copytree(REPO / "llgbm", root / "llgbm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(to_dict(micro_config()), sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "micro project"], root)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def test_repro_builds_every_output(project: Path) -> None:
+    for path in ("data/tasks.json", "models/base/config.json", "models/teachers/index.json",
+                 "cache/deltas/manifest.json", "cache/deltas/probes.json", "cache/deltas/base_state.safetensors"):
+        assert (project / path).is_file(), path
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
+    shown = json.dumps(metrics)
+    assert "teacher_accuracy_min" in shown and "base_accuracy_max_distance_from_chance" in shown
+    manifest = json.loads((project / "cache/deltas/manifest.json").read_text())
+    assert len(manifest["entries"]) == 6
+
+
+def test_second_repro_runs_nothing(project: Path) -> None:
+    assert "up to date" in run(["dvc", "status"], project).stdout
+    assert "Running stage" not in run(["dvc", "repro"], project).stdout
+
+
+def test_probe_count_reruns_deltas_only(project: Path) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["probe_count"] = 3
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run(["dvc", "repro"], project).stdout
+    assert "Running stage 'deltas'" in out
+    for stage in ("tasks", "base", "teachers"):
+        assert f"Running stage '{stage}'" not in out
+    assert json.loads((project / "results/deltas/metrics.json").read_text())["probes"] == 3
+
+
+def test_unknown_params_key_fails_in_one_line(project: Path) -> None:
+    params_text = (project / "params.yaml").read_text()
+    try:
+        (project / "params.yaml").write_text(params_text + "lambda_dleta: 2.0\n")
+        result = run([sys.executable, "stages/tasks.py"], project, check=False)
+    finally:
+        (project / "params.yaml").write_text(params_text)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "error: params.yaml: unknown key 'lambda_dleta'"
+
+
+def test_corrupt_input_leaves_outputs_untouched(project: Path) -> None:
+    tasks_file = project / "data/tasks.json"
+    good = tasks_file.read_text()
+    before = sorted(p.name for p in (project / "models/base").iterdir())
+    try:
+        tasks_file.write_text("{broken")
+        result = run([sys.executable, "stages/base.py"], project, check=False)
+    finally:
+        tasks_file.write_text(good)
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith("error: data/tasks.json: tasks file is not valid JSON")
+    assert sorted(p.name for p in (project / "models/base").iterdir()) == before
+    assert not list((project / "models").glob(".*.tmp"))
