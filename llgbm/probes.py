@@ -43,7 +43,8 @@ def _candidates(probe_type: str, cfg: Config, tasks: list[Task], count: int, rng
             raise LlgbmError("probes.types: 'generic' probes exist for the built-in tasks only; use 'task'")
         return generic_texts(count, cfg.tasks.sequence_length, cfg.probes.seed)
     if probe_type == "task":
-        return _task_candidates(tasks, rng)
+        # Only training tasks: no prompt of a held-out task reaches training, probes included.
+        return _task_candidates([t for t in tasks if t.name not in cfg.heldout_tasks], rng)
     raise LlgbmError(f"probes.types: unknown probe type '{probe_type}'")
 
 

@@ -13,6 +13,9 @@ TASKS_FILE = Path("data/tasks.json")
 BASE_DIR = Path("models/base")
 TEACHERS_DIR = Path("models/teachers")
 DELTAS_DIR = Path("cache/deltas")
+EMBEDDINGS_DIR = Path("cache/embeddings")
+GENERATOR_DIR = Path("models/generator")
+TRAIN_CHECKPOINTS_DIR = Path("checkpoints/train")
 RESULTS_DIR = Path("results")
 
 

@@ -1,0 +1,289 @@
+"""The multi-task training recipe: L = lambda_weights * L_weights + lambda(t) * L_delta.
+
+The generator sees N prompts of a training task and emits weight tokens; L_weights compares them with
+the teacher checkpoint's tokens, L_delta compares the behavioural delta of the generated adapter
+(applied to the frozen base in one batched forward) with the teacher's cached delta.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, get_linear_schedule_with_warmup
+
+from .config import Config, to_dict
+from .data import GeneratorDataset
+from .delta import DeltaComputer
+from .delta_cache import DeltaCache, base_fingerprint
+from .encoder import EmbeddingCache
+from .errors import LlgbmError
+from .generator import GeneratorShape, LoraGenerator, generator_shape
+from .io import atomic_dir, read_json, sha256_file, sha256_json, write_json_atomic
+from .lora import ADAPTER_WEIGHTS, LoraSlot, load_adapter_tensors, lora_layout, lora_scaling
+from .losses import MultiTaskLoss, weight_token_loss
+from .models import load_base, load_tokenizer
+from .probes import build_probe_set, tokenize_probes
+from .tasks import Task
+from .weight_tokenizer import WeightTokenizer
+
+GENERATOR_WEIGHTS = "generator.safetensors"
+GENERATOR_CONFIG = "config.json"
+STEP_METRICS = ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
+                "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio")
+
+
+@dataclass
+class Paths:
+    base: Path
+    teachers: Path
+    deltas: Path
+    embeddings: Path
+    generator: Path  # final generator + config.json
+    checkpoints: Path  # resumable training state
+    live: Path  # dvclive directory
+
+
+def training_tasks(cfg: Config, tasks: list[Task]) -> list[Task]:
+    names = {t.name for t in tasks}
+    unknown = [n for n in cfg.heldout_tasks if n not in names]
+    if unknown:
+        raise LlgbmError(f"heldout_tasks: {unknown} are not tasks of data/tasks.json")
+    kept = [t for t in tasks if t.name not in cfg.heldout_tasks]
+    if not kept:
+        raise LlgbmError("heldout_tasks: every task is held out; nothing is left to train on")
+    return kept
+
+
+def checked_probe_batch(cfg: Config, tasks: list[Task], cache: DeltaCache, tokenizer, base_dir: Path):
+    """The cache's own probes, tokenised; any disagreement with params or the base model is an error."""
+    if build_probe_set(cfg, tasks, tokenizer) != cache.probes:
+        raise LlgbmError(f"{cache.root}: its probe set differs from the one params.yaml defines; rerun the deltas stage")
+    if base_fingerprint(base_dir) != cache.base_fingerprint:
+        raise LlgbmError(f"{cache.root}: computed on another base model; rerun the deltas stage")
+    return tokenize_probes(cache.probes, tokenizer)
+
+
+def build_dataset(cfg: Config, tasks: list[Task], paths: Paths, cache: DeltaCache, layout: list[LoraSlot],
+                  weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache) -> GeneratorDataset:
+    """Every checkpoint of every training task; held-out tasks' checkpoints and prompts never enter."""
+    by_name = {t.name: t for t in training_tasks(cfg, tasks)}
+    index = read_json(paths.teachers / "index.json", "teachers index")["checkpoints"]
+    chosen = [c for c in index if c["task"] in by_name]
+    tokens, scales, deltas, rows, names = [], [], [], [], []
+    for c in chosen:
+        adapter_dir = paths.teachers / c["path"]
+        key = cache.key_for(sha256_file(adapter_dir / ADAPTER_WEIGHTS))
+        if key not in cache:
+            raise LlgbmError(f"{adapter_dir}: no delta in {cache.root}; rerun the deltas stage")
+        t, s = weight_tokenizer.tokenize(load_adapter_tensors(adapter_dir, layout, cfg.lora))
+        tokens.append(t)
+        scales.append(s)
+        deltas.append(cache.get(key))
+        prompts = [r.prompt for r in by_name[c["task"]].train]
+        rows.append(torch.tensor([embeddings.row[p] for p in prompts]) if all(p in embeddings.row for p in prompts)
+                    else _missing(prompts, embeddings))
+        names.append(f"{c['task']}/{c['step']}")
+    return GeneratorDataset(torch.stack(tokens), torch.stack(scales), torch.stack(deltas), rows, embeddings.embeddings,
+                            cfg.generator.prompts_per_sample, names)
+
+
+def _missing(prompts: list[str], embeddings: EmbeddingCache) -> torch.Tensor:
+    embeddings.lookup(prompts)  # raises, naming the prompt
+    raise AssertionError("unreachable")
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    return sorted(directory.glob("step-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+
+
+def _truncate_live_history(live_dir: Path, step: int) -> None:
+    """Drop per-step rows logged after `step` (by a run killed before its next checkpoint)."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        column = lines[0].split("\t").index("step")
+        kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]
+        tsv.write_text("\n".join(kept) + "\n")
+
+
+def save_generator(model: LoraGenerator, meta: dict, out_dir: Path) -> None:
+    with atomic_dir(out_dir) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / GENERATOR_WEIGHTS))
+        write_json_atomic(tmp / GENERATOR_CONFIG, meta)
+
+
+def load_generator(directory: Path) -> tuple[LoraGenerator, dict]:
+    directory = Path(directory)
+    meta = read_json(directory / GENERATOR_CONFIG, "generator config")
+    model = LoraGenerator(GeneratorShape.from_dict(meta["shape"]))
+    try:
+        model.load_state_dict(load_file(str(directory / GENERATOR_WEIGHTS)))
+    except (OSError, RuntimeError) as exc:
+        raise LlgbmError(f"{directory / GENERATOR_WEIGHTS}: cannot load generator weights ({str(exc).splitlines()[0]})") from None
+    return model.eval(), meta
+
+
+def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_step: int | None = None) -> dict:
+    """Train (or resume) the generator; writes the final generator and returns the last step's metrics.
+
+    stop_after_step ends the run early as a kill would (after that step, without the final outputs);
+    tests use it to check that a resumed run ends where an uninterrupted one does.
+    """
+    from accelerate import Accelerator
+    from dvclive import Live
+    from tqdm.auto import tqdm
+
+    tr = cfg.train
+    mixed_precision = resolve_mixed_precision(tr.mixed_precision)
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=tr.gradient_accumulation_steps)
+    device = accelerator.device
+    tokenizer = load_tokenizer(paths.base)
+    cache = DeltaCache.load(paths.deltas)
+    probe_ids, probe_mask = checked_probe_batch(cfg, tasks, cache, tokenizer, paths.base)
+    layout = lora_layout(AutoConfig.from_pretrained(str(paths.base)), cfg.lora)
+    weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
+    embeddings = EmbeddingCache.load(paths.embeddings)
+    dataset = build_dataset(cfg, tasks, paths, cache, layout, weight_tokenizer, embeddings)
+    token_mask = weight_tokenizer.mask.to(device)
+
+    torch.manual_seed(cfg.seed)
+    shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim)
+    model = LoraGenerator(shape)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, tr.warmup_steps, tr.steps)
+    loss_fn = MultiTaskLoss(lambda_delta=cfg.lambda_delta, lambda_schedule=cfg.lambda_schedule,
+                            warmup_steps=tr.lambda_warmup_steps, delta_loss_type=cfg.delta_loss_type,
+                            lambda_weights=tr.lambda_weights)
+    data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    base = load_base(paths.base, cfg.base.dtype, device=device)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
+                             autocast_dtype=autocast, gradient_checkpointing=tr.gradient_checkpointing)
+
+    fingerprint = sha256_json({"config": to_dict(cfg), "deltas": cache.probes.fingerprint(),
+                               "base": cache.base_fingerprint, "checkpoints": dataset.names})
+    start = 0
+    existing = _checkpoints(paths.checkpoints)
+    if existing:
+        state = torch.load(existing[-1], map_location="cpu", weights_only=False)
+        if state["fingerprint"] == fingerprint:
+            accelerator.unwrap_model(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            data_generator.set_state(state["data_generator"])
+            torch.set_rng_state(state["torch_rng"])
+            loss_fn.current_step = start = state["step"]
+        else:
+            for stale in existing:
+                stale.unlink()
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    live = None
+    if accelerator.is_main_process:
+        if start:
+            _truncate_live_history(paths.live, start)
+        live = Live(str(paths.live), dvcyaml=False, save_dvc_exp=False, resume=start > 0, report=None)
+    progress = tqdm(total=tr.steps, initial=start, desc="train", mininterval=5.0,
+                    disable=not accelerator.is_main_process)
+    metrics: dict[str, float] = {}
+    model.train()
+    for step in range(start + 1, tr.steps + 1):
+        sums: dict[str, float] = {}
+        for _ in range(tr.gradient_accumulation_steps):
+            with accelerator.accumulate(model):
+                micro = _micro_step(model, dataset, data_generator, tr, token_mask, weight_tokenizer, computer,
+                                    loss_fn, device, step)
+                accelerator.backward(micro.pop("_loss"))
+                if accelerator.sync_gradients:
+                    micro["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), tr.max_grad_norm))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            for k, v in micro.items():
+                sums[k] = sums.get(k, 0.0) + v
+        metrics = {k: v / tr.gradient_accumulation_steps for k, v in sums.items() if k != "grad_norm"}
+        metrics["grad_norm"] = sums["grad_norm"]
+        metrics["learning_rate"] = scheduler.get_last_lr()[0]
+        if not math.isfinite(metrics["grad_norm"]):
+            raise LlgbmError(f"train: grad_norm is {metrics['grad_norm']} at step {step}; no checkpoint written")
+        loss_fn.step()
+        if live is not None:
+            live.step = step
+            for name in STEP_METRICS:
+                if name in metrics:
+                    live.log_metric(name, metrics[name])
+            if step % tr.log_interval == 0 or step == tr.steps:
+                live.make_summary()
+        progress.update(1)
+        progress.set_postfix(loss=f"{metrics['loss_total']:.4f}")
+        if step % tr.save_interval == 0 and step < tr.steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _save_checkpoint(paths.checkpoints, step, accelerator.unwrap_model(model), optimizer, scheduler,
+                                 data_generator, fingerprint)
+        if stop_after_step is not None and step >= stop_after_step:
+            progress.close()
+            return metrics
+    progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        meta = {"shape": shape.to_dict(), "chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora),
+                "base_fingerprint": cache.base_fingerprint, "probes_fingerprint": cache.probes.fingerprint(),
+                "encoder": embeddings.encoder_name, "steps": tr.steps, "seed": cfg.seed,
+                "training_tasks": [t.name for t in training_tasks(cfg, tasks)], "heldout_tasks": list(cfg.heldout_tasks)}
+        save_generator(accelerator.unwrap_model(model), meta, paths.generator)
+        live.end()
+    return metrics
+
+
+def _micro_step(model, dataset: GeneratorDataset, data_generator: torch.Generator, tr, token_mask: torch.Tensor,
+                weight_tokenizer: WeightTokenizer, computer: DeltaComputer, loss_fn: MultiTaskLoss,
+                device: torch.device, step: int) -> dict:
+    batch = {k: v.to(device) for k, v in dataset.draw(tr.batch_size, data_generator).items()}
+    pred_tokens, pred_scales = model(batch["condition"])
+    pred_tokens = pred_tokens.float() * token_mask  # padding is zero, as in the targets
+    pred_scales = pred_scales.float()
+    loss_weights = weight_token_loss(pred_tokens, pred_scales, batch["tokens"], batch["scales"], token_mask)
+    delta_pred = delta_target = None
+    n_delta = tr.delta_batch_size
+    if n_delta:
+        # With lambda(t) = 0 the delta is still measured (for the logs) but not differentiated.
+        with torch.set_grad_enabled(loss_fn.get_lambda() > 0):
+            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta])
+            delta_pred = computer(adapters)
+        delta_target = batch["delta"][:n_delta]
+    total, metrics = loss_fn(loss_weights, delta_pred, delta_target)
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise LlgbmError(f"train: {name} is {value} at step {step}; no checkpoint written")
+    with torch.no_grad():
+        pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
+        target_raw = batch["tokens"] * torch.exp(batch["scales"][..., 1:]) + batch["scales"][..., :1]
+        metrics["weight_norm_ratio"] = ((pred_raw * token_mask).norm() / (target_raw * token_mask).norm()).item()
+    metrics["_loss"] = total
+    return metrics
+
+
+def _save_checkpoint(directory: Path, step: int, model: LoraGenerator, optimizer, scheduler,
+                     data_generator: torch.Generator, fingerprint: str, keep: int = 2) -> None:
+    state = {"step": step, "fingerprint": fingerprint, "model": model.state_dict(),
+             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "data_generator": data_generator.get_state(), "torch_rng": torch.get_rng_state()}
+    path = directory / f"step-{step:06d}.pt"
+    tmp = directory / f".{path.name}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(path)
+    for old in _checkpoints(directory)[:-keep]:
+        old.unlink()
