@@ -191,3 +191,52 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
         "cases": cases,
         "deltas_stage": bench_deltas_stage(cfg, 24, repeats) if "embedded-default" in models else None,
     }
+
+
+def bench_train(cfg: Config, steps: int) -> dict:
+    """Seconds per optimizer step of the training recipe, with the delta loss and weight-only, measured
+    alternately in one process on the embedded default's shapes (random base, teachers and prompts)."""
+    from .data import GeneratorDataset
+    from .generator import LoraGenerator, generator_shape
+    from .losses import MultiTaskLoss
+    from .train import training_step
+    from .weight_tokenizer import WeightTokenizer
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    tiny = cfg.base.tiny
+    base = random_model(dict(vocab_size=32, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+                             num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
+                             num_key_value_heads=tiny.num_kv_heads, tie_word_embeddings=True))
+    layout = layout_of_model(base, cfg.lora)
+    weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
+    n_checkpoints, n_prompts, embed_dim = 18, 256, 384
+    tokens, scales = weight_tokenizer.tokenize(stack_adapters([random_adapter(layout, generator) for _ in range(n_checkpoints)]))
+    dataset = GeneratorDataset(tokens, scales, torch.randn(n_checkpoints, tiny.hidden_size, generator=generator),
+                               [torch.arange(n_prompts)] * n_checkpoints, torch.randn(n_prompts, embed_dim, generator=generator),
+                               cfg.generator.prompts_per_sample, [str(i) for i in range(n_checkpoints)])
+    computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *random_probes(32, cfg.probe_count, 12, generator))
+    model = LoraGenerator(generator_shape(cfg.generator, embed_dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate)
+    arms = {
+        "with_delta": (MultiTaskLoss(lambda_delta=max(cfg.lambda_delta, 1.0), delta_loss_type=cfg.delta_loss_type),
+                       cfg.train),
+        "weight_only": (MultiTaskLoss(lambda_delta=0.0), type(cfg.train)(**{**cfg.train.__dict__, "delta_batch_size": 0})),
+    }
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    for i in range(steps + 5):
+        for name, (loss_fn, train_cfg) in arms.items():
+            start = time.perf_counter()
+            metrics = training_step(model, dataset, generator, train_cfg, weight_tokenizer.mask, weight_tokenizer,
+                                    computer, loss_fn, torch.device("cpu"), i)
+            metrics["_loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+            if i >= 5:  # the first steps warm up allocators
+                times[name].append(time.perf_counter() - start)
+    with_delta, weight_only = statistics.median(times["with_delta"]), statistics.median(times["weight_only"])
+    return {"machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+            "steps": steps, "batch_size": cfg.train.batch_size, "delta_batch_size": cfg.train.delta_batch_size,
+            "probes": cfg.probe_count, "seconds_per_step_with_delta": with_delta,
+            "seconds_per_step_weight_only": weight_only, "with_delta_over_weight_only": with_delta / weight_only}

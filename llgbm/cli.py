@@ -18,6 +18,12 @@ def _bench_delta(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
+def _bench_train(args: argparse.Namespace) -> None:
+    from .bench import bench_train
+
+    print(json.dumps(bench_train(load_config(args.params), args.steps), indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llgbm")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     delta.add_argument("--device", default="cpu")
     delta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     delta.set_defaults(run=_bench_delta)
+    train = bench_kinds.add_parser("train", help="seconds per training step, with the delta loss vs weight-only")
+    train.add_argument("--params", default="params.yaml")
+    train.add_argument("--steps", type=int, default=100)
+    train.set_defaults(run=_bench_train)
     return parser
 
 

@@ -113,7 +113,7 @@ class GeneratorConfig:
 class TrainConfig:
     steps: int = 1500  # optimizer steps
     batch_size: int = 8
-    delta_batch_size: int = 4  # items of each batch that get the delta loss, in one batched forward
+    delta_batch_size: int = 2  # items of each batch that get the delta loss, in one batched forward
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.01

@@ -203,7 +203,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
         sums: dict[str, float] = {}
         for _ in range(tr.gradient_accumulation_steps):
             with accelerator.accumulate(model):
-                micro = _micro_step(model, dataset, data_generator, tr, token_mask, weight_tokenizer, computer,
+                micro = training_step(model, dataset, data_generator, tr, token_mask, weight_tokenizer, computer,
                                     loss_fn, device, step)
                 accelerator.backward(micro.pop("_loss"))
                 if accelerator.sync_gradients:
@@ -248,7 +248,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     return metrics
 
 
-def _micro_step(model, dataset: GeneratorDataset, data_generator: torch.Generator, tr, token_mask: torch.Tensor,
+def training_step(model, dataset: GeneratorDataset, data_generator: torch.Generator, tr, token_mask: torch.Tensor,
                 weight_tokenizer: WeightTokenizer, computer: DeltaComputer, loss_fn: MultiTaskLoss,
                 device: torch.device, step: int) -> dict:
     batch = {k: v.to(device) for k, v in dataset.draw(tr.batch_size, data_generator).items()}

@@ -49,6 +49,15 @@ class WeightTokenizer:
             columns = torch.arange(span.n_tokens * chunk_width).view(span.n_tokens, chunk_width) < span.width
             mask[span.first_token : span.first_token + span.n_tokens] = columns[:, None, :]
         self.mask = mask.view(self.num_tokens, self.token_dim)  # True where a token entry is a real weight
+        # Where each real weight sits in the flattened (T * D) token grid, in layout order: A (r x in) then
+        # B transposed (r x out) of each slot, row-major. Detokenising is one gather and free views.
+        positions = torch.arange(self.num_tokens * self.token_dim).view(self.num_tokens, self.rank, chunk_width)
+        gather = []
+        for span in spans:
+            block = positions[span.first_token : span.first_token + span.n_tokens]  # (n, r, w)
+            gather.append(block.transpose(0, 1).reshape(self.rank, -1)[:, : span.width].reshape(-1))
+        self._gather = torch.cat(gather)
+        self._sizes = [self.rank * span.width for span in spans]
 
     def _raw_tokens(self, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         pieces = []
@@ -75,9 +84,11 @@ class WeightTokenizer:
     def detokenize(self, tokens: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Inverse of tokenize, differentiable in tokens and scales; padding entries are ignored."""
         raw = tokens * torch.exp(scales[..., 1:2]) + scales[..., 0:1]
-        parts: dict[tuple[int, str], torch.Tensor] = {}
-        for span in self.spans:
-            chunks = raw[..., span.first_token : span.first_token + span.n_tokens, :]
-            chunks = chunks.unflatten(-1, (self.rank, self.chunk_width)).transpose(-3, -2)  # (..., r, n, w)
-            parts[(span.slot, span.part)] = chunks.flatten(-2)[..., : span.width]
-        return {slot.name: (parts[(i, "A")], parts[(i, "B")].transpose(-1, -2)) for i, slot in enumerate(self.layout)}
+        lead = raw.shape[:-2]
+        flat = raw.reshape(*lead, -1).index_select(-1, self._gather.to(raw.device))
+        parts = flat.split(self._sizes, dim=-1)
+        out: dict[str, list[torch.Tensor]] = {}
+        for span, part in zip(self.spans, parts):
+            matrix = part.unflatten(-1, (self.rank, span.width))
+            out.setdefault(self.layout[span.slot].name, []).append(matrix if span.part == "A" else matrix.transpose(-1, -2))
+        return {name: (a, b) for name, (a, b) in out.items()}

@@ -15,12 +15,16 @@ from llgbm.config import Config, config_from_dict  # noqa: E402
 
 MICRO_PARAMS = {
     "probe_count": 4,
+    "heldout_tasks": ["largest"],
     "tasks": {"names": ["first", "last", "largest"], "train_per_task": 64, "test_per_task": 30},
     "base": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1,
                       "intermediate_size": 64}, "pretrain_steps": 20},
     "lora": {"rank": 2, "alpha": 4.0},
     "teachers": {"steps": 30, "batch_size": 16, "checkpoints_per_task": 2, "checkpoint_interval": 10,
                  "min_accuracy": 0.0},
+    "generator": {"chunk_width": 16, "prompts_per_sample": 4, "feature_dim": 32, "channels": [8]},
+    "train": {"steps": 40, "batch_size": 4, "delta_batch_size": 2, "learning_rate": 0.003, "warmup_steps": 5,
+              "lambda_warmup_steps": 10, "save_interval": 10, "log_interval": 5},
 }
 
 
@@ -44,6 +48,19 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
     summary = train_all_teachers(root / "base", tasks, cfg, root / "teachers")
     return {"cfg": cfg, "tasks": tasks, "base": root / "base", "teachers": root / "teachers",
             "summary": summary, "root": root}
+
+
+@pytest.fixture(scope="session")
+def micro_train_inputs(micro: dict) -> dict:
+    """The micro world plus its delta cache and (real, offline) prompt embeddings."""
+    from llgbm.delta_cache import fill_cache
+    from llgbm.encoder import embed_prompts
+
+    root = micro["root"]
+    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], root / "deltas")
+    prompts = [r.prompt for t in micro["tasks"] for r in (*t.train, *t.test)]
+    embed_prompts(micro["cfg"].encoder, prompts).save(root / "embeddings")
+    return {**micro, "deltas": root / "deltas", "embeddings": root / "embeddings"}
 
 
 def checkpoint_dirs(teachers: Path) -> list[Path]:
