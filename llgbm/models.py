@@ -64,7 +64,7 @@ def pretrain_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     return losses
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
@@ -81,7 +81,7 @@ def compute_device() -> torch.device:
 
 def load_base(path: str | Path, dtype: str = "float32", device: str | torch.device | None = None) -> PreTrainedModel:
     """A fresh, frozen copy of the base model, on `device` (default: compute_device())."""
-    _quiet_transformers()
+    quiet_transformers()
     device = compute_device() if device is None else device
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])

@@ -16,6 +16,7 @@ DELTAS_DIR = Path("cache/deltas")
 EMBEDDINGS_DIR = Path("cache/embeddings")
 GENERATOR_DIR = Path("models/generator")
 TRAIN_CHECKPOINTS_DIR = Path("checkpoints/train")
+EVALUATION_ADAPTERS_DIR = Path("models/evaluation")
 RESULTS_DIR = Path("results")
 
 

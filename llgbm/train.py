@@ -240,6 +240,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         meta = {"shape": shape.to_dict(), "chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora),
+                "base_path": str(paths.base),
                 "base_fingerprint": cache.base_fingerprint, "probes_fingerprint": cache.probes.fingerprint(),
                 "encoder": embeddings.encoder_name, "steps": tr.steps, "seed": cfg.seed,
                 "training_tasks": [t.name for t in training_tasks(cfg, tasks)], "heldout_tasks": list(cfg.heldout_tasks)}
@@ -259,9 +260,12 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
     delta_pred = delta_target = None
     n_delta = tr.delta_batch_size
     if n_delta:
-        # With lambda(t) = 0 the delta is still measured (for the logs) but not differentiated.
+        # With lambda(t) = 0 the delta is still measured (for the logs) but not differentiated. The scales
+        # reach the delta detached: a token's mean and log-std move all its r x chunk_width weights at
+        # once, a direction the delta is so sensitive to that its gradient (norm 10^2..10^3 on the
+        # embedded default) swamped everything after clipping; the weight loss trains the scales.
         with torch.set_grad_enabled(loss_fn.get_lambda() > 0):
-            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta])
+            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta].detach())
             delta_pred = computer(adapters)
         delta_target = batch["delta"][:n_delta]
     total, metrics = loss_fn(loss_weights, delta_pred, delta_target)

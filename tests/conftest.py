@@ -65,3 +65,16 @@ def micro_train_inputs(micro: dict) -> dict:
 
 def checkpoint_dirs(teachers: Path) -> list[Path]:
     return sorted(p.parent for p in teachers.glob("*/step-*/adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def micro_generator(micro_train_inputs: dict) -> dict:
+    """A generator trained for the micro configuration's 40 steps."""
+    from llgbm.train import Paths, train_generator
+
+    run = micro_train_inputs["root"] / "run"
+    paths = Paths(base=micro_train_inputs["base"], teachers=micro_train_inputs["teachers"],
+                  deltas=micro_train_inputs["deltas"], embeddings=micro_train_inputs["embeddings"],
+                  generator=run / "generator", checkpoints=run / "checkpoints", live=run / "live")
+    train_generator(micro_train_inputs["cfg"], micro_train_inputs["tasks"], paths)
+    return {**micro_train_inputs, "paths": paths, "generator": paths.generator}

@@ -96,3 +96,28 @@ def test_corrupt_input_leaves_outputs_untouched(project: Path) -> None:
     assert result.stderr.strip().startswith("error: data/tasks.json: tasks file is not valid JSON")
     assert sorted(p.name for p in (project / "models/base").iterdir()) == before
     assert not list((project / "models").glob(".*.tmp"))
+
+
+def test_queued_experiments_differ_in_lambda(project: Path) -> None:
+    """Upstream stages committed first; two queued runs differing in lambda_delta retrain only the generator."""
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "pipeline outputs"], project)
+    for value in ("0.0", "1.0"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"lambda_delta={value}", "-n", f"lambda-{value.replace('.', '-')}"],
+            project)
+    out = run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)
+    assert "Running stage 'teachers'" not in out.stdout
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    found = {}
+    for baseline in shown:
+        for group in baseline.get("experiments") or []:
+            for rev in group.get("revs", []):
+                data = rev["data"]
+                params = data["params"]["params.yaml"]["data"]
+                metrics = data["metrics"]["results/evaluate/metrics.json"]["data"]
+                found[rev["name"]] = (params["lambda_delta"], metrics)
+    assert {"lambda-0-0", "lambda-1-0"} <= set(found)
+    assert found["lambda-0-0"][0] == 0.0 and found["lambda-1-0"][0] == 1.0
+    assert found["lambda-0-0"][1] != found["lambda-1-0"][1]
+    report = run([sys.executable, "-m", "llgbm.cli", "compare"], project).stdout
+    assert "lambda_delta=0.0" in report and "lambda_delta=1.0" in report and "baseline" in report
