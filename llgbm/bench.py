@@ -26,6 +26,14 @@ QWEN25_15B = dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28
                   num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
 
 
+def tiny_shape(cfg: Config) -> dict:
+    """The embedded default's base-model shape (vocabulary size does not matter for timing)."""
+    tiny = cfg.base.tiny
+    return dict(vocab_size=32, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+                num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
+                num_key_value_heads=tiny.num_kv_heads, tie_word_embeddings=True)
+
+
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     fn()  # warm-up
     times = []
@@ -120,9 +128,7 @@ def bench_deltas_stage(cfg: Config, n_adapters: int, repeats: int) -> dict:
     PEFT path (fresh base from disk and PeftModel.from_pretrained per adapter), on the default shape."""
     from .models import load_base
 
-    shape = dict(vocab_size=32, hidden_size=cfg.base.tiny.hidden_size, intermediate_size=cfg.base.tiny.intermediate_size,
-                 num_hidden_layers=cfg.base.tiny.num_layers, num_attention_heads=cfg.base.tiny.num_heads,
-                 num_key_value_heads=cfg.base.tiny.num_kv_heads, tie_word_embeddings=True)
+    shape = tiny_shape(cfg)
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         base_dir, model = Path(tmp) / "base", random_model(shape)
@@ -161,11 +167,7 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
     torch_device = torch.device(device)
     autocast_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     shapes = {
-        "embedded-default": (dict(vocab_size=32, hidden_size=cfg.base.tiny.hidden_size,
-                                  intermediate_size=cfg.base.tiny.intermediate_size,
-                                  num_hidden_layers=cfg.base.tiny.num_layers, num_attention_heads=cfg.base.tiny.num_heads,
-                                  num_key_value_heads=cfg.base.tiny.num_kv_heads, tie_word_embeddings=True),
-                             cfg.lora, probes or cfg.probe_count, probe_length or 12),
+        "embedded-default": (tiny_shape(cfg), cfg.lora, probes or cfg.probe_count, probe_length or 12),
         "qwen2.5-0.5b": (QWEN25_05B, LoraConfig(rank=8, alpha=16.0), probes or 2, probe_length or 16),
         "qwen2.5-1.5b": (QWEN25_15B, LoraConfig(rank=16, alpha=32.0), probes or 8, probe_length or 128),
     }
@@ -204,15 +206,12 @@ def bench_train(cfg: Config, steps: int) -> dict:
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    tiny = cfg.base.tiny
-    base = random_model(dict(vocab_size=32, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
-                             num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
-                             num_key_value_heads=tiny.num_kv_heads, tie_word_embeddings=True))
+    base = random_model(tiny_shape(cfg))
     layout = layout_of_model(base, cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
     n_checkpoints, n_prompts, embed_dim = 18, 256, 384
     tokens, scales = weight_tokenizer.tokenize(stack_adapters([random_adapter(layout, generator) for _ in range(n_checkpoints)]))
-    dataset = GeneratorDataset(tokens, scales, torch.randn(n_checkpoints, tiny.hidden_size, generator=generator),
+    dataset = GeneratorDataset(tokens, scales, torch.randn(n_checkpoints, cfg.base.tiny.hidden_size, generator=generator),
                                [torch.arange(n_prompts)] * n_checkpoints, torch.randn(n_prompts, embed_dim, generator=generator),
                                cfg.generator.prompts_per_sample, [str(i) for i in range(n_checkpoints)])
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *random_probes(32, cfg.probe_count, 12, generator))

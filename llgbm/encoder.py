@@ -68,11 +68,14 @@ class EmbeddingCache:
             raise LlgbmError(f"{directory}: embeddings and prompt index disagree; rerun the embed stage")
         return cls(index["prompts"], embeddings, index["encoder"])
 
+    def rows(self, prompts: list[str]) -> torch.Tensor:
+        missing = [p for p in prompts if p not in self.row]
+        if missing:
+            raise LlgbmError(f"embedding cache: no embedding for prompt {missing[0][:80]!r}; rerun the embed stage")
+        return torch.tensor([self.row[p] for p in prompts], dtype=torch.long)
+
     def lookup(self, prompts: list[str]) -> torch.Tensor:
-        try:
-            return self.embeddings[[self.row[p] for p in prompts]]
-        except KeyError as exc:
-            raise LlgbmError(f"embedding cache: no embedding for prompt {str(exc)[:80]}; rerun the embed stage") from None
+        return self.embeddings[self.rows(prompts)]
 
 
 def embed_prompts(cfg: EncoderConfig, prompts: list[str]) -> EmbeddingCache:

@@ -83,17 +83,10 @@ def build_dataset(cfg: Config, tasks: list[Task], paths: Paths, cache: DeltaCach
         tokens.append(t)
         scales.append(s)
         deltas.append(cache.get(key))
-        prompts = [r.prompt for r in by_name[c["task"]].train]
-        rows.append(torch.tensor([embeddings.row[p] for p in prompts]) if all(p in embeddings.row for p in prompts)
-                    else _missing(prompts, embeddings))
+        rows.append(embeddings.rows([r.prompt for r in by_name[c["task"]].train]))
         names.append(f"{c['task']}/{c['step']}")
     return GeneratorDataset(torch.stack(tokens), torch.stack(scales), torch.stack(deltas), rows, embeddings.embeddings,
                             cfg.generator.prompts_per_sample, names)
-
-
-def _missing(prompts: list[str], embeddings: EmbeddingCache) -> torch.Tensor:
-    embeddings.lookup(prompts)  # raises, naming the prompt
-    raise AssertionError("unreachable")
 
 
 def resolve_mixed_precision(setting: str) -> str:

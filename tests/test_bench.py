@@ -1,0 +1,22 @@
+"""The benchmark commands run and report what they claim (timings themselves are never asserted)."""
+from llgbm.bench import bench_delta, bench_train
+
+from .conftest import micro_config
+
+
+def test_bench_delta_reports_every_case() -> None:
+    result = bench_delta(micro_config(), ["embedded-default"], [1, 2], repeats=1, probes=2, probe_length=6,
+                         device="cpu", dtype="float32")
+    assert [(c["adapters"], c["mode"]) for c in result["cases"]] == [
+        (1, "forward"), (1, "forward_backward"), (2, "forward"), (2, "forward_backward")]
+    for case in result["cases"]:
+        assert all(case[k] > 0 for k in ("batched", "loop", "plain"))
+        assert (case["peft"] is None) == (case["mode"] == "forward_backward")
+    assert result["deltas_stage"]["stage"] > 0 and result["deltas_stage"]["peft"] > 0
+
+
+def test_bench_train_reports_both_arms() -> None:
+    result = bench_train(micro_config(), steps=3)
+    assert result["seconds_per_step_with_delta"] > 0 and result["seconds_per_step_weight_only"] > 0
+    assert result["with_delta_over_weight_only"] == (
+        result["seconds_per_step_with_delta"] / result["seconds_per_step_weight_only"])
