@@ -9,19 +9,22 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
 
+from .config import Config
+from .delta import DeltaComputer, stack_adapters
 from .errors import LlgbmError
-from .io import read_json, sha256_json, write_json_atomic
-from .probes import ProbeSet
-
-if TYPE_CHECKING:
-    from .config import Config
+from .io import read_json, sha256_file, sha256_json, write_json_atomic
+from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
+from .models import load_base, load_tokenizer
+from .probes import ProbeSet, build_probe_set, tokenize_probes
+from .tasks import Task
 
 MANIFEST = "manifest.json"
 PROBES = "probes.json"
@@ -132,24 +135,12 @@ class DeltaCache:
 
 
 def base_fingerprint(base_dir: Path) -> str:
-    from .io import sha256_file
-
     files = sorted(Path(base_dir).glob("*.safetensors")) + [Path(base_dir) / "config.json"]
     return sha256_json([[f.name, sha256_file(f)] for f in files])
 
 
-def fill_cache(cfg: "Config", tasks: list, base_dir: Path, teachers_dir: Path, cache_dir: Path) -> dict:
+def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Path, cache_dir: Path) -> dict:
     """Compute (or reuse) the delta of every teacher checkpoint; returns the stage's metrics."""
-    import time
-
-    from transformers import AutoConfig
-
-    from .delta import DeltaComputer, stack_adapters
-    from .io import sha256_file
-    from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
-    from .models import load_base, load_tokenizer
-    from .probes import build_probe_set, tokenize_probes
-
     start = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
     probes = build_probe_set(cfg, tasks, tokenizer)

@@ -77,23 +77,30 @@ def _lookup(row: dict, name: str) -> Any:
 
 
 def group_runs(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
-    """Finished experiments grouped by arm (the grid's knobs), metrics listed over seeds."""
+    """Finished experiments grouped by arm (the grid's knobs), metrics listed over seeds. Baseline rows
+    (the workspace and its commit) are left out, and one run counts once per (arm, seed)."""
     groups: dict[tuple, dict[str, list[float]]] = {}
-    seen_revs = set()
     for row in rows:
-        if row.get("rev") in seen_revs or row.get("Experiment") in (None, "workspace") and row.get("rev") == "workspace":
+        if row.get("Experiment") is None or row.get("typ") == "baseline":
             continue
         values = {name: _lookup(row, path) for name, path in KEY_METRICS.items()}
-        if values["heldout_accuracy"] in (None, "-"):
+        if not isinstance(values["heldout_accuracy"], (int, float)):
             continue  # queued, running or failed
-        seen_revs.add(row.get("rev"))
-        arm = tuple((k, _lookup(row, k)) for k in ARM_KEYS)
+        arm = tuple((k, _plain(_lookup(row, k)) if k == "probe_count" else _lookup(row, k)) for k in ARM_KEYS)
         bucket = groups.setdefault(arm, {name: [] for name in KEY_METRICS} | {"seed": []})
-        bucket["seed"].append(_lookup(row, "seed"))
+        seed = _plain(_lookup(row, "seed"))
+        if seed in bucket["seed"]:
+            continue
+        bucket["seed"].append(seed)
         for name, value in values.items():
             if isinstance(value, (int, float)):
                 bucket[name].append(float(value))
     return groups
+
+
+def _plain(value: Any) -> Any:
+    """exp_show gives every number as a float; an integer param (probe count, seed) reads back as one."""
+    return int(value) if isinstance(value, float) and value.is_integer() and not isinstance(value, bool) else value
 
 
 def comparison_report(rows: list[dict]) -> str:
@@ -110,27 +117,35 @@ def comparison_report(rows: list[dict]) -> str:
 
     def baseline_of(arm: tuple) -> tuple | None:
         """The weight-only arm closest to `arm` (with lambda_delta = 0 the other knobs do not train)."""
-        weight_only = [a for a in groups if dict(a)["lambda_delta"] == 0]
+        weight_only = [a for a in groups if not dict(a)["lambda_delta"]]
         return max(weight_only, key=lambda a: sum(x == y for x, y in zip(a, arm)), default=None)
 
-    header = ["arm", "seeds", *KEY_METRICS, "Δ heldout_accuracy vs weight-only"]
+    compared = ("heldout_accuracy", "seen_accuracy")
+
+    def difference(values: list[float], base_values: list[float]) -> str:
+        if not values or not base_values:
+            return "—"
+        text = f"{statistics.fmean(values) - statistics.fmean(base_values):+.3f}"
+        if len(values) > 1 and len(base_values) > 1:
+            se = math.sqrt(statistics.variance(values) / len(values) + statistics.variance(base_values) / len(base_values))
+            text += f" ± {1.96 * se:.3f}"
+        return text
+
+    header = ["arm", "seeds", *KEY_METRICS, *(f"Δ {m} vs weight-only" for m in compared)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in sorted(groups, key=str):
         bucket = groups[arm]
         base_arm = baseline_of(arm)
         base = groups[base_arm] if base_arm is not None else None
-        if base and base is not bucket and bucket["heldout_accuracy"] and base["heldout_accuracy"]:
-            diff_mean = statistics.fmean(bucket["heldout_accuracy"]) - statistics.fmean(base["heldout_accuracy"])
-            diff = f"{diff_mean:+.3f}"
-            if len(bucket["heldout_accuracy"]) > 1 and len(base["heldout_accuracy"]) > 1:
-                se = math.sqrt(statistics.variance(bucket["heldout_accuracy"]) / len(bucket["heldout_accuracy"])
-                               + statistics.variance(base["heldout_accuracy"]) / len(base["heldout_accuracy"]))
-                diff += f" ± {1.96 * se:.3f}"
+        if base is None:
+            diffs = ["no weight-only run"] * len(compared)
+        elif base is bucket:
+            diffs = ["baseline"] * len(compared)
         else:
-            diff = "baseline" if base is bucket else "no baseline run"
+            diffs = [difference(bucket[m], base[m]) for m in compared]
         label = ", ".join(f"{k}={v}" for k, v in arm)
         lines.append(f"| {label} | {len(bucket['seed'])} | " + " | ".join(fmt(bucket[m]) for m in KEY_METRICS)
-                     + f" | {diff} |")
+                     + " | " + " | ".join(diffs) + " |")
     notes = ["", "Mean ± 95% confidence half-width over seeds (t distribution); the difference column uses a normal "
              "approximation. Training curves side by side: `dvc plots diff <experiment names>`."]
     return "\n".join(lines + notes) + "\n"

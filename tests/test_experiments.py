@@ -36,10 +36,12 @@ def _row(name: str, lambda_delta: float, seed: int, accuracy: float) -> dict:
 def test_report_compares_each_arm_with_weight_only() -> None:
     rows = [_row("a0", 0.0, 0, 0.10), _row("a1", 0.0, 1, 0.20), _row("a2", 0.0, 2, 0.30),
             _row("b0", 1.0, 0, 0.40), _row("b1", 1.0, 1, 0.50), _row("b2", 1.0, 2, 0.60),
-            {**_row("q", 2.0, 0, 0.0), "heldout.accuracy.generated": None}]  # queued: no metrics yet
+            {**_row("q", 2.0, 0, 0.0), "heldout.accuracy.generated": None},  # queued: no metrics yet
+            {**_row("main", 1.0, 0, 0.9), "Experiment": None, "typ": "baseline"},  # the workspace's commit
+            {**_row("b0-again", 1.0, 0, 0.9)}]  # the same arm and seed twice counts once
     report = comparison_report(rows)
     assert "lambda_delta=2.0" not in report
     baseline = next(line for line in report.splitlines() if "lambda_delta=0.0" in line)
     delta_arm = next(line for line in report.splitlines() if "lambda_delta=1.0" in line)
-    assert "| 3 | 0.200 ± 0.248" in baseline and baseline.endswith("| baseline |")
-    assert "| 3 | 0.500 ± 0.248" in delta_arm and "+0.300 ± 0.160" in delta_arm
+    assert "| 3 | 0.200 ± 0.248" in baseline and baseline.endswith("| baseline | baseline |")
+    assert "| 3 | 0.500 ± 0.248" in delta_arm and delta_arm.endswith("| +0.300 ± 0.160 | +0.000 ± 0.000 |")
