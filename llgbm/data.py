@@ -1,6 +1,8 @@
 """Token-level views of task records, shared by teacher training and accuracy scoring."""
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -46,6 +48,13 @@ class GeneratorDataset:
         short = [n for n, rows in zip(names, prompt_rows) if len(rows) < prompts_per_sample]
         if short:
             raise ValueError(f"checkpoints {short[:3]} have fewer train prompts than generator.prompts_per_sample")
+
+    def fingerprint(self) -> str:
+        """A hash of every target and condition tensor."""
+        digest = hashlib.sha256()
+        for tensor in (self.tokens, self.scales, self.deltas, self.embeddings, *self.prompt_rows):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

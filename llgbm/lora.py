@@ -161,6 +161,17 @@ def to_peft_state_dict(tensors: dict[str, tuple[torch.Tensor, torch.Tensor]], la
     return state
 
 
+def save_peft_model(model: PeftModel, out_dir: Path) -> None:
+    """PEFT's save_pretrained, with adapter_config.json's target_modules in sorted order: PEFT keeps them
+    as a set, whose order changes between processes, and the file should not."""
+    model.save_pretrained(str(out_dir))
+    config_path = Path(out_dir) / ADAPTER_CONFIG
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def save_adapter(base: PreTrainedModel, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]],
                  layout: list[LoraSlot], lora: LoraConfig, out_dir: Path) -> None:
     """Write tensors as a PEFT directory through PEFT's own API. `base` must be a fresh model: PEFT
@@ -169,7 +180,7 @@ def save_adapter(base: PreTrainedModel, tensors: dict[str, tuple[torch.Tensor, t
     result = set_peft_model_state_dict(model, to_peft_state_dict(tensors, layout))
     if result.unexpected_keys:
         raise LlgbmError(f"{out_dir}: PEFT rejected tensors {result.unexpected_keys[:3]}")
-    model.save_pretrained(str(out_dir))
+    save_peft_model(model, out_dir)
 
 
 def load_peft_model(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:

@@ -13,7 +13,7 @@ from .data import record_batch
 from .errors import LlgbmError
 from .evaluate import task_accuracy
 from .io import write_json_atomic
-from .lora import peft_config, shared_initialisation
+from .lora import peft_config, save_peft_model, shared_initialisation
 from .models import load_base, load_tokenizer
 from .tasks import Task
 
@@ -48,7 +48,7 @@ def train_teacher(base_dir: Path, tokenizer: PreTrainedTokenizerBase, task: Task
         if step in snapshots:
             model.eval()
             checkpoint = out_dir / f"step-{step:05d}"
-            model.save_pretrained(str(checkpoint))
+            save_peft_model(model, checkpoint)
             metrics = {"task": task.name, "step": step, "train_loss": loss.item(),
                        "test_accuracy": task_accuracy(model, tokenizer, task, "test")}
             write_json_atomic(checkpoint / "prompts.json", train_prompts)
@@ -81,7 +81,7 @@ def train_all_teachers(base_dir: Path, tasks: list[Task], cfg: Config, out_dir: 
     init_state = shared_initialisation(load_base(base_dir, cfg.base.dtype), cfg.lora, cfg.teachers.seed)
     init_model = get_peft_model(load_base(base_dir, cfg.base.dtype), peft_config(cfg.lora))
     set_peft_model_state_dict(init_model, init_state)
-    init_model.save_pretrained(str(out_dir / "init"))
+    save_peft_model(init_model, out_dir / "init")
     per_task, index = {}, []
     for task_index, task in enumerate(tasks):
         base_accuracy = task_accuracy(load_base(base_dir, cfg.base.dtype), tokenizer, task, "test")

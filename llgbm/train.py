@@ -165,8 +165,10 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
                              autocast_dtype=autocast, gradient_checkpointing=tr.gradient_checkpointing)
 
+    # What a checkpoint was trained on: a resume after anything here changed would mix two runs.
     fingerprint = sha256_json({"config": to_dict(cfg), "deltas": cache.probes.fingerprint(),
-                               "base": cache.base_fingerprint, "checkpoints": dataset.names})
+                               "base": cache.base_fingerprint, "checkpoints": dataset.names,
+                               "data": dataset.fingerprint()})
     start = 0
     existing = _checkpoints(paths.checkpoints)
     if existing:

@@ -107,3 +107,9 @@ def test_adapter_rank_differs_from_params(micro, tmp_path) -> None:
     layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), micro["cfg"].lora)
     with pytest.raises(LlgbmError, match="r is 16, params say 2"):
         load_adapter_tensors(adapter, layout, micro["cfg"].lora)
+
+
+def test_saved_adapter_config_is_stable(micro) -> None:
+    for directory in checkpoint_dirs(micro["teachers"]):
+        config = json.loads((directory / "adapter_config.json").read_text())
+        assert config["target_modules"] == sorted(micro["cfg"].lora.target_modules)
