@@ -155,10 +155,10 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
     computer = DeltaComputer(model, layout, lora_scaling(cfg.lora), *tokenize_probes(probes, tokenizer))
     cache.save_base_state(computer.base_state)
     per_batch = cfg.deltas.adapters_per_batch
+    device = computer.probe_ids.device
     for first in range(0, len(todo), per_batch):
         chunk = todo[first : first + per_batch]
         tensors = [load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora) for c in chunk]
-        device = computer.probe_ids.device
         batch = {k: (a.to(device), b.to(device)) for k, (a, b) in stack_adapters(tensors).items()}
         with torch.no_grad():
             deltas = computer(batch).cpu()

@@ -118,21 +118,19 @@ def run_evaluation(cfg, tasks: list[Task], paths, adapters_dir, prompt_batches: 
     training = training_tasks(cfg, tasks)
     train_names = {t.name for t in training}
 
+    def probe_state(model) -> torch.Tensor:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            return last_token_states(model, probe_ids.to(device), probe_mask.to(device)).mean(0).cpu()
+
     def measure(adapter_dir: Path | None, task: Task) -> tuple[float, torch.Tensor]:
         model = load_base(paths.base, cfg.base.dtype)
-        if adapter_dir is not None:
-            model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-        accuracy = task_accuracy(model, tokenizer, task, "test")
-        inner = model.get_base_model() if adapter_dir is not None else model
-        device = next(inner.parameters()).device
-        with torch.no_grad():
-            state = last_token_states(inner, probe_ids.to(device), probe_mask.to(device)).mean(0).cpu()
-        return accuracy, state - base_state
+        if adapter_dir is None:
+            return task_accuracy(model, tokenizer, task, "test"), probe_state(model) - base_state
+        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+        return task_accuracy(model, tokenizer, task, "test"), probe_state(model.get_base_model()) - base_state
 
-    with torch.no_grad():
-        base_model = load_base(paths.base, cfg.base.dtype)
-        device = next(base_model.parameters()).device
-        base_state = last_token_states(base_model, probe_ids.to(device), probe_mask.to(device)).mean(0).cpu()
+    base_state = probe_state(load_base(paths.base, cfg.base.dtype))
     mean_dir = adapters_dir / "mean_teacher"
     loaded.save(mean_adapter([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
                               for c in index if c["task"] in train_names]), mean_dir)
@@ -146,17 +144,25 @@ def run_evaluation(cfg, tasks: list[Task], paths, adapters_dir, prompt_batches: 
         rng = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, task.name)))
         results: dict[str, list[tuple[float, torch.Tensor]]] = {m: [] for m in METHODS}
         nearest_names = []
-        results["base"].append(measure(None, task))
-        results["teacher"].append(measure(final[task.name], task))
-        results["mean_teacher"].append(measure(mean_dir, task))
+        measured: dict[Path | None, tuple[float, torch.Tensor]] = {}
+
+        def measure_once(adapter_dir: Path | None) -> tuple[float, torch.Tensor]:
+            # The nearest teacher is often the same task's (or the same task for every batch).
+            if adapter_dir not in measured:
+                measured[adapter_dir] = measure(adapter_dir, task)
+            return measured[adapter_dir]
+
+        results["base"].append(measure_once(None))
+        results["teacher"].append(measure_once(final[task.name]))
+        results["mean_teacher"].append(measure_once(mean_dir))
         for k in range(prompt_batches):
             prompts = [task.test[i].prompt for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
             condition = embeddings.lookup(prompts)
             out_dir = adapters_dir / task.name / f"generated-{k}"
             loaded.save(loaded.tensors(condition), out_dir)
-            results["generated"].append(measure(out_dir, task))
+            results["generated"].append(measure_once(out_dir))
             nearest_names.append(nearest_task(condition, task_embeddings))
-            results["nearest_teacher"].append(measure(final[nearest_names[-1]], task))
+            results["nearest_teacher"].append(measure_once(final[nearest_names[-1]]))
         teacher_delta = results["teacher"][0][1]
         cached_teacher = cache.get(teacher_key)
         if (teacher_delta - cached_teacher).norm() > 1e-4 * cached_teacher.norm():
