@@ -23,7 +23,7 @@ PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
 LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+MIXED_PRECISION = ("auto", "no", "bf16")
 LORA_TARGETS_DEFAULT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -123,7 +123,7 @@ class TrainConfig:
     lambda_warmup_steps: int = 300
     save_interval: int = 250
     log_interval: int = 10  # dvclive summary (metrics.json) refresh; per-step metrics are logged every step
-    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "no", "bf16" (fp16 is refused)
     gradient_checkpointing: bool = False
 
 
@@ -255,13 +255,19 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     if not g.channels or min(g.channels) <= 0:
         raise LlgbmError(f"{source}: 'generator.channels' must be a non-empty list of positive ints")
     tr = cfg.train
-    for key in ("steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "save_interval", "log_interval"):
+    # max_grad_norm is always applied: 0 would clip every gradient to nothing and train nothing.
+    for key in ("steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "save_interval", "log_interval",
+                "max_grad_norm"):
         _check_positive(getattr(tr, key), f"train.{key}", source)
-    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "max_grad_norm", "lambda_weights",
-                "lambda_warmup_steps"):
+    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps"):
         _check_positive(getattr(tr, key), f"train.{key}", source, allow_zero=True)
     if tr.delta_batch_size > tr.batch_size:
         raise LlgbmError(f"{source}: 'train.delta_batch_size' ({tr.delta_batch_size}) exceeds train.batch_size")
+    if tr.mixed_precision == "fp16":
+        # fp16 needs a dynamic loss scale, which the training checkpoints do not carry: a resumed run would
+        # not continue the one that was killed.
+        raise LlgbmError(f"{source}: 'train.mixed_precision' fp16 is not supported (its loss scale is not "
+                         "checkpointed); use bf16 or no")
     _check_choice(tr.mixed_precision, MIXED_PRECISION, "train.mixed_precision", source)
     _check_positive(cfg.evaluate.prompt_batches, "evaluate.prompt_batches", source)
     if tr.lambda_weights == 0 and (cfg.lambda_delta == 0 or tr.delta_batch_size == 0):

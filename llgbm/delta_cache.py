@@ -1,5 +1,9 @@
-"""The delta cache: one safetensors file per (adapter content, probe set, base model), a JSON manifest,
-and the probe set itself so training measures deltas on exactly the same probes.
+"""The delta cache: one safetensors file per (adapter content, probe set, base model, delta definition),
+a JSON manifest, and the probe set itself so training measures deltas on exactly the same probes.
+
+The delta definition is everything else a delta depends on: the library code that computes it, the
+libraries it runs on, the base model's dtype and the LoRA scaling. Entries made under another
+definition are never reused: the cache starts fresh and says so.
 
 Entries are written atomically (temporary file, then rename; manifest rewritten after each batch), so a
 killed run leaves only complete entries and a rerun reuses every valid one.
@@ -24,16 +28,28 @@ from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
 from .models import load_base, load_tokenizer
 from .probes import ProbeSet, build_probe_set, tokenize_probes
+from .provenance import code_fingerprint, library_versions
 from .tasks import Task
 
 MANIFEST = "manifest.json"
 PROBES = "probes.json"
 BASE_STATE = "base_state.safetensors"
-FORMAT = 1
+FORMAT = 2
 
 
-def entry_key(adapter_sha256: str, probes_fingerprint: str, base_fingerprint: str) -> str:
-    return sha256_json([adapter_sha256, probes_fingerprint, base_fingerprint])
+def delta_definition(dtype: str, scaling: float) -> dict:
+    """What a cached delta means beyond its adapter, probes and base model."""
+    return {"format": FORMAT, "code": code_fingerprint(__name__), "libraries": library_versions(),
+            "dtype": dtype, "scaling": scaling}
+
+
+def entry_key(adapter_sha256: str, probes_fingerprint: str, base_fingerprint: str, definition: dict) -> str:
+    return sha256_json([adapter_sha256, probes_fingerprint, base_fingerprint, definition])
+
+
+def _definition_change(old: dict, new: dict) -> str:
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    return ", ".join("library code" if k == "code" else k for k in changed)
 
 
 def _save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
@@ -49,17 +65,20 @@ def _save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
 
 
 class DeltaCache:
-    def __init__(self, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int):
+    def __init__(self, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int, definition: dict):
         self.root = Path(root)
         self.probes = probes
         self.base_fingerprint = base_fingerprint
         self.hidden_size = hidden_size
+        self.definition = definition
         self.entries: dict[str, dict] = {}
 
     @classmethod
-    def open(cls, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int) -> "DeltaCache":
-        """Open for writing: keep the entries that are valid for these probes and this base model."""
-        cache = cls(root, probes, base_fingerprint, hidden_size)
+    def open(cls, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int,
+             definition: dict) -> "DeltaCache":
+        """Open for writing: keep the entries that are valid for these probes, this base model and this
+        delta definition; anything else is recomputed (and pruned once the new entries are in)."""
+        cache = cls(root, probes, base_fingerprint, hidden_size, definition)
         (cache.root / "entries").mkdir(parents=True, exist_ok=True)
         for stale in cache.root.rglob(".*.tmp"):
             stale.unlink()
@@ -69,9 +88,14 @@ class DeltaCache:
                 manifest = read_json(manifest_path, "delta cache manifest")
             except LlgbmError:
                 manifest = {}
-            if (manifest.get("format") == FORMAT and manifest.get("probes_fingerprint") == probes.fingerprint()
-                    and manifest.get("base_fingerprint") == base_fingerprint):
-                cache.entries = {k: v for k, v in manifest.get("entries", {}).items() if cache._valid(k, v)}
+            old_definition = manifest.get("definition") if isinstance(manifest.get("definition"), dict) else {}
+            if old_definition != definition:
+                print(f"{cache.root}: cached deltas were computed under another definition "
+                      f"({_definition_change(old_definition, definition)} changed); starting fresh", flush=True)
+            elif (manifest.get("probes_fingerprint") == probes.fingerprint()
+                    and manifest.get("base_fingerprint") == base_fingerprint
+                    and isinstance(manifest.get("entries"), dict)):
+                cache.entries = {k: v for k, v in manifest["entries"].items() if cache._valid(k, v)}
         write_json_atomic(cache.root / PROBES, probes.identity())
         return cache
 
@@ -80,12 +104,22 @@ class DeltaCache:
         """Open for reading, as training and evaluation do."""
         root = Path(root)
         manifest = read_json(root / MANIFEST, "delta cache manifest")
-        probes = ProbeSet.from_identity(read_json(root / PROBES, "delta cache probes"))
-        if probes.fingerprint() != manifest.get("probes_fingerprint"):
-            raise LlgbmError(f"{root / PROBES}: probe set does not match the manifest's fingerprint")
-        cache = cls(root, probes, manifest["base_fingerprint"], manifest["hidden_size"])
-        cache.entries = manifest["entries"]
+        probes_path = root / PROBES
+        try:
+            probes = ProbeSet.from_identity(read_json(probes_path, "delta cache probes"))
+            if probes.fingerprint() != manifest.get("probes_fingerprint"):
+                raise LlgbmError(f"{probes_path}: probe set does not match the manifest's fingerprint")
+            cache = cls(root, probes, manifest["base_fingerprint"], manifest["hidden_size"], manifest["definition"])
+            cache.entries = dict(manifest["entries"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise LlgbmError(f"{root / MANIFEST}: malformed delta cache ({exc!r}); rerun the deltas stage") from None
         return cache
+
+    def check_definition(self, definition: dict) -> None:
+        """Refuse deltas computed by other code, libraries, dtype or scaling than the caller's."""
+        if self.definition != definition:
+            raise LlgbmError(f"{self.root}: deltas were computed under another definition "
+                             f"({_definition_change(self.definition, definition)} differs); rerun the deltas stage")
 
     def _valid(self, key: str, entry: dict) -> bool:
         try:
@@ -98,7 +132,7 @@ class DeltaCache:
         return key in self.entries
 
     def key_for(self, adapter_sha256: str) -> str:
-        return entry_key(adapter_sha256, self.probes.fingerprint(), self.base_fingerprint)
+        return entry_key(adapter_sha256, self.probes.fingerprint(), self.base_fingerprint, self.definition)
 
     def put(self, key: str, delta: torch.Tensor, meta: dict) -> None:
         if tuple(delta.shape) != (self.hidden_size,) or not torch.isfinite(delta).all():
@@ -110,15 +144,23 @@ class DeltaCache:
     def get(self, key: str) -> torch.Tensor:
         if key not in self.entries:
             raise LlgbmError(f"{self.root}: no delta for key {key[:12]}; rerun the deltas stage")
-        # A copy: safetensors may map the file, and the tensor must not change if the file does.
-        return load_file(str(self.root / self.entries[key]["file"]))["delta"].clone()
+        path = self.root / str(self.entries[key].get("file"))
+        try:
+            # A copy: safetensors may map the file, and the tensor must not change if the file does.
+            delta = load_file(str(path))["delta"].clone()
+        except (SafetensorError, OSError, KeyError, ValueError) as exc:
+            raise LlgbmError(f"{path}: unreadable delta cache entry ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                             "rerun the deltas stage") from None
+        if tuple(delta.shape) != (self.hidden_size,) or not torch.isfinite(delta).all():
+            raise LlgbmError(f"{path}: delta cache entry of shape {tuple(delta.shape)} or with NaN/Inf; rerun the deltas stage")
+        return delta
 
     def save_base_state(self, base_state: torch.Tensor) -> None:
         _save_tensor_atomic(self.root / BASE_STATE, base_state)
 
     def flush(self) -> None:
         write_json_atomic(self.root / MANIFEST, {
-            "format": FORMAT, "probes_fingerprint": self.probes.fingerprint(),
+            "definition": self.definition, "probes_fingerprint": self.probes.fingerprint(),
             "base_fingerprint": self.base_fingerprint, "hidden_size": self.hidden_size, "entries": self.entries,
         })
 
@@ -146,7 +188,8 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
     probes = build_probe_set(cfg, tasks, tokenizer)
     layout = lora_layout(AutoConfig.from_pretrained(str(base_dir)), cfg.lora)
     model = load_base(base_dir, cfg.base.dtype)
-    cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), model.config.hidden_size)
+    cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), model.config.hidden_size,
+                            delta_definition(cfg.base.dtype, lora_scaling(cfg.lora)))
     checkpoints = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
     for c in checkpoints:
         c["adapter_sha256"] = sha256_file(Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS)

@@ -8,11 +8,19 @@ the token grid (D values plus the token's two scales), plus a learned per-token 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import GeneratorConfig
+from .errors import LlgbmError
+from .io import atomic_dir, read_json, write_json_atomic
+
+GENERATOR_WEIGHTS = "generator.safetensors"
+GENERATOR_CONFIG = "config.json"
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,13 @@ class GeneratorShape:
     @classmethod
     def from_dict(cls, raw: dict) -> "GeneratorShape":
         return cls(**{**raw, "channels": tuple(raw["channels"])})
+
+    def check(self) -> None:
+        """Positive integer sizes, or a ValueError naming the first bad one."""
+        for name, value in asdict(self).items():
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+                raise ValueError(f"'{name}' is {value!r}, expected positive integers")
 
 
 def generator_shape(cfg: GeneratorConfig, embed_dim: int, num_tokens: int, token_dim: int) -> GeneratorShape:
@@ -55,3 +70,30 @@ class LoraGenerator(nn.Module):
         features = self.grow(self.project(condition))  # (batch, T, F)
         out = self.head(features) + self.token_offset
         return out[..., : self.shape.token_dim], out[..., self.shape.token_dim :]
+
+
+def save_generator(model: LoraGenerator, meta: dict, out_dir: Path) -> None:
+    """generator.safetensors and config.json (the shape under "shape", plus the caller's metadata), atomically."""
+    with atomic_dir(out_dir) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / GENERATOR_WEIGHTS))
+        write_json_atomic(tmp / GENERATOR_CONFIG, {**meta, "shape": model.shape.to_dict()})
+
+
+def load_generator(directory: Path) -> tuple[LoraGenerator, dict]:
+    """A saved generator and its metadata; anything that is not one is an error naming the file."""
+    directory = Path(directory)
+    config_path, weights_path = directory / GENERATOR_CONFIG, directory / GENERATOR_WEIGHTS
+    meta = read_json(config_path, "generator config")
+    try:
+        shape = GeneratorShape.from_dict(meta["shape"])
+        shape.check()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise LlgbmError(f"{config_path}: not a generator config (shape: {exc}); is {directory} a trained generator?") from None
+    model = LoraGenerator(shape)
+    if not weights_path.is_file():
+        raise LlgbmError(f"{weights_path}: generator weights not found")
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
+        raise LlgbmError(f"{weights_path}: cannot load generator weights ({str(exc).splitlines()[0]})") from None
+    return model.eval(), meta

@@ -12,26 +12,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from dvclive import Live
+from tqdm.auto import tqdm
 from transformers import AutoConfig, get_linear_schedule_with_warmup
 
 from .config import Config, to_dict
 from .data import GeneratorDataset
 from .delta import DeltaComputer
-from .delta_cache import DeltaCache, base_fingerprint
+from .delta_cache import DeltaCache, base_fingerprint, delta_definition
 from .encoder import EmbeddingCache
 from .errors import LlgbmError
-from .generator import GeneratorShape, LoraGenerator, generator_shape
-from .io import atomic_dir, read_json, sha256_file, sha256_json, write_json_atomic
+from .generator import LoraGenerator, generator_shape, save_generator
+from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, LoraSlot, load_adapter_tensors, lora_layout, lora_scaling
 from .losses import MultiTaskLoss, weight_token_loss
 from .models import load_base, load_tokenizer
 from .probes import build_probe_set, tokenize_probes
+from .provenance import code_fingerprint, library_versions
 from .tasks import Task
 from .weight_tokenizer import WeightTokenizer
 
-GENERATOR_WEIGHTS = "generator.safetensors"
-GENERATOR_CONFIG = "config.json"
+FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
 STEP_METRICS = ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
                 "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio")
 
@@ -99,32 +102,30 @@ def _checkpoints(directory: Path) -> list[Path]:
     return sorted(directory.glob("step-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
 
 
-def _truncate_live_history(live_dir: Path, step: int) -> None:
-    """Drop per-step rows logged after `step` (by a run killed before its next checkpoint)."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        lines = tsv.read_text().splitlines()
-        if not lines:
-            continue
-        column = lines[0].split("\t").index("step")
-        kept = [lines[0]] + [line for line in lines[1:] if int(line.split("\t")[column]) <= step]
-        tsv.write_text("\n".join(kept) + "\n")
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """The provenance entries on which a saved training state and the current run disagree."""
+    return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
-def save_generator(model: LoraGenerator, meta: dict, out_dir: Path) -> None:
-    with atomic_dir(out_dir) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / GENERATOR_WEIGHTS))
-        write_json_atomic(tmp / GENERATOR_CONFIG, meta)
-
-
-def load_generator(directory: Path) -> tuple[LoraGenerator, dict]:
-    directory = Path(directory)
-    meta = read_json(directory / GENERATOR_CONFIG, "generator config")
-    model = LoraGenerator(GeneratorShape.from_dict(meta["shape"]))
+def _load_checkpoint(path: Path) -> dict:
     try:
-        model.load_state_dict(load_file(str(directory / GENERATOR_WEIGHTS)))
-    except (OSError, RuntimeError) as exc:
-        raise LlgbmError(f"{directory / GENERATOR_WEIGHTS}: cannot load generator weights ({str(exc).splitlines()[0]})") from None
-    return model.eval(), meta
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many types for a damaged file (pickle, zip, EOF, ...)
+        raise LlgbmError(f"{path}: unreadable training checkpoint ({type(exc).__name__}); delete it to start "
+                         "afresh or restore it") from None
+    required = {"step", "provenance", "model", "optimizer", "scheduler", "ranks", "history"}
+    if not isinstance(state, dict) or not required <= state.keys():
+        return {"step": None, "provenance": {"format": "older checkpoint format"}}
+    return state
+
+
+def _replay_history(live, history: dict[str, list[tuple[int, float]]]) -> None:
+    """Write the per-step metrics of the resumed steps again: DVC removes the plots output before it
+    reruns the stage, so the checkpoint, not the old files, is where they survive a kill."""
+    for name, rows in history.items():
+        for step, value in rows:
+            live.step = step
+            live.log_metric(name, value)
 
 
 def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_step: int | None = None) -> dict:
@@ -133,16 +134,13 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     stop_after_step ends the run early as a kill would (after that step, without the final outputs);
     tests use it to check that a resumed run ends where an uninterrupted one does.
     """
-    from accelerate import Accelerator
-    from dvclive import Live
-    from tqdm.auto import tqdm
-
     tr = cfg.train
     mixed_precision = resolve_mixed_precision(tr.mixed_precision)
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=tr.gradient_accumulation_steps)
     device = accelerator.device
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
+    cache.check_definition(delta_definition(cfg.base.dtype, lora_scaling(cfg.lora)))
     probe_ids, probe_mask = checked_probe_batch(cfg, tasks, cache, tokenizer, paths.base)
     layout = lora_layout(AutoConfig.from_pretrained(str(paths.base)), cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
@@ -154,42 +152,55 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim)
     model = LoraGenerator(shape)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
+    # The schedule counts optimizer steps, so it stays out of accelerator.prepare: accelerate's wrapper
+    # steps a scheduler once per process, which with N processes ends the schedule after steps / N.
     scheduler = get_linear_schedule_with_warmup(optimizer, tr.warmup_steps, tr.steps)
     loss_fn = MultiTaskLoss(lambda_delta=cfg.lambda_delta, lambda_schedule=cfg.lambda_schedule,
                             warmup_steps=tr.lambda_warmup_steps, delta_loss_type=cfg.delta_loss_type,
                             lambda_weights=tr.lambda_weights)
+    # Each process draws its own batches (its own stream, saved per rank in checkpoints).
     data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
     base = load_base(paths.base, cfg.base.dtype, device=device)
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    autocast = torch.bfloat16 if mixed_precision == "bf16" else None
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
                              autocast_dtype=autocast, gradient_checkpointing=tr.gradient_checkpointing)
 
-    # What a checkpoint was trained on: a resume after anything here changed would mix two runs.
-    fingerprint = sha256_json({"config": to_dict(cfg), "deltas": cache.probes.fingerprint(),
-                               "base": cache.base_fingerprint, "checkpoints": dataset.names,
-                               "data": dataset.fingerprint()})
+    # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
+    provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),
+                  "libraries": library_versions(), "precision": mixed_precision,
+                  "processes": accelerator.num_processes, "deltas": cache.probes.fingerprint(),
+                  "delta_definition": sha256_json(cache.definition), "base": cache.base_fingerprint,
+                  "checkpoints": sha256_json(dataset.names), "data": dataset.fingerprint()}
     start = 0
+    history: dict[str, list[tuple[int, float]]] = {name: [] for name in STEP_METRICS}
     existing = _checkpoints(paths.checkpoints)
     if existing:
-        state = torch.load(existing[-1], map_location="cpu", weights_only=False)
-        if state["fingerprint"] == fingerprint:
+        state = _load_checkpoint(existing[-1])
+        changed = changed_keys(state["provenance"], provenance)
+        if changed:
+            accelerator.print(f"{existing[-1]}: made by another run ({', '.join(changed)} changed); training "
+                              "starts fresh")
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                for stale in existing:
+                    stale.unlink()
+        else:
             accelerator.unwrap_model(model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            data_generator.set_state(state["data_generator"])
-            torch.set_rng_state(state["torch_rng"])
+            rank_state = state["ranks"][accelerator.process_index]
+            data_generator.set_state(rank_state["data_generator"])
+            torch.set_rng_state(rank_state["torch_rng"])
             loss_fn.current_step = start = state["step"]
-        else:
-            for stale in existing:
-                stale.unlink()
+            history = {name: [tuple(row) for row in rows] for name, rows in state["history"].items()}
+            accelerator.print(f"{existing[-1]}: resuming at step {start} of {tr.steps}")
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
 
     live = None
     if accelerator.is_main_process:
-        if start:
-            _truncate_live_history(paths.live, start)
-        live = Live(str(paths.live), dvcyaml=False, save_dvc_exp=False, resume=start > 0, report=None)
+        live = Live(str(paths.live), dvcyaml=False, save_dvc_exp=False, report=None)
+        _replay_history(live, history)
     progress = tqdm(total=tr.steps, initial=start, desc="train", mininterval=5.0,
                     disable=not accelerator.is_main_process)
     metrics: dict[str, float] = {}
@@ -199,12 +210,13 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
         for _ in range(tr.gradient_accumulation_steps):
             with accelerator.accumulate(model):
                 micro = training_step(model, dataset, data_generator, tr, token_mask, weight_tokenizer, computer,
-                                    loss_fn, device, step)
+                                      loss_fn, device, step)
                 accelerator.backward(micro.pop("_loss"))
                 if accelerator.sync_gradients:
                     micro["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), tr.max_grad_norm))
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             for k, v in micro.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -214,6 +226,9 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
         if not math.isfinite(metrics["grad_norm"]):
             raise LlgbmError(f"train: grad_norm is {metrics['grad_norm']} at step {step}; no checkpoint written")
         loss_fn.step()
+        for name in STEP_METRICS:
+            if name in metrics:
+                history[name].append((step, metrics[name]))
         if live is not None:
             live.step = step
             for name in STEP_METRICS:
@@ -224,23 +239,26 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
         progress.update(1)
         progress.set_postfix(loss=f"{metrics['loss_total']:.4f}")
         if step % tr.save_interval == 0 and step < tr.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                _save_checkpoint(paths.checkpoints, step, accelerator.unwrap_model(model), optimizer, scheduler,
-                                 data_generator, fingerprint)
+            _save_checkpoint(accelerator, paths.checkpoints, step, model, optimizer, scheduler, data_generator,
+                             provenance, history)
         if stop_after_step is not None and step >= stop_after_step:
             progress.close()
+            accelerator.wait_for_everyone()
             return metrics
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        meta = {"shape": shape.to_dict(), "chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora),
-                "base_path": str(paths.base),
+        meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
                 "base_fingerprint": cache.base_fingerprint, "probes_fingerprint": cache.probes.fingerprint(),
                 "encoder": embeddings.encoder_name, "steps": tr.steps, "seed": cfg.seed,
                 "training_tasks": [t.name for t in training_tasks(cfg, tasks)], "heldout_tasks": list(cfg.heldout_tasks)}
         save_generator(accelerator.unwrap_model(model), meta, paths.generator)
         live.end()
+        # A finished run leaves nothing a later run could resume from by mistake.
+        for finished in _checkpoints(paths.checkpoints):
+            finished.unlink()
+        write_json_atomic(paths.checkpoints / FINISHED, {"step": tr.steps, "provenance": provenance})
+    accelerator.wait_for_everyone()
     return metrics
 
 
@@ -275,14 +293,19 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
     return metrics
 
 
-def _save_checkpoint(directory: Path, step: int, model: LoraGenerator, optimizer, scheduler,
-                     data_generator: torch.Generator, fingerprint: str, keep: int = 2) -> None:
-    state = {"step": step, "fingerprint": fingerprint, "model": model.state_dict(),
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "data_generator": data_generator.get_state(), "torch_rng": torch.get_rng_state()}
-    path = directory / f"step-{step:06d}.pt"
-    tmp = directory / f".{path.name}.tmp"
-    torch.save(state, tmp)
-    tmp.replace(path)
-    for old in _checkpoints(directory)[:-keep]:
-        old.unlink()
+def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, model, optimizer, scheduler,
+                     data_generator: torch.Generator, provenance: dict, history: dict, keep: int = 2) -> None:
+    """Every rank's random state, gathered; the rest (identical on every rank) from the main process."""
+    ranks = gather_object([{"data_generator": data_generator.get_state(), "torch_rng": torch.get_rng_state()}])
+    if accelerator.is_main_process:
+        state = {"step": step, "provenance": provenance, "model": accelerator.unwrap_model(model).state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ranks": ranks,
+                 "history": history}
+        path = directory / f"step-{step:06d}.pt"
+        tmp = directory / f".{path.name}.tmp"
+        torch.save(state, tmp)
+        tmp.replace(path)
+        for old in _checkpoints(directory)[:-keep]:
+            old.unlink()
+        (directory / FINISHED).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()

@@ -26,6 +26,8 @@ def test_repository_params_load() -> None:
     ({"tasks": {"names": ["first", "nonsense"]}}, "'tasks.names' is 'nonsense'"),
     ({"probe_count": 0}, "'probe_count' must be > 0"),
     ({"tasks": {"source": "files"}}, "'tasks.files' is empty"),
+    ({"train": {"max_grad_norm": 0}}, "'train.max_grad_norm' must be > 0"),
+    ({"train": {"mixed_precision": "fp16"}}, "'train.mixed_precision' fp16 is not supported"),
 ])
 def test_bad_params_name_the_key(raw: dict, fragment: str) -> None:
     with pytest.raises(LlgbmError, match=fragment.replace("(", r"\(")) as info:

@@ -89,3 +89,31 @@ def test_delta_geometry_on_a_hand_made_case() -> None:
     assert geometry["cosine_within_task"] == pytest.approx(1.0)
     assert geometry["cosine_between_tasks"] == pytest.approx(0.0)
     assert geometry["delta_norm_mean"] == pytest.approx(4.0 / 3.0)
+
+
+def test_entries_of_another_delta_definition_are_recomputed(micro, tmp_path, monkeypatch, capsys) -> None:
+    import llgbm.delta_cache as delta_cache_module
+
+    cache_dir = tmp_path / "cache"
+    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    # What editing llgbm/delta.py (e.g. how it reduces over probes) does to the code fingerprint.
+    monkeypatch.setattr(delta_cache_module, "code_fingerprint", lambda *modules: "edited delta code")
+    metrics = fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    assert (metrics["computed"], metrics["reused"]) == (6, 0)
+    assert "another definition (library code changed); starting fresh" in capsys.readouterr().out
+    assert DeltaCache.load(cache_dir).definition["code"] == "edited delta code"
+    assert len(list((cache_dir / "entries").glob("*.safetensors"))) == 6  # the old entries are pruned
+
+
+def test_definition_records_dtype_and_scaling_and_is_checked(micro, tmp_path) -> None:
+    from llgbm.delta_cache import delta_definition
+
+    cfg = micro["cfg"]
+    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "cache")
+    cache = DeltaCache.load(tmp_path / "cache")
+    assert cache.definition["dtype"] == "float32" and cache.definition["scaling"] == lora_scaling(cfg.lora)
+    cache.check_definition(delta_definition("float32", lora_scaling(cfg.lora)))
+    with pytest.raises(LlgbmError, match=r"another definition \(dtype differs\)"):
+        cache.check_definition(delta_definition("bfloat16", lora_scaling(cfg.lora)))
+    with pytest.raises(LlgbmError, match=r"another definition \(scaling differs\)"):
+        cache.check_definition(delta_definition("float32", 0.5))

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from llgbm.errors import LlgbmError
-from llgbm.train import Paths, load_generator, train_generator
+from llgbm.generator import load_generator
+from llgbm.train import FINISHED, Paths, train_generator
 
 from .conftest import micro_config
 
@@ -67,19 +69,73 @@ def test_saved_generator_reproduces_its_outputs(trained) -> None:
     assert meta["heldout_tasks"] == ["largest"] and "largest" not in meta["training_tasks"]
 
 
-def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(micro_train_inputs, tmp_path) -> None:
-    cfg = micro_config()
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, straight))
+def _assert_same_generator(a_dir: Path, b_dir: Path) -> None:
+    a, _ = load_generator(a_dir)
+    b, _ = load_generator(b_dir)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+@pytest.fixture(scope="module")
+def straight_run(micro_train_inputs, tmp_path_factory) -> Path:
+    """The micro configuration trained without interruption."""
+    run = tmp_path_factory.mktemp("straight")
+    train_generator(micro_config(), micro_train_inputs["tasks"], _paths(micro_train_inputs, run))
+    return run
+
+
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(micro_train_inputs, straight_run, tmp_path) -> None:
+    cfg, resumed = micro_config(), tmp_path / "resumed"
     train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, resumed), stop_after_step=25)
     assert not (resumed / "generator").exists()
     assert sorted(p.name for p in (resumed / "checkpoints").glob("*.pt")) == ["step-000010.pt", "step-000020.pt"]
+    # DVC removes a stage's (non-persistent) plots before rerunning it: the history must come back anyway.
+    shutil.rmtree(resumed / "live")
     train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, resumed))
-    a, _ = load_generator(straight / "generator")
-    b, _ = load_generator(resumed / "generator")
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert torch.equal(x, y), name
-    assert _curve(resumed, "loss_total") == _curve(straight, "loss_total")  # no duplicated or lost steps
+    _assert_same_generator(straight_run / "generator", resumed / "generator")
+    for name in ("loss_total", "learning_rate", "grad_norm"):
+        assert _curve(resumed, name) == _curve(straight_run, name), name  # every step once, none lost
+    with open(resumed / "live" / "plots" / "metrics" / "loss_total.tsv") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle, delimiter="\t")] == list(range(1, 41))
+
+
+def test_finished_run_leaves_nothing_to_resume(straight_run) -> None:
+    assert not list((straight_run / "checkpoints").glob("*.pt"))
+    assert (straight_run / "checkpoints" / FINISHED).is_file()
+
+
+def test_state_from_other_code_is_not_resumed(micro_train_inputs, straight_run, tmp_path, capsys) -> None:
+    cfg, run = micro_config(), tmp_path / "run"
+    train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, run), stop_after_step=20)
+    newest = run / "checkpoints" / "step-000020.pt"
+    state = torch.load(newest, weights_only=False)
+    state["provenance"]["code"] = "another version of llgbm"
+    state["model"] = {k: torch.zeros_like(v) for k, v in state["model"].items()}  # would show if reused
+    torch.save(state, newest)
+    train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, run))
+    assert "made by another run (code changed); training starts fresh" in capsys.readouterr().out
+    _assert_same_generator(straight_run / "generator", run / "generator")
+
+
+def test_unreadable_checkpoint_is_an_error_naming_it(micro_train_inputs, tmp_path) -> None:
+    cfg, run = micro_config(), tmp_path / "run"
+    train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, run), stop_after_step=10)
+    newest = run / "checkpoints" / "step-000010.pt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    with pytest.raises(LlgbmError, match="unreadable training checkpoint") as info:
+        train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, run))
+    assert str(newest) in str(info.value)
+
+
+def test_truncated_delta_cache_entry_is_an_error_naming_it(micro_train_inputs, tmp_path) -> None:
+    deltas = tmp_path / "deltas"
+    shutil.copytree(micro_train_inputs["deltas"], deltas)
+    entry = sorted((deltas / "entries").glob("*.safetensors"))[0]
+    entry.write_bytes(entry.read_bytes()[:30])
+    paths = _paths({**micro_train_inputs, "deltas": deltas}, tmp_path / "run")
+    with pytest.raises(LlgbmError, match="unreadable delta cache entry") as info:
+        train_generator(micro_config(), micro_train_inputs["tasks"], paths)
+    assert str(entry) in str(info.value)
 
 
 def test_nan_stops_training_naming_the_step(micro_train_inputs, tmp_path, monkeypatch) -> None:

@@ -1,0 +1,32 @@
+"""Code fingerprints: which library sources a piece of state depends on."""
+from __future__ import annotations
+
+from llgbm import provenance
+
+
+def test_library_modules_follow_imports_transitively() -> None:
+    modules = provenance.library_modules("llgbm.delta_cache")
+    # delta_cache imports delta, which imports lora, which imports config: all are part of its definition.
+    assert {"llgbm.delta_cache", "llgbm.delta", "llgbm.lora", "llgbm.config", "llgbm.errors"} <= set(modules)
+    assert "llgbm.train" not in modules and "llgbm.evaluate" not in modules
+
+
+def test_code_fingerprint_changes_with_any_imported_source(tmp_path, monkeypatch) -> None:
+    package = tmp_path / "llgbm"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import f\n")
+    (package / "b.py").write_text("def f():\n    return 1\n")
+    (package / "c.py").write_text("X = 1\n")
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", package)
+    assert provenance.library_modules("llgbm.a") == ["llgbm.a", "llgbm.b"]
+    before = provenance.code_fingerprint("llgbm.a")
+    (package / "c.py").write_text("X = 2\n")  # not imported by a
+    assert provenance.code_fingerprint("llgbm.a") == before
+    (package / "b.py").write_text("def f():\n    return 2\n")
+    assert provenance.code_fingerprint("llgbm.a") != before
+
+
+def test_library_versions_name_the_numerical_libraries() -> None:
+    versions = provenance.library_versions()
+    assert {"python", "torch", "transformers", "peft", "accelerate", "safetensors"} <= versions.keys()
