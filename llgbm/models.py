@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .config import BaseConfig
@@ -74,9 +75,8 @@ def quiet_transformers() -> None:
 def compute_device() -> torch.device:
     """The device accelerate assigns this process: a GPU where there is one (per rank under
     `accelerate launch`), else the CPU."""
-    from accelerate import PartialState
-
-    return PartialState().device
+    # Without CUDA, processes started by `accelerate launch` run on CPU over gloo.
+    return PartialState(cpu=not torch.cuda.is_available()).device
 
 
 def load_base(path: str | Path, dtype: str = "float32", device: str | torch.device | None = None) -> PreTrainedModel:

@@ -136,7 +136,9 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     """
     tr = cfg.train
     mixed_precision = resolve_mixed_precision(tr.mixed_precision)
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=tr.gradient_accumulation_steps)
+    # Without CUDA, processes started by `accelerate launch` train on CPU over gloo.
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=tr.gradient_accumulation_steps,
+                              cpu=not torch.cuda.is_available())
     device = accelerator.device
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
