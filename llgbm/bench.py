@@ -13,12 +13,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from peft import PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from .config import Config, LoraConfig
-from .delta import AdapterBatch, DeltaComputer, last_token_states, stack_adapters
+from .data import GeneratorDataset
+from .delta import AdapterBatch, DeltaComputer, mean_probe_state, peft_delta, stack_adapters
+from .generator import LoraGenerator, generator_shape
 from .lora import LoraSlot, layout_of_model, load_adapter_tensors, lora_scaling, peft_config, to_peft_state_dict
+from .losses import MultiTaskLoss
+from .models import load_base
+from .train import training_step
+from .weight_tokenizer import WeightTokenizer
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
@@ -68,13 +74,12 @@ def random_probes(vocab: int, count: int, length: int, generator: torch.Generato
     return ids * mask, mask
 
 
-def peft_delta(base: PreTrainedModel, adapter: dict, layout: list[LoraSlot], lora: LoraConfig,
-               ids: torch.Tensor, mask: torch.Tensor, base_state: torch.Tensor) -> torch.Tensor:
-    """The naive reference: a PEFT model on its own copy of the base per adapter, forward only."""
+def in_memory_peft_delta(base: PreTrainedModel, adapter: dict, layout: list[LoraSlot], lora: LoraConfig,
+                         ids: torch.Tensor, mask: torch.Tensor, base_state: torch.Tensor) -> torch.Tensor:
+    """The naive reference without disk: a PEFT model on its own copy of the base per adapter, forward only."""
     model = get_peft_model(copy.deepcopy(base), peft_config(lora))
     set_peft_model_state_dict(model, to_peft_state_dict(adapter, layout))
-    with torch.no_grad():
-        return last_token_states(model.get_base_model(), ids, mask).mean(0) - base_state
+    return mean_probe_state(model, ids, mask) - base_state
 
 
 def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, length: int, lora: LoraConfig,
@@ -115,7 +120,7 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
                "plain": _median_seconds(plain, repeats),
                "peft": None}
         if not backward:
-            row["peft"] = _median_seconds(lambda: [peft_delta(model, a, layout, lora, ids, mask, computer.base_state)
+            row["peft"] = _median_seconds(lambda: [in_memory_peft_delta(model, a, layout, lora, ids, mask, computer.base_state.cpu())
                                                    for a in adapters], repeats)
         row["batched_over_plain"] = row["batched"] / row["plain"]
         row["loop_over_batched"] = row["loop"] / row["batched"]
@@ -126,8 +131,6 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
 def bench_deltas_stage(cfg: Config, n_adapters: int, repeats: int) -> dict:
     """The deltas stage's path (adapters read from PEFT directories, batched, no_grad) against the naive
     PEFT path (fresh base from disk and PeftModel.from_pretrained per adapter), on the default shape."""
-    from .models import load_base
-
     shape = tiny_shape(cfg)
     generator = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,11 +154,8 @@ def bench_deltas_stage(cfg: Config, n_adapters: int, repeats: int) -> dict:
                     computer(stack_adapters(chunk))
 
         def peft_path() -> None:
-            with torch.no_grad():
-                base_state = last_token_states(load_base(base_dir), ids, mask).mean(0)
-                for d in dirs:
-                    peft_model = PeftModel.from_pretrained(load_base(base_dir), str(d))
-                    last_token_states(peft_model.get_base_model(), ids, mask).mean(0) - base_state
+            for d in dirs:
+                peft_delta(base_dir, d, ids, mask)
 
         stage, peft = _median_seconds(stage_path, repeats), _median_seconds(peft_path, repeats)
     return {"model": "embedded-default", "adapters": n_adapters, "probes": cfg.probe_count,
@@ -198,12 +198,6 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
 def bench_train(cfg: Config, steps: int) -> dict:
     """Seconds per optimizer step of the training recipe, with the delta loss and weight-only, measured
     alternately in one process on the embedded default's shapes (random base, teachers and prompts)."""
-    from .data import GeneratorDataset
-    from .generator import LoraGenerator, generator_shape
-    from .losses import MultiTaskLoss
-    from .train import training_step
-    from .weight_tokenizer import WeightTokenizer
-
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     base = random_model(tiny_shape(cfg))

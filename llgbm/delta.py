@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.utils.checkpoint
+from peft import PeftModel
 from transformers import PreTrainedModel
 
-from .lora import LoraSlot
+from .lora import LoraSlot, load_peft_model
+from .models import load_base
 
 # {slot name: (A of shape (B, r, in), B of shape (B, out, r))}
 AdapterBatch = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -98,6 +101,23 @@ def last_token_states(model: PreTrainedModel, input_ids: torch.Tensor, attention
     last = attention_mask.sum(-1) - 1
     states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     return states.to(torch.promote_types(states.dtype, torch.float32))
+
+
+@torch.no_grad()
+def mean_probe_state(model: PreTrainedModel | PeftModel, probe_ids: torch.Tensor, probe_mask: torch.Tensor) -> torch.Tensor:
+    """v(M) for a causal LM or a PeftModel wrapping one (its LoRA applied by PEFT's own layers): the
+    reference path that the batched hooks are checked against. fp32, on CPU."""
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    device = next(causal_lm.parameters()).device
+    return last_token_states(causal_lm, probe_ids.to(device), probe_mask.to(device)).mean(0).cpu()
+
+
+def peft_delta(base_dir: Path, adapter_dir: Path, probe_ids: torch.Tensor, probe_mask: torch.Tensor,
+               dtype: str = "float32") -> torch.Tensor:
+    """delta(base + adapter, base) the way a PEFT user would get it: two fresh bases, one with the adapter
+    loaded by `PeftModel.from_pretrained`."""
+    base_state = mean_probe_state(load_base(base_dir, dtype), probe_ids, probe_mask)
+    return mean_probe_state(load_peft_model(load_base(base_dir, dtype), adapter_dir), probe_ids, probe_mask) - base_state
 
 
 class DeltaComputer:

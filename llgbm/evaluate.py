@@ -1,39 +1,23 @@
-"""Task accuracy: multiple choice over a task's options by the log-likelihood of each completion."""
+"""The evaluation recipe: generated adapters on held-out and seen tasks against the base model, the
+task's teacher, and the mean and nearest training teachers; every adapter loaded through PEFT."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import completion_batch
+from .config import Config
+from .delta import mean_probe_state
+from .delta_cache import DeltaCache
+from .encoder import EmbeddingCache
+from .errors import LlgbmError
+from .generate import open_generator
+from .io import read_json, sha256_file
+from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, load_peft_model
+from .models import load_base, load_tokenizer
+from .scoring import task_accuracy
 from .tasks import Task
-
-
-@torch.no_grad()
-def completion_log_likelihoods(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                               pairs: list[tuple[str, str]], batch_size: int = 512) -> torch.Tensor:
-    """Summed log-probability of each completion given its prompt."""
-    scores = []
-    device = next(model.parameters()).device
-    for start in range(0, len(pairs), batch_size):
-        batch = {k: v.to(device) for k, v in completion_batch(tokenizer, pairs[start : start + batch_size]).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-        log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = batch["labels"][:, 1:]
-        picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores.append((picked * (targets != -100)).sum(-1).cpu())
-    return torch.cat(scores)
-
-
-def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, split: str = "test") -> float:
-    """Share of the split's records whose response has the highest likelihood among the task's options."""
-    records = getattr(task, split)
-    pairs = [(r.prompt, option) for r in records for option in task.options]
-    scores = completion_log_likelihoods(model, tokenizer, pairs).view(len(records), len(task.options))
-    gold = torch.tensor([task.options.index(r.response) for r in records])
-    return (scores.argmax(-1) == gold).float().mean().item()
-
-
-# --- The evaluation stage: generated adapters against base, teacher, mean and nearest teachers. ---
+from .train import Paths, checked_probe_batch, training_tasks
 
 METHODS = ("base", "generated", "teacher", "mean_teacher", "nearest_teacher")
 
@@ -88,22 +72,10 @@ def summarise_methods(per_task: dict[str, dict], names: list[str]) -> dict:
     }
 
 
-def run_evaluation(cfg, tasks: list[Task], paths, adapters_dir, prompt_batches: int) -> tuple[dict, dict]:
+def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: Path,
+                   prompt_batches: int) -> tuple[dict, dict]:
     """Generate adapters for every task from prompt batches of its test split, save every compared adapter
     as a PEFT directory, and measure each through `PeftModel.from_pretrained` on a fresh base."""
-    from pathlib import Path
-
-    from peft import PeftModel
-
-    from .delta import last_token_states
-    from .delta_cache import DeltaCache
-    from .encoder import EmbeddingCache
-    from .generate import open_generator
-    from .io import read_json, sha256_file
-    from .lora import ADAPTER_WEIGHTS, load_adapter_tensors
-    from .models import load_base, load_tokenizer
-    from .train import checked_probe_batch, training_tasks
-
     adapters_dir = Path(adapters_dir)
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
@@ -118,19 +90,13 @@ def run_evaluation(cfg, tasks: list[Task], paths, adapters_dir, prompt_batches: 
     training = training_tasks(cfg, tasks)
     train_names = {t.name for t in training}
 
-    def probe_state(model) -> torch.Tensor:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            return last_token_states(model, probe_ids.to(device), probe_mask.to(device)).mean(0).cpu()
-
     def measure(adapter_dir: Path | None, task: Task) -> tuple[float, torch.Tensor]:
         model = load_base(paths.base, cfg.base.dtype)
-        if adapter_dir is None:
-            return task_accuracy(model, tokenizer, task, "test"), probe_state(model) - base_state
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-        return task_accuracy(model, tokenizer, task, "test"), probe_state(model.get_base_model()) - base_state
+        if adapter_dir is not None:
+            model = load_peft_model(model, adapter_dir)
+        return task_accuracy(model, tokenizer, task, "test"), mean_probe_state(model, probe_ids, probe_mask) - base_state
 
-    base_state = probe_state(load_base(paths.base, cfg.base.dtype))
+    base_state = mean_probe_state(load_base(paths.base, cfg.base.dtype), probe_ids, probe_mask)
     mean_dir = adapters_dir / "mean_teacher"
     loaded.save(mean_adapter([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
                               for c in index if c["task"] in train_names]), mean_dir)

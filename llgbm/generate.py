@@ -12,11 +12,10 @@ from transformers import AutoConfig
 from .config import LoraConfig
 from .delta_cache import base_fingerprint
 from .errors import LlgbmError
-from .generator import LoraGenerator
+from .generator import LoraGenerator, load_generator
 from .io import atomic_dir
 from .lora import LoraSlot, lora_layout, save_adapter
 from .models import load_base
-from .train import load_generator
 from .weight_tokenizer import WeightTokenizer
 
 

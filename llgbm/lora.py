@@ -184,5 +184,6 @@ def save_adapter(base: PreTrainedModel, tensors: dict[str, tuple[torch.Tensor, t
 
 
 def load_peft_model(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:
-    """The real client's path: `PeftModel.from_pretrained` on a fresh base model."""
-    return PeftModel.from_pretrained(base, str(adapter_dir))
+    """The real client's path: `PeftModel.from_pretrained` on a fresh base model (PEFT injects its layers
+    into `base`, so it must not be used for anything else), in eval mode."""
+    return PeftModel.from_pretrained(base, str(adapter_dir)).eval()

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from .config import Config
 from .data import record_batch
 from .errors import LlgbmError
-from .evaluate import task_accuracy
+from .scoring import task_accuracy
 from .io import write_json_atomic
 from .lora import peft_config, save_peft_model, shared_initialisation
 from .models import load_base, load_tokenizer

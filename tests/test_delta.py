@@ -1,28 +1,14 @@
 import pytest
 import torch
-from peft import PeftModel
 from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
 
 from llgbm.config import LoraConfig
-from llgbm.delta import DeltaComputer, batched_lora_forward, stack_adapters
+from llgbm.delta import DeltaComputer, batched_lora_forward, peft_delta, stack_adapters
 from llgbm.lora import layout_of_model, load_adapter_tensors, lora_layout, lora_scaling
 from llgbm.models import load_base, load_tokenizer
 from llgbm.probes import build_probe_set, tokenize_probes
 
 from .conftest import checkpoint_dirs
-
-
-def peft_oracle_delta(base_dir, adapter_dir, ids, mask) -> torch.Tensor:
-    """Independent computation: a fresh base per model, PEFT's own loading, the full causal-LM forward."""
-    last = mask.sum(-1) - 1
-
-    def mean_state(model) -> torch.Tensor:
-        with torch.no_grad():
-            hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        return hidden[torch.arange(len(ids)), last].mean(0)
-
-    base_state = mean_state(load_base(base_dir))
-    return mean_state(PeftModel.from_pretrained(load_base(base_dir), str(adapter_dir))) - base_state
 
 
 def _setup(micro):
@@ -42,7 +28,7 @@ def test_batched_delta_matches_peft(micro) -> None:
     with torch.no_grad():
         deltas = computer(stack_adapters(adapters))
     for directory, delta in zip(checkpoint_dirs(micro["teachers"]), deltas):
-        expected = peft_oracle_delta(micro["base"], directory, ids, mask)
+        expected = peft_delta(micro["base"], directory, ids, mask)
         assert expected.norm() > 1e-3
         assert (delta - expected).norm() / expected.norm() < 1e-5
 

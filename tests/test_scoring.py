@@ -1,6 +1,6 @@
 import torch
 
-from llgbm.evaluate import completion_log_likelihoods, task_accuracy
+from llgbm.scoring import completion_log_likelihoods, task_accuracy
 from llgbm.models import build_tiny_tokenizer
 from llgbm.tasks import Record, Task
 
