@@ -1,11 +1,14 @@
 """The stages end to end through `dvc repro`, in a temporary git + DVC repository, on the micro config."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -96,6 +99,41 @@ def test_corrupt_input_leaves_outputs_untouched(project: Path) -> None:
     assert result.stderr.strip().startswith("error: data/tasks.json: tasks file is not valid JSON")
     assert sorted(p.name for p in (project / "models/base").iterdir()) == before
     assert not list((project / "models").glob(".*.tmp"))
+
+
+def _tsv_rows(project: Path, name: str) -> list[tuple[int, float]]:
+    with open(project / "results/train/plots/metrics" / f"{name}.tsv") as handle:
+        return [(int(row["step"]), float(row[name])) for row in csv.DictReader(handle, delimiter="\t")]
+
+
+def test_killed_repro_resumes_with_every_step_logged_once(project: Path) -> None:
+    params_text = (project / "params.yaml").read_text()
+    params = yaml.safe_load(params_text)
+    params["train"].update(steps=120, save_interval=20)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        killed = subprocess.Popen(["dvc", "repro", "train"], cwd=project, env=env, start_new_session=True,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        checkpoint = project / "checkpoints/train/step-000040.pt"
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        assert checkpoint.exists() and not (project / "models/generator").exists(), "killed too late"
+        resumed = run(["dvc", "repro", "train"], project).stdout
+        assert "resuming at step" in resumed
+        resumed_rows = _tsv_rows(project, "loss_total")
+        resumed_bytes = (project / "models/generator/generator.safetensors").read_bytes()
+        assert not list((project / "checkpoints/train").glob("*.pt"))  # nothing left to resume by mistake
+        straight = run(["dvc", "repro", "--force", "--single-item", "train"], project).stdout
+        assert "resuming" not in straight
+    finally:
+        (project / "params.yaml").write_text(params_text)
+    assert [step for step, _ in resumed_rows] == list(range(1, 121))
+    assert resumed_rows == _tsv_rows(project, "loss_total")
+    assert resumed_bytes == (project / "models/generator/generator.safetensors").read_bytes()
 
 
 def test_queued_experiments_differ_in_lambda(project: Path) -> None:
