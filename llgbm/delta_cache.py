@@ -26,7 +26,7 @@ from .delta import DeltaComputer, stack_adapters
 from .errors import LlgbmError
 from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
-from .models import load_base, load_tokenizer
+from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
 from .probes import ProbeSet, build_probe_set, tokenize_probes
 from .provenance import code_fingerprint, library_versions
 from .tasks import Task
@@ -37,10 +37,12 @@ BASE_STATE = "base_state.safetensors"
 FORMAT = 2
 
 
-def delta_definition(dtype: str, scaling: float) -> dict:
-    """What a cached delta means beyond its adapter, probes and base model."""
+def delta_definition(dtype: str, precision: str, scaling: float) -> dict:
+    """What a cached delta means beyond its adapter, probes and base model. `precision` is the resolved
+    train.mixed_precision: the cache is computed in training's precision, so a teacher's own weights give
+    L_delta = 0 in training on every device."""
     return {"format": FORMAT, "code": code_fingerprint(__name__), "libraries": library_versions(),
-            "dtype": dtype, "scaling": scaling}
+            "dtype": dtype, "precision": precision, "scaling": scaling}
 
 
 def entry_key(adapter_sha256: str, probes_fingerprint: str, base_fingerprint: str, definition: dict) -> str:
@@ -188,14 +190,16 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
     probes = build_probe_set(cfg, tasks, tokenizer)
     layout = lora_layout(AutoConfig.from_pretrained(str(base_dir)), cfg.lora)
     model = load_base(base_dir, cfg.base.dtype)
+    precision = resolve_mixed_precision(cfg.train.mixed_precision)
     cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), model.config.hidden_size,
-                            delta_definition(cfg.base.dtype, lora_scaling(cfg.lora)))
+                            delta_definition(cfg.base.dtype, precision, lora_scaling(cfg.lora)))
     checkpoints = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
     for c in checkpoints:
         c["adapter_sha256"] = sha256_file(Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS)
         c["key"] = cache.key_for(c["adapter_sha256"])
     todo = [c for c in checkpoints if c["key"] not in cache]
-    computer = DeltaComputer(model, layout, lora_scaling(cfg.lora), *tokenize_probes(probes, tokenizer))
+    computer = DeltaComputer(model, layout, lora_scaling(cfg.lora), *tokenize_probes(probes, tokenizer),
+                             autocast_dtype=autocast_dtype(precision))
     cache.save_base_state(computer.base_state)
     per_batch = cfg.deltas.adapters_per_batch
     device = computer.probe_ids.device

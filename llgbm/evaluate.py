@@ -131,7 +131,10 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
             results["nearest_teacher"].append(measure_once(final[nearest_names[-1]]))
         teacher_delta = results["teacher"][0][1]
         cached_teacher = cache.get(teacher_key)
-        if (teacher_delta - cached_teacher).norm() > 1e-4 * cached_teacher.norm():
+        # The cache is in training's precision and PEFT's path in full precision: under bf16 only a
+        # coarse agreement is expected (a stale cache is still far off).
+        tolerance = 1e-4 if cache.definition["precision"] == "no" else 0.1
+        if (teacher_delta - cached_teacher).norm() > tolerance * cached_teacher.norm():
             raise LlgbmError(f"{final[task.name]}: PEFT-loaded delta disagrees with the delta cache; rerun the deltas stage")
         accuracy = {m: sum(a for a, _ in results[m]) / len(results[m]) for m in METHODS}
         per_task[task.name] = {

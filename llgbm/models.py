@@ -79,6 +79,18 @@ def compute_device() -> torch.device:
     return PartialState(cpu=not torch.cuda.is_available()).device
 
 
+def resolve_mixed_precision(setting: str) -> str:
+    """train.mixed_precision as run here: "auto" is bf16 on a GPU that supports it, else "no"."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved mixed-precision setting (None: full precision)."""
+    return torch.bfloat16 if mixed_precision == "bf16" else None
+
+
 def load_base(path: str | Path, dtype: str = "float32", device: str | torch.device | None = None) -> PreTrainedModel:
     """A fresh, frozen copy of the base model, on `device` (default: compute_device())."""
     quiet_transformers()

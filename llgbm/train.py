@@ -28,7 +28,7 @@ from .generator import LoraGenerator, generator_shape, save_generator
 from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, LoraSlot, load_adapter_tensors, lora_layout, lora_scaling
 from .losses import MultiTaskLoss, weight_token_loss
-from .models import load_base, load_tokenizer
+from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
 from .probes import build_probe_set, tokenize_probes
 from .provenance import code_fingerprint, library_versions
 from .tasks import Task
@@ -92,12 +92,6 @@ def build_dataset(cfg: Config, tasks: list[Task], paths: Paths, cache: DeltaCach
                             cfg.generator.prompts_per_sample, names)
 
 
-def resolve_mixed_precision(setting: str) -> str:
-    if setting == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return setting
-
-
 def _checkpoints(directory: Path) -> list[Path]:
     return sorted(directory.glob("step-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
 
@@ -142,7 +136,8 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     device = accelerator.device
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
-    cache.check_definition(delta_definition(cfg.base.dtype, lora_scaling(cfg.lora)))
+    # The targets must be computed exactly as training computes deltas, in its precision too.
+    cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora)))
     probe_ids, probe_mask = checked_probe_batch(cfg, tasks, cache, tokenizer, paths.base)
     layout = lora_layout(AutoConfig.from_pretrained(str(paths.base)), cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
@@ -164,9 +159,9 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
     model, optimizer = accelerator.prepare(model, optimizer)
     base = load_base(paths.base, cfg.base.dtype, device=device)
-    autocast = torch.bfloat16 if mixed_precision == "bf16" else None
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
-                             autocast_dtype=autocast, gradient_checkpointing=tr.gradient_checkpointing)
+                             autocast_dtype=autocast_dtype(mixed_precision),
+                             gradient_checkpointing=tr.gradient_checkpointing)
 
     # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
     provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),

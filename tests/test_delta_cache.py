@@ -7,12 +7,12 @@ from transformers import AutoConfig
 from llgbm.delta import DeltaComputer, stack_adapters
 from llgbm.delta_cache import DeltaCache, delta_geometry, fill_cache
 from llgbm.errors import LlgbmError
-from llgbm.io import read_json
+from llgbm.io import read_json, sha256_file
 from llgbm.lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
 from llgbm.models import load_base, load_tokenizer
 from llgbm.probes import build_probe_set, tokenize_probes
 
-from .conftest import micro_config
+from .conftest import checkpoint_dirs, micro_config
 
 
 def _cached_deltas(cache_dir) -> dict[str, torch.Tensor]:
@@ -105,15 +105,47 @@ def test_entries_of_another_delta_definition_are_recomputed(micro, tmp_path, mon
     assert len(list((cache_dir / "entries").glob("*.safetensors"))) == 6  # the old entries are pruned
 
 
-def test_definition_records_dtype_and_scaling_and_is_checked(micro, tmp_path) -> None:
+def test_definition_records_dtype_precision_and_scaling_and_is_checked(micro, tmp_path) -> None:
     from llgbm.delta_cache import delta_definition
 
     cfg = micro["cfg"]
     fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "cache")
     cache = DeltaCache.load(tmp_path / "cache")
-    assert cache.definition["dtype"] == "float32" and cache.definition["scaling"] == lora_scaling(cfg.lora)
-    cache.check_definition(delta_definition("float32", lora_scaling(cfg.lora)))
-    with pytest.raises(LlgbmError, match=r"another definition \(dtype differs\)"):
-        cache.check_definition(delta_definition("bfloat16", lora_scaling(cfg.lora)))
-    with pytest.raises(LlgbmError, match=r"another definition \(scaling differs\)"):
-        cache.check_definition(delta_definition("float32", 0.5))
+    scaling = lora_scaling(cfg.lora)
+    assert (cache.definition["dtype"], cache.definition["precision"], cache.definition["scaling"]) == ("float32", "no", scaling)
+    cache.check_definition(delta_definition("float32", "no", scaling))
+    for other, differs in ((("bfloat16", "no", scaling), "dtype"), (("float32", "bf16", scaling), "precision"),
+                           (("float32", "no", 0.5), "scaling")):
+        with pytest.raises(LlgbmError, match=rf"another definition \({differs} differs\)"):
+            cache.check_definition(delta_definition(*other))
+
+
+def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tmp_path) -> None:
+    """Under bf16 autocast (as training runs on a GPU) with activation checkpointing, a teacher's own weight
+    tokens, detokenised as the generator's are, reproduce its cached delta: L_delta is ~0 at the teacher."""
+    from llgbm.losses import DeltaLoss
+    from llgbm.weight_tokenizer import WeightTokenizer
+
+    cfg = micro_config(train={**micro_config().train.__dict__, "mixed_precision": "bf16"})
+    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "bf16")
+    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], tmp_path / "fp32")
+    bf16, fp32 = DeltaCache.load(tmp_path / "bf16"), DeltaCache.load(tmp_path / "fp32")
+    assert bf16.definition["precision"] == "bf16"
+    tokenizer = load_tokenizer(micro["base"])
+    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
+    weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
+    computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora),
+                             *tokenize_probes(bf16.probes, tokenizer), autocast_dtype=torch.bfloat16,
+                             gradient_checkpointing=True)
+    directory = checkpoint_dirs(micro["teachers"])[0]
+    tokens, scales = weight_tokenizer.tokenize(stack_adapters([load_adapter_tensors(directory, layout, cfg.lora)]))
+    tokens.requires_grad_(True)
+    delta = computer(weight_tokenizer.detokenize(tokens, scales))  # with grad, as in training
+    key = bf16.key_for(sha256_file(directory / ADAPTER_WEIGHTS))
+    target_bf16 = bf16.get(key)
+    target_fp32 = fp32.get(fp32.key_for(sha256_file(directory / ADAPTER_WEIGHTS)))
+    loss = DeltaLoss("mse")(delta, target_bf16[None])
+    scale = target_bf16.square().mean()
+    assert loss.item() <= 1e-6 * scale.item()
+    # What the cache used to be on a GPU: fp32 targets against a bf16 training delta do not give 0.
+    assert DeltaLoss("mse")(delta, target_fp32[None]).item() > 100 * loss.item()
