@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
 from .config import Config, LoraConfig
 from .data import GeneratorDataset
-from .delta import AdapterBatch, DeltaComputer, mean_probe_state, peft_delta, stack_adapters
+from .delta import AdapterBatch, DeltaComputer, DeltaSpec, peft_delta, probe_states, reduce_delta, stack_adapters
 from .generator import LoraGenerator, generator_shape
 from .lora import LoraSlot, layout_of_model, load_adapter_tensors, lora_scaling, peft_config, to_peft_state_dict
 from .losses import MultiTaskLoss
@@ -75,11 +75,11 @@ def random_probes(vocab: int, count: int, length: int, generator: torch.Generato
 
 
 def in_memory_peft_delta(base: PreTrainedModel, adapter: dict, layout: list[LoraSlot], lora: LoraConfig,
-                         ids: torch.Tensor, mask: torch.Tensor, base_state: torch.Tensor) -> torch.Tensor:
+                         ids: torch.Tensor, mask: torch.Tensor, base_states: torch.Tensor) -> torch.Tensor:
     """The naive reference without disk: a PEFT model on its own copy of the base per adapter, forward only."""
     model = get_peft_model(copy.deepcopy(base), peft_config(lora))
     set_peft_model_state_dict(model, to_peft_state_dict(adapter, layout))
-    return mean_probe_state(model, ids, mask) - base_state
+    return reduce_delta(probe_states(model, ids, mask)[None], base_states, DeltaSpec())[0]
 
 
 def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, length: int, lora: LoraConfig,
@@ -120,7 +120,7 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
                "plain": _median_seconds(plain, repeats),
                "peft": None}
         if not backward:
-            row["peft"] = _median_seconds(lambda: [in_memory_peft_delta(model, a, layout, lora, ids, mask, computer.base_state.cpu())
+            row["peft"] = _median_seconds(lambda: [in_memory_peft_delta(model, a, layout, lora, ids, mask, computer.base_states.cpu())
                                                    for a in adapters], repeats)
         row["batched_over_plain"] = row["batched"] / row["plain"]
         row["loop_over_batched"] = row["loop"] / row["batched"]

@@ -21,6 +21,7 @@ BUILTIN_TASKS = (
 PROBE_TYPES = ("generic", "task")
 PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
+DELTA_REDUCTIONS = ("mean", "per_probe")
 LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 MIXED_PRECISION = ("auto", "no", "bf16")
@@ -86,6 +87,9 @@ class ProbesConfig:
     types: list[str] = field(default_factory=lambda: list(PROBE_TYPES))
     template: str = "raw"  # "chat" applies the tokenizer's chat template (instruction-tuned bases)
     max_length: int = 32
+    # True: probe_count counts per training task; each probe type gives probe_count x (training tasks)
+    # probes, task probes round-robin so that every training task gives probe_count of its own.
+    per_task: bool = False
 
 
 @dataclass
@@ -139,6 +143,10 @@ class Config:
     delta_loss_type: str = "mse"
     probe_count: int = 5
     lambda_schedule: str = "linear"
+    delta_reduce: str = "mean"  # mean over probes (the seed's delta) or per_probe (a (P, hidden) target)
+    # "last" (the seed's), "all", or a list of decoder-layer indices; several layers are each normalised
+    # by the base model's state scale there and concatenated.
+    delta_layers: Any = "last"
     seed: int = 0  # the generator's initialisation and data order (teachers have their own seeds)
     heldout_tasks: list[str] = field(default_factory=lambda: ["third", "before_last"])
     tasks: TasksConfig = field(default_factory=TasksConfig)
@@ -186,6 +194,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
         return value
     if hint is bool and isinstance(value, bool):
         return value
+    if hint is Any:  # a key of several shapes; validate() checks it
+        return value
     raise LlgbmError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
 
 
@@ -204,6 +214,12 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_choice(cfg.lambda_schedule, LAMBDA_SCHEDULES, "lambda_schedule", source)
     _check_positive(cfg.lambda_delta, "lambda_delta", source, allow_zero=True)
     _check_positive(cfg.probe_count, "probe_count", source)
+    _check_choice(cfg.delta_reduce, DELTA_REDUCTIONS, "delta_reduce", source)
+    layers = cfg.delta_layers
+    if not (layers in ("last", "all") or (isinstance(layers, list) and layers and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers))):
+        raise LlgbmError(f"{source}: 'delta_layers' is {layers!r}, expected last, all or a non-empty list of "
+                         "layer indices >= 0")
     if cfg.tasks.source == "builtin":
         for name in cfg.tasks.names:
             _check_choice(name, BUILTIN_TASKS, "tasks.names", source)

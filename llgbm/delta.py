@@ -1,5 +1,9 @@
 """Behavioural deltas: delta(M, B) = mean over probes of h_M(p, last token) - h_B(p, last token), where h
-is the last layer's hidden state after the final norm.
+is the last layer's hidden state after the final norm (the seed's definition, `DeltaSpec()`).
+
+Variants (`DeltaSpec`): per probe instead of the mean (a (P, hidden) target), and several decoder layers
+instead of the last, each layer's delta divided by the base model's state scale at that layer (the RMS of
+its probe states) so that no layer dominates; layers are concatenated along the feature axis.
 
 B adapters are applied in one forward of the frozen base over B x P sequences: forward hooks on the
 target linear layers add scaling * x A_j^T B_j^T for the rows of adapter j (two batched matmuls; no
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +23,8 @@ import torch.utils.checkpoint
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from .config import DELTA_REDUCTIONS
+from .errors import LlgbmError
 from .lora import LoraSlot, load_peft_model
 from .models import load_base
 
@@ -94,50 +101,106 @@ def apply_adapters(model: PreTrainedModel, layout: list[LoraSlot], adapters: Ada
             vars(modules[block]).pop("forward", None)
 
 
-def last_token_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The last layer's normed hidden state at each right-padded sequence's last real token, in fp32
-    (or wider: float64 stays float64, for gradcheck)."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+@dataclass(frozen=True)
+class DeltaSpec:
+    """Which delta. `layers` are decoder-layer indices (0-based; the last layer's state is read after the
+    final norm), None for the last layer alone; `normalise` divides each layer's delta by the base's
+    state scale at that layer."""
+    reduce: str = "mean"  # "mean" over probes or "per_probe"
+    layers: tuple[int, ...] | None = None
+    normalise: bool = False
+
+    def identity(self) -> dict:
+        return {"reduce": self.reduce, "layers": None if self.layers is None else list(self.layers),
+                "normalise": self.normalise}
+
+    def shape(self, probes: int, hidden_size: int) -> tuple[int, ...]:
+        """The shape of one adapter's delta."""
+        width = hidden_size * (1 if self.layers is None else len(self.layers))
+        return (width,) if self.reduce == "mean" else (probes, width)
+
+
+def delta_spec(reduce: str, layers: str | list[int], num_layers: int) -> DeltaSpec:
+    """The spec of params' `delta_reduce` and `delta_layers` ("last", "all" or a list of layer indices)."""
+    if reduce not in DELTA_REDUCTIONS:
+        raise LlgbmError(f"delta_reduce: '{reduce}', expected one of {', '.join(DELTA_REDUCTIONS)}")
+    if layers == "last":
+        return DeltaSpec(reduce)
+    chosen = list(range(num_layers)) if layers == "all" else sorted(set(layers))
+    if not chosen or min(chosen) < 0 or max(chosen) >= num_layers:
+        raise LlgbmError(f"delta_layers: {layers} names layers outside 0..{num_layers - 1} of the base model")
+    return DeltaSpec(reduce, tuple(chosen), normalise=True)
+
+
+def last_token_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      layers: tuple[int, ...] | None = None) -> torch.Tensor:
+    """(rows, layers, hidden): hidden states at each right-padded sequence's last real token, of the given
+    decoder layers (None: the last layer, after the final norm), in fp32 (float64 stays float64)."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           output_hidden_states=layers is not None)
+    # hidden_states[l + 1] is layer l's output; the last entry is after the final norm.
+    hidden = [out.last_hidden_state] if layers is None else [out.hidden_states[layer + 1] for layer in layers]
     last = attention_mask.sum(-1) - 1
-    states = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+    states = torch.stack([h[rows, last] for h in hidden], dim=1)
     return states.to(torch.promote_types(states.dtype, torch.float32))
 
 
+def layer_scales(base_states: torch.Tensor) -> torch.Tensor:
+    """(layers,): the RMS of the base model's probe states (P, layers, hidden) at each layer."""
+    return base_states.square().mean(dim=(0, 2)).sqrt()
+
+
+def reduce_delta(states: torch.Tensor, base_states: torch.Tensor, spec: DeltaSpec) -> torch.Tensor:
+    """states (B, P, layers, hidden) of adapted models and base_states (P, layers, hidden) -> the spec's
+    deltas: (B, layers * hidden) averaged over probes, or (B, P, layers * hidden) per probe."""
+    delta = states - base_states
+    if spec.normalise:
+        delta = delta / layer_scales(base_states)[:, None]
+    if spec.reduce == "mean":
+        delta = delta.mean(1)
+    return delta.flatten(-2)
+
+
 @torch.no_grad()
-def mean_probe_state(model: PreTrainedModel | PeftModel, probe_ids: torch.Tensor, probe_mask: torch.Tensor) -> torch.Tensor:
-    """v(M) for a causal LM or a PeftModel wrapping one (its LoRA applied by PEFT's own layers): the
-    reference path that the batched hooks are checked against. fp32, on CPU."""
+def probe_states(model: PreTrainedModel | PeftModel, probe_ids: torch.Tensor, probe_mask: torch.Tensor,
+                 layers: tuple[int, ...] | None = None) -> torch.Tensor:
+    """(P, layers, hidden) for a causal LM or a PeftModel wrapping one (its LoRA applied by PEFT's own
+    layers): the reference path that the batched hooks are checked against. fp32, on CPU."""
     causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
     device = next(causal_lm.parameters()).device
-    return last_token_states(causal_lm, probe_ids.to(device), probe_mask.to(device)).mean(0).cpu()
+    return last_token_states(causal_lm, probe_ids.to(device), probe_mask.to(device), layers).cpu()
 
 
 def peft_delta(base_dir: Path, adapter_dir: Path, probe_ids: torch.Tensor, probe_mask: torch.Tensor,
-               dtype: str = "float32") -> torch.Tensor:
+               spec: DeltaSpec = DeltaSpec(), dtype: str = "float32") -> torch.Tensor:
     """delta(base + adapter, base) the way a PEFT user would get it: two fresh bases, one with the adapter
     loaded by `PeftModel.from_pretrained`."""
-    base_state = mean_probe_state(load_base(base_dir, dtype), probe_ids, probe_mask)
-    return mean_probe_state(load_peft_model(load_base(base_dir, dtype), adapter_dir), probe_ids, probe_mask) - base_state
+    base = probe_states(load_base(base_dir, dtype), probe_ids, probe_mask, spec.layers)
+    adapted = probe_states(load_peft_model(load_base(base_dir, dtype), adapter_dir), probe_ids, probe_mask, spec.layers)
+    return reduce_delta(adapted[None], base, spec)[0]
 
 
 class DeltaComputer:
-    """delta(base + adapter_j, base) for a batch of adapters on a fixed probe batch."""
+    """delta(base + adapter_j, base) for a batch of adapters on a fixed probe batch, as `spec` defines it."""
 
     def __init__(self, model: PreTrainedModel, layout: list[LoraSlot], scaling: float,
                  probe_ids: torch.Tensor, probe_mask: torch.Tensor,
-                 autocast_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False):
+                 autocast_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False,
+                 spec: DeltaSpec = DeltaSpec()):
         self.model = model
         self.layout = layout
         self.scaling = scaling
+        self.spec = spec
         device = next(model.parameters()).device
         self.probe_ids = probe_ids.to(device)
         self.probe_mask = probe_mask.to(device)
         self.autocast_dtype = autocast_dtype
         self.gradient_checkpointing = gradient_checkpointing
         with torch.no_grad():
-            self.base_state = self._mean_states(None)[0]
+            self.base_states = self._states(None)[0]  # (P, layers, hidden)
 
-    def _mean_states(self, adapters: AdapterBatch | None) -> torch.Tensor:
+    def _states(self, adapters: AdapterBatch | None) -> torch.Tensor:
         n = 1 if adapters is None else next(iter(adapters.values()))[0].shape[0]
         ids = self.probe_ids.repeat(n, 1)
         mask = self.probe_mask.repeat(n, 1)
@@ -148,9 +211,9 @@ class DeltaComputer:
                                        checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled())
                         if adapters else contextlib.nullcontext())
         with autocast, adapters_ctx:
-            states = last_token_states(self.model, ids, mask)
-        return states.view(n, self.probe_ids.shape[0], -1).mean(1)
+            states = last_token_states(self.model, ids, mask, self.spec.layers)
+        return states.view(n, self.probe_ids.shape[0], *states.shape[1:])
 
     def __call__(self, adapters: AdapterBatch) -> torch.Tensor:
-        """(B, hidden) deltas in fp32; differentiable with respect to the adapter tensors."""
-        return self._mean_states(adapters) - self.base_state
+        """(B, *spec.shape) deltas in fp32; differentiable with respect to the adapter tensors."""
+        return reduce_delta(self._states(adapters), self.base_states, self.spec)

@@ -22,27 +22,27 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from .config import Config
-from .delta import DeltaComputer, stack_adapters
+from .delta import DeltaComputer, DeltaSpec, delta_spec, stack_adapters
 from .errors import LlgbmError
 from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
 from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
-from .probes import ProbeSet, build_probe_set, tokenize_probes
+from .probes import ProbeSet, build_probe_set, generic_length, tokenize_probes
 from .provenance import code_fingerprint, library_versions
-from .tasks import Task
+from .tasks import Task, training_tasks
 
 MANIFEST = "manifest.json"
 PROBES = "probes.json"
 BASE_STATE = "base_state.safetensors"
-FORMAT = 2
+FORMAT = 3
 
 
-def delta_definition(dtype: str, precision: str, scaling: float) -> dict:
+def delta_definition(dtype: str, precision: str, scaling: float, spec: DeltaSpec) -> dict:
     """What a cached delta means beyond its adapter, probes and base model. `precision` is the resolved
     train.mixed_precision: the cache is computed in training's precision, so a teacher's own weights give
-    L_delta = 0 in training on every device."""
+    L_delta = 0 in training on every device. `spec` is the delta variant (reduction, layers)."""
     return {"format": FORMAT, "code": code_fingerprint(__name__), "libraries": library_versions(),
-            "dtype": dtype, "precision": precision, "scaling": scaling}
+            "dtype": dtype, "precision": precision, "scaling": scaling, "variant": spec.identity()}
 
 
 def entry_key(adapter_sha256: str, probes_fingerprint: str, base_fingerprint: str, definition: dict) -> str:
@@ -67,20 +67,21 @@ def _save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
 
 
 class DeltaCache:
-    def __init__(self, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int, definition: dict):
+    def __init__(self, root: Path, probes: ProbeSet, base_fingerprint: str, delta_shape: tuple[int, ...],
+                 definition: dict):
         self.root = Path(root)
         self.probes = probes
         self.base_fingerprint = base_fingerprint
-        self.hidden_size = hidden_size
+        self.delta_shape = tuple(delta_shape)
         self.definition = definition
         self.entries: dict[str, dict] = {}
 
     @classmethod
-    def open(cls, root: Path, probes: ProbeSet, base_fingerprint: str, hidden_size: int,
+    def open(cls, root: Path, probes: ProbeSet, base_fingerprint: str, delta_shape: tuple[int, ...],
              definition: dict) -> "DeltaCache":
         """Open for writing: keep the entries that are valid for these probes, this base model and this
         delta definition; anything else is recomputed (and pruned once the new entries are in)."""
-        cache = cls(root, probes, base_fingerprint, hidden_size, definition)
+        cache = cls(root, probes, base_fingerprint, delta_shape, definition)
         (cache.root / "entries").mkdir(parents=True, exist_ok=True)
         for stale in cache.root.rglob(".*.tmp"):
             stale.unlink()
@@ -111,7 +112,8 @@ class DeltaCache:
             probes = ProbeSet.from_identity(read_json(probes_path, "delta cache probes"))
             if probes.fingerprint() != manifest.get("probes_fingerprint"):
                 raise LlgbmError(f"{probes_path}: probe set does not match the manifest's fingerprint")
-            cache = cls(root, probes, manifest["base_fingerprint"], manifest["hidden_size"], manifest["definition"])
+            cache = cls(root, probes, manifest["base_fingerprint"], tuple(manifest["delta_shape"]),
+                        manifest["definition"])
             cache.entries = dict(manifest["entries"])
         except (KeyError, TypeError, AttributeError) as exc:
             raise LlgbmError(f"{root / MANIFEST}: malformed delta cache ({exc!r}); rerun the deltas stage") from None
@@ -128,7 +130,7 @@ class DeltaCache:
             delta = load_file(str(self.root / entry["file"]))["delta"]
         except (SafetensorError, OSError, KeyError, ValueError):
             return False
-        return tuple(delta.shape) == (self.hidden_size,) and bool(torch.isfinite(delta).all())
+        return tuple(delta.shape) == self.delta_shape and bool(torch.isfinite(delta).all())
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -137,7 +139,7 @@ class DeltaCache:
         return entry_key(adapter_sha256, self.probes.fingerprint(), self.base_fingerprint, self.definition)
 
     def put(self, key: str, delta: torch.Tensor, meta: dict) -> None:
-        if tuple(delta.shape) != (self.hidden_size,) or not torch.isfinite(delta).all():
+        if tuple(delta.shape) != self.delta_shape or not torch.isfinite(delta).all():
             raise LlgbmError(f"delta cache: refusing a delta of shape {tuple(delta.shape)} or with NaN/Inf for {meta}")
         rel = f"entries/{key}.safetensors"
         _save_tensor_atomic(self.root / rel, delta)
@@ -153,17 +155,18 @@ class DeltaCache:
         except (SafetensorError, OSError, KeyError, ValueError) as exc:
             raise LlgbmError(f"{path}: unreadable delta cache entry ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                              "rerun the deltas stage") from None
-        if tuple(delta.shape) != (self.hidden_size,) or not torch.isfinite(delta).all():
+        if tuple(delta.shape) != self.delta_shape or not torch.isfinite(delta).all():
             raise LlgbmError(f"{path}: delta cache entry of shape {tuple(delta.shape)} or with NaN/Inf; rerun the deltas stage")
         return delta
 
-    def save_base_state(self, base_state: torch.Tensor) -> None:
-        _save_tensor_atomic(self.root / BASE_STATE, base_state)
+    def save_base_state(self, base_states: torch.Tensor) -> None:
+        """The base model's probe states (P, layers, hidden) that every delta is taken against."""
+        _save_tensor_atomic(self.root / BASE_STATE, base_states)
 
     def flush(self) -> None:
         write_json_atomic(self.root / MANIFEST, {
             "definition": self.definition, "probes_fingerprint": self.probes.fingerprint(),
-            "base_fingerprint": self.base_fingerprint, "hidden_size": self.hidden_size, "entries": self.entries,
+            "base_fingerprint": self.base_fingerprint, "delta_shape": list(self.delta_shape), "entries": self.entries,
         })
 
     def prune(self, keep: set[str]) -> None:
@@ -187,20 +190,22 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
     """Compute (or reuse) the delta of every teacher checkpoint; returns the stage's metrics."""
     start = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
-    probes = build_probe_set(cfg, tasks, tokenizer)
-    layout = lora_layout(AutoConfig.from_pretrained(str(base_dir)), cfg.lora)
-    model = load_base(base_dir, cfg.base.dtype)
+    training = training_tasks(tasks, cfg.heldout_tasks)
+    probes = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
+    model_config = AutoConfig.from_pretrained(str(base_dir))
+    layout = lora_layout(model_config, cfg.lora)
+    spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, model_config.num_hidden_layers)
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
-    cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), model.config.hidden_size,
-                            delta_definition(cfg.base.dtype, precision, lora_scaling(cfg.lora)))
+    cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), spec.shape(len(probes.texts), model_config.hidden_size),
+                            delta_definition(cfg.base.dtype, precision, lora_scaling(cfg.lora), spec))
     checkpoints = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
     for c in checkpoints:
         c["adapter_sha256"] = sha256_file(Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS)
         c["key"] = cache.key_for(c["adapter_sha256"])
     todo = [c for c in checkpoints if c["key"] not in cache]
-    computer = DeltaComputer(model, layout, lora_scaling(cfg.lora), *tokenize_probes(probes, tokenizer),
-                             autocast_dtype=autocast_dtype(precision))
-    cache.save_base_state(computer.base_state)
+    computer = DeltaComputer(load_base(base_dir, cfg.base.dtype), layout, lora_scaling(cfg.lora),
+                             *tokenize_probes(probes, tokenizer), autocast_dtype=autocast_dtype(precision), spec=spec)
+    cache.save_base_state(computer.base_states)
     per_batch = cfg.deltas.adapters_per_batch
     device = computer.probe_ids.device
     for first in range(0, len(todo), per_batch):
@@ -223,6 +228,7 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
 def delta_geometry(deltas: torch.Tensor, tasks: list[str]) -> dict:
     """Mean delta norm, and mean cosine between checkpoints of the same task vs of different tasks: the
     deltas say something about behaviour only if the first clearly exceeds the second."""
+    deltas = deltas.flatten(1)
     unit = torch.nn.functional.normalize(deltas, dim=-1)
     cosine = unit @ unit.T
     same = torch.tensor([[a == b for b in tasks] for a in tasks])

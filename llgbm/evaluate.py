@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .config import Config
-from .delta import mean_probe_state
+from .delta import probe_states, reduce_delta
 from .delta_cache import DeltaCache
 from .encoder import EmbeddingCache
 from .errors import LlgbmError
@@ -16,8 +16,8 @@ from .io import read_json, sha256_file
 from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, load_peft_model
 from .models import load_base, load_tokenizer
 from .scoring import task_accuracy
-from .tasks import Task
-from .train import Paths, checked_probe_batch, training_tasks
+from .tasks import Task, training_tasks
+from .train import Paths, checked_probe_batch, delta_spec_of
 
 METHODS = ("base", "generated", "teacher", "mean_teacher", "nearest_teacher")
 
@@ -36,8 +36,10 @@ def nearest_task(batch_embeddings: torch.Tensor, task_embeddings: dict[str, torc
 
 
 def delta_alignment(deltas: list[torch.Tensor], target: torch.Tensor) -> dict:
-    """Cosine (mean, std, min, max), MSE and norm ratio of deltas against the teacher's delta. A zero
-    delta (the base model) has no direction: its cosine is None, not a number."""
+    """Cosine (mean, std, min, max), MSE and norm ratio of deltas against the teacher's delta (of any
+    variant's shape, compared as flat vectors). A zero delta (the base model) has no direction: its cosine
+    is None, not a number."""
+    deltas, target = [d.flatten() for d in deltas], target.flatten()
     norms = [float(d.norm()) for d in deltas]
     cosines = [float(torch.nn.functional.cosine_similarity(d, target, dim=0)) if n > 0 else None
                for d, n in zip(deltas, norms)]
@@ -79,7 +81,9 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     adapters_dir = Path(adapters_dir)
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
-    probe_ids, probe_mask = checked_probe_batch(cfg, tasks, cache, tokenizer, paths.base)
+    training = training_tasks(tasks, cfg.heldout_tasks)
+    spec = delta_spec_of(cfg, paths.base)
+    probe_ids, probe_mask = checked_probe_batch(cfg, training, cache, tokenizer, paths.base)
     loaded = open_generator(paths.generator, paths.base)
     if sorted(loaded.meta["heldout_tasks"]) != sorted(cfg.heldout_tasks):
         raise LlgbmError(f"{paths.generator}: trained with heldout_tasks {loaded.meta['heldout_tasks']}, params say "
@@ -87,16 +91,16 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     embeddings = EmbeddingCache.load(paths.embeddings)
     index = read_json(paths.teachers / "index.json", "teachers index")["checkpoints"]
     final = {c["task"]: paths.teachers / c["path"] for c in sorted(index, key=lambda c: c["step"])}
-    training = training_tasks(cfg, tasks)
     train_names = {t.name for t in training}
 
     def measure(adapter_dir: Path | None, task: Task) -> tuple[float, torch.Tensor]:
         model = load_base(paths.base, cfg.base.dtype)
         if adapter_dir is not None:
             model = load_peft_model(model, adapter_dir)
-        return task_accuracy(model, tokenizer, task, "test"), mean_probe_state(model, probe_ids, probe_mask) - base_state
+        delta = reduce_delta(probe_states(model, probe_ids, probe_mask, spec.layers)[None], base_states, spec)[0]
+        return task_accuracy(model, tokenizer, task, "test"), delta
 
-    base_state = mean_probe_state(load_base(paths.base, cfg.base.dtype), probe_ids, probe_mask)
+    base_states = probe_states(load_base(paths.base, cfg.base.dtype), probe_ids, probe_mask, spec.layers)
     mean_dir = adapters_dir / "mean_teacher"
     loaded.save(mean_adapter([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
                               for c in index if c["task"] in train_names]), mean_dir)

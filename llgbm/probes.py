@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .config import Config
+from .config import ProbesConfig, TasksConfig
 from .errors import LlgbmError
 from .io import sha256_json
 from .tasks import Task, generic_texts
@@ -37,15 +37,20 @@ def _task_candidates(tasks: list[Task], rng: random.Random) -> list[str]:
     return [pool[i] for i in range(max(map(len, pools))) for pool in pools if i < len(pool)]
 
 
-def _candidates(probe_type: str, cfg: Config, tasks: list[Task], count: int, rng: random.Random) -> list[str]:
+def _candidates(probe_type: str, count: int, training: list[Task], generic_length: int | None, seed: int,
+                rng: random.Random) -> list[str]:
     if probe_type == "generic":
-        if cfg.tasks.source != "builtin":
+        if generic_length is None:
             raise LlgbmError("probes.types: 'generic' probes exist for the built-in tasks only; use 'task'")
-        return generic_texts(count, cfg.tasks.sequence_length, cfg.probes.seed)
+        return generic_texts(count, generic_length, seed)
     if probe_type == "task":
-        # Only training tasks: no prompt of a held-out task reaches training, probes included.
-        return _task_candidates([t for t in tasks if t.name not in cfg.heldout_tasks], rng)
+        return _task_candidates(training, rng)
     raise LlgbmError(f"probes.types: unknown probe type '{probe_type}'")
+
+
+def generic_length(tasks: TasksConfig) -> int | None:
+    """The sequence length of generic probes, which exist in the built-in task world only."""
+    return tasks.sequence_length if tasks.source == "builtin" else None
 
 
 def apply_template(text: str, template: str, tokenizer: PreTrainedTokenizerBase) -> str:
@@ -59,15 +64,20 @@ def apply_template(text: str, template: str, tokenizer: PreTrainedTokenizerBase)
     raise LlgbmError(f"probes.template: unknown template '{template}'")
 
 
-def build_probe_set(cfg: Config, tasks: list[Task], tokenizer: PreTrainedTokenizerBase) -> ProbeSet:
-    """`probe_count` probes, interleaving the listed probe types, formatted by the template."""
-    rng = random.Random(f"{cfg.probes.seed}:probes")
-    pools = [_candidates(t, cfg, tasks, cfg.probe_count, rng) for t in cfg.probes.types]
-    interleaved = [pool[i] for i in range(cfg.probe_count) for pool in pools if i < len(pool)]
-    if len(interleaved) < cfg.probe_count:
-        raise LlgbmError(f"probe_count: {cfg.probe_count} probes asked for, only {len(interleaved)} available")
-    texts = [apply_template(t, cfg.probes.template, tokenizer) for t in interleaved[: cfg.probe_count]]
-    return ProbeSet(tuple(texts), cfg.probes.template, cfg.probes.max_length)
+def build_probe_set(settings: ProbesConfig, probe_count: int, training: list[Task], generic_length: int | None,
+                    tokenizer: PreTrainedTokenizerBase) -> ProbeSet:
+    """Probes interleaving the listed probe types, formatted by the template: `probe_count` in all, or
+    with settings.per_task, probe_count per training task and type. Task probes are training prompts
+    only (no prompt of a held-out task reaches training), taken round-robin over the training tasks;
+    generic probes (the built-in world's task-free text) need `generic_length`, its sequence length."""
+    count = probe_count * len(training) * len(settings.types) if settings.per_task else probe_count
+    rng = random.Random(f"{settings.seed}:probes")
+    pools = [_candidates(t, count, training, generic_length, settings.seed, rng) for t in settings.types]
+    interleaved = [pool[i] for i in range(count) for pool in pools if i < len(pool)]
+    if len(interleaved) < count:
+        raise LlgbmError(f"probe_count: {count} probes asked for, only {len(interleaved)} available")
+    texts = [apply_template(t, settings.template, tokenizer) for t in interleaved[:count]]
+    return ProbeSet(tuple(texts), settings.template, settings.max_length)
 
 
 def tokenize_probes(probes: ProbeSet, tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:

@@ -229,3 +229,15 @@ def pretraining_texts(cfg: TasksConfig, tasks: list[Task], count: int = 4096) ->
     if cfg.source == "builtin":
         return generic_texts(count, cfg.sequence_length, cfg.seed)
     return [r.prompt for task in tasks for r in task.train]
+
+
+def training_tasks(tasks: list[Task], heldout: list[str]) -> list[Task]:
+    """The tasks training may see: every task not held out (held-out names must be tasks)."""
+    names = {t.name for t in tasks}
+    unknown = [n for n in heldout if n not in names]
+    if unknown:
+        raise LlgbmError(f"heldout_tasks: {unknown} are not tasks of the tasks file")
+    kept = [t for t in tasks if t.name not in heldout]
+    if not kept:
+        raise LlgbmError("heldout_tasks: every task is held out; nothing is left to train on")
+    return kept

@@ -20,7 +20,7 @@ from transformers import AutoConfig, get_linear_schedule_with_warmup
 
 from .config import Config, to_dict
 from .data import GeneratorDataset
-from .delta import DeltaComputer
+from .delta import DeltaComputer, DeltaSpec, delta_spec
 from .delta_cache import DeltaCache, base_fingerprint, delta_definition
 from .encoder import EmbeddingCache
 from .errors import LlgbmError
@@ -29,9 +29,9 @@ from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, LoraSlot, load_adapter_tensors, lora_layout, lora_scaling
 from .losses import MultiTaskLoss, weight_token_loss
 from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
-from .probes import build_probe_set, tokenize_probes
+from .probes import build_probe_set, generic_length, tokenize_probes
 from .provenance import code_fingerprint, library_versions
-from .tasks import Task
+from .tasks import Task, training_tasks
 from .weight_tokenizer import WeightTokenizer
 
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
@@ -50,30 +50,23 @@ class Paths:
     live: Path  # dvclive directory
 
 
-def training_tasks(cfg: Config, tasks: list[Task]) -> list[Task]:
-    names = {t.name for t in tasks}
-    unknown = [n for n in cfg.heldout_tasks if n not in names]
-    if unknown:
-        raise LlgbmError(f"heldout_tasks: {unknown} are not tasks of data/tasks.json")
-    kept = [t for t in tasks if t.name not in cfg.heldout_tasks]
-    if not kept:
-        raise LlgbmError("heldout_tasks: every task is held out; nothing is left to train on")
-    return kept
+def delta_spec_of(cfg: Config, base_dir: Path) -> DeltaSpec:
+    return delta_spec(cfg.delta_reduce, cfg.delta_layers, AutoConfig.from_pretrained(str(base_dir)).num_hidden_layers)
 
 
-def checked_probe_batch(cfg: Config, tasks: list[Task], cache: DeltaCache, tokenizer, base_dir: Path):
+def checked_probe_batch(cfg: Config, training: list[Task], cache: DeltaCache, tokenizer, base_dir: Path):
     """The cache's own probes, tokenised; any disagreement with params or the base model is an error."""
-    if build_probe_set(cfg, tasks, tokenizer) != cache.probes:
+    if build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer) != cache.probes:
         raise LlgbmError(f"{cache.root}: its probe set differs from the one params.yaml defines; rerun the deltas stage")
     if base_fingerprint(base_dir) != cache.base_fingerprint:
         raise LlgbmError(f"{cache.root}: computed on another base model; rerun the deltas stage")
     return tokenize_probes(cache.probes, tokenizer)
 
 
-def build_dataset(cfg: Config, tasks: list[Task], paths: Paths, cache: DeltaCache, layout: list[LoraSlot],
+def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaCache, layout: list[LoraSlot],
                   weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache) -> GeneratorDataset:
     """Every checkpoint of every training task; held-out tasks' checkpoints and prompts never enter."""
-    by_name = {t.name: t for t in training_tasks(cfg, tasks)}
+    by_name = {t.name: t for t in training}
     index = read_json(paths.teachers / "index.json", "teachers index")["checkpoints"]
     chosen = [c for c in index if c["task"] in by_name]
     tokens, scales, deltas, rows, names = [], [], [], [], []
@@ -135,14 +128,16 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
                               cpu=not torch.cuda.is_available())
     device = accelerator.device
     tokenizer = load_tokenizer(paths.base)
+    training = training_tasks(tasks, cfg.heldout_tasks)
+    spec = delta_spec_of(cfg, paths.base)
     cache = DeltaCache.load(paths.deltas)
     # The targets must be computed exactly as training computes deltas, in its precision too.
-    cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora)))
-    probe_ids, probe_mask = checked_probe_batch(cfg, tasks, cache, tokenizer, paths.base)
+    cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora), spec))
+    probe_ids, probe_mask = checked_probe_batch(cfg, training, cache, tokenizer, paths.base)
     layout = lora_layout(AutoConfig.from_pretrained(str(paths.base)), cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
     embeddings = EmbeddingCache.load(paths.embeddings)
-    dataset = build_dataset(cfg, tasks, paths, cache, layout, weight_tokenizer, embeddings)
+    dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings)
     token_mask = weight_tokenizer.mask.to(device)
 
     torch.manual_seed(cfg.seed)
@@ -161,7 +156,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     base = load_base(paths.base, cfg.base.dtype, device=device)
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
                              autocast_dtype=autocast_dtype(mixed_precision),
-                             gradient_checkpointing=tr.gradient_checkpointing)
+                             gradient_checkpointing=tr.gradient_checkpointing, spec=spec)
 
     # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
     provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),
@@ -248,7 +243,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
         meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
                 "base_fingerprint": cache.base_fingerprint, "probes_fingerprint": cache.probes.fingerprint(),
                 "encoder": embeddings.encoder_name, "steps": tr.steps, "seed": cfg.seed,
-                "training_tasks": [t.name for t in training_tasks(cfg, tasks)], "heldout_tasks": list(cfg.heldout_tasks)}
+                "training_tasks": [t.name for t in training], "heldout_tasks": list(cfg.heldout_tasks)}
         save_generator(accelerator.unwrap_model(model), meta, paths.generator)
         live.end()
         # A finished run leaves nothing a later run could resume from by mistake.

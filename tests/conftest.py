@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from llgbm.config import Config, config_from_dict  # noqa: E402
+from llgbm.probes import ProbeSet, build_probe_set, generic_length  # noqa: E402
+from llgbm.tasks import training_tasks  # noqa: E402
 
 MICRO_PARAMS = {
     "probe_count": 4,
@@ -61,6 +63,12 @@ def micro_train_inputs(micro: dict) -> dict:
     prompts = [r.prompt for t in micro["tasks"] for r in (*t.train, *t.test)]
     embed_prompts(micro["cfg"].encoder, prompts).save(root / "embeddings")
     return {**micro, "deltas": root / "deltas", "embeddings": root / "embeddings"}
+
+
+def micro_probe_set(cfg: Config, tasks: list, tokenizer) -> ProbeSet:
+    """The probe set the deltas stage builds for `cfg`."""
+    return build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg.heldout_tasks),
+                           generic_length(cfg.tasks), tokenizer)
 
 
 def checkpoint_dirs(teachers: Path) -> list[Path]:

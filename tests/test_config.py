@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from llgbm.config import Config, config_from_dict, load_config
@@ -27,13 +29,22 @@ def test_repository_params_load() -> None:
     ({"probe_count": 0}, "'probe_count' must be > 0"),
     ({"tasks": {"source": "files"}}, "'tasks.files' is empty"),
     ({"train": {"max_grad_norm": 0}}, "'train.max_grad_norm' must be > 0"),
+    ({"delta_reduce": "median"}, "'delta_reduce' is 'median'"),
+    ({"delta_layers": "middle"}, "'delta_layers' is 'middle'"),
+    ({"delta_layers": [-1]}, "'delta_layers' is [-1]"),
+    ({"delta_layers": []}, "'delta_layers' is []"),
     ({"train": {"mixed_precision": "fp16"}}, "'train.mixed_precision' fp16 is not supported"),
 ])
 def test_bad_params_name_the_key(raw: dict, fragment: str) -> None:
-    with pytest.raises(LlgbmError, match=fragment.replace("(", r"\(")) as info:
+    with pytest.raises(LlgbmError, match=re.escape(fragment)) as info:
         config_from_dict(raw, "params.yaml")
     assert str(info.value).startswith("params.yaml: ")
     assert "\n" not in str(info.value)
+
+
+def test_delta_variants_are_accepted() -> None:
+    assert config_from_dict({"delta_reduce": "per_probe", "delta_layers": [0, 1]}).delta_layers == [0, 1]
+    assert config_from_dict({"delta_layers": "all", "probes": {"per_task": True}}).probes.per_task
 
 
 def test_missing_params_file(tmp_path) -> None:

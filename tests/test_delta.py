@@ -3,34 +3,62 @@ import torch
 from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
 
 from llgbm.config import LoraConfig
-from llgbm.delta import DeltaComputer, batched_lora_forward, peft_delta, stack_adapters
+from llgbm.delta import (DeltaComputer, DeltaSpec, batched_lora_forward, delta_spec, layer_scales, peft_delta,
+                         reduce_delta, stack_adapters)
+from llgbm.errors import LlgbmError
 from llgbm.lora import layout_of_model, load_adapter_tensors, lora_layout, lora_scaling
 from llgbm.models import load_base, load_tokenizer
-from llgbm.probes import build_probe_set, tokenize_probes
+from llgbm.probes import tokenize_probes
 
-from .conftest import checkpoint_dirs
+from .conftest import checkpoint_dirs, micro_probe_set
+
+# The seed's delta and its variants (the micro base has 2 layers).
+SPECS = [DeltaSpec(), DeltaSpec("per_probe"), DeltaSpec("mean", (0, 1), normalise=True),
+         DeltaSpec("per_probe", (0,), normalise=True)]
 
 
-def _setup(micro):
+def _setup(micro, spec: DeltaSpec = DeltaSpec()):
     cfg = micro["cfg"]
     tokenizer = load_tokenizer(micro["base"])
-    probes = build_probe_set(cfg, micro["tasks"], tokenizer)
-    ids, mask = tokenize_probes(probes, tokenizer)
+    ids, mask = tokenize_probes(micro_probe_set(cfg, micro["tasks"], tokenizer), tokenizer)
     layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
-    computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora), ids, mask)
+    computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora), ids, mask, spec=spec)
     adapters = [load_adapter_tensors(d, layout, cfg.lora) for d in checkpoint_dirs(micro["teachers"])]
     return computer, adapters, ids, mask
 
 
-def test_batched_delta_matches_peft(micro) -> None:
-    computer, adapters, ids, mask = _setup(micro)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.reduce}-{s.layers}")
+def test_batched_delta_matches_peft(micro, spec: DeltaSpec) -> None:
+    computer, adapters, ids, mask = _setup(micro, spec)
     assert len(set(mask.sum(-1).tolist())) > 1, "probes of unequal length exercise the padding"
     with torch.no_grad():
         deltas = computer(stack_adapters(adapters))
-    for directory, delta in zip(checkpoint_dirs(micro["teachers"]), deltas):
-        expected = peft_delta(micro["base"], directory, ids, mask)
+    assert deltas.shape[1:] == spec.shape(len(ids), 32)
+    for directory, delta in zip(checkpoint_dirs(micro["teachers"])[:3], deltas):
+        expected = peft_delta(micro["base"], directory, ids, mask, spec)
         assert expected.norm() > 1e-3
         assert (delta - expected).norm() / expected.norm() < 1e-5
+
+
+def test_reduce_delta_on_a_hand_made_case() -> None:
+    base = torch.tensor([[[1.0, 1.0], [2.0, 0.0]], [[1.0, -1.0], [0.0, 2.0]]])  # (P=2, layers=2, hidden=2)
+    states = base[None] + torch.tensor([[[1.0, 0.0], [0.0, 2.0]], [[3.0, 0.0], [0.0, 0.0]]])[None]
+    torch.testing.assert_close(reduce_delta(states, base, DeltaSpec("mean", (0, 1))),
+                               torch.tensor([[2.0, 0.0, 0.0, 1.0]]))
+    torch.testing.assert_close(reduce_delta(states, base, DeltaSpec("per_probe", (0, 1))),
+                               torch.tensor([[[1.0, 0.0, 0.0, 2.0], [3.0, 0.0, 0.0, 0.0]]]))
+    # Normalised: each layer divided by the RMS of the base states there (layer 0: 1, layer 1: sqrt(2)).
+    torch.testing.assert_close(layer_scales(base), torch.tensor([1.0, 2.0 ** 0.5]))
+    torch.testing.assert_close(reduce_delta(states, base, DeltaSpec("mean", (0, 1), normalise=True)),
+                               torch.tensor([[2.0, 0.0, 0.0, 1.0 / 2.0 ** 0.5]]))
+
+
+def test_delta_spec_of_params() -> None:
+    assert delta_spec("mean", "last", 4) == DeltaSpec()
+    assert delta_spec("per_probe", "all", 3) == DeltaSpec("per_probe", (0, 1, 2), normalise=True)
+    assert delta_spec("mean", [2, 0, 2], 3) == DeltaSpec("mean", (0, 2), normalise=True)
+    with pytest.raises(LlgbmError, match="delta_layers"):
+        delta_spec("mean", [3], 3)
 
 
 def test_delta_does_not_depend_on_batch_companions(micro) -> None:

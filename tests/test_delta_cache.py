@@ -4,15 +4,15 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from llgbm.delta import DeltaComputer, stack_adapters
+from llgbm.delta import DeltaComputer, DeltaSpec, stack_adapters
 from llgbm.delta_cache import DeltaCache, delta_geometry, fill_cache
 from llgbm.errors import LlgbmError
 from llgbm.io import read_json, sha256_file
 from llgbm.lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
 from llgbm.models import load_base, load_tokenizer
-from llgbm.probes import build_probe_set, tokenize_probes
+from llgbm.probes import tokenize_probes
 
-from .conftest import checkpoint_dirs, micro_config
+from .conftest import checkpoint_dirs, micro_config, micro_probe_set
 
 
 def _cached_deltas(cache_dir) -> dict[str, torch.Tensor]:
@@ -27,7 +27,7 @@ def test_cache_holds_every_checkpoint_delta(micro, tmp_path) -> None:
     assert metrics["computed"] == len(index) == 6 and metrics["reused"] == 0
     cached = _cached_deltas(tmp_path / "cache")
     tokenizer = load_tokenizer(micro["base"])
-    probes = build_probe_set(cfg, micro["tasks"], tokenizer)
+    probes = micro_probe_set(cfg, micro["tasks"], tokenizer)
     assert DeltaCache.load(tmp_path / "cache").probes == probes  # the probe set travels with the cache
     layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
     computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora), *tokenize_probes(probes, tokenizer))
@@ -113,11 +113,28 @@ def test_definition_records_dtype_precision_and_scaling_and_is_checked(micro, tm
     cache = DeltaCache.load(tmp_path / "cache")
     scaling = lora_scaling(cfg.lora)
     assert (cache.definition["dtype"], cache.definition["precision"], cache.definition["scaling"]) == ("float32", "no", scaling)
-    cache.check_definition(delta_definition("float32", "no", scaling))
-    for other, differs in ((("bfloat16", "no", scaling), "dtype"), (("float32", "bf16", scaling), "precision"),
-                           (("float32", "no", 0.5), "scaling")):
+    seed = DeltaSpec()
+    cache.check_definition(delta_definition("float32", "no", scaling, seed))
+    for other, differs in ((("bfloat16", "no", scaling, seed), "dtype"), (("float32", "bf16", scaling, seed), "precision"),
+                           (("float32", "no", 0.5, seed), "scaling"),
+                           (("float32", "no", scaling, DeltaSpec("per_probe")), "variant")):
         with pytest.raises(LlgbmError, match=rf"another definition \({differs} differs\)"):
             cache.check_definition(delta_definition(*other))
+
+
+@pytest.mark.parametrize("variant", [{"delta_reduce": "per_probe"}, {"delta_layers": "all"}])
+def test_each_variant_is_cached_under_its_own_key(micro, tmp_path, variant) -> None:
+    cache_dir = tmp_path / "cache"
+    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    seed_keys = set(DeltaCache.load(cache_dir).entries)
+    metrics = fill_cache(micro_config(**variant), micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    assert (metrics["computed"], metrics["reused"]) == (6, 0)
+    cache = DeltaCache.load(cache_dir)
+    assert not seed_keys & set(cache.entries)
+    probes = len(cache.probes.texts)
+    expected = (probes, 32) if variant.get("delta_reduce") == "per_probe" else (2 * 32,)
+    assert cache.delta_shape == expected
+    assert all(tuple(cache.get(k).shape) == expected for k in cache.entries)
 
 
 def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tmp_path) -> None:
