@@ -12,9 +12,11 @@ SINGLE_AXES: dict[str, list[Any]] = {
     "delta_loss_type": ["mse", "cosine", "combined"],
     "probe_count": [3, 5, 10],
     "lambda_schedule": ["constant", "linear", "cosine"],
+    "delta_reduce": ["mean", "per_probe"],
+    "delta_layers": ["last", "all"],
 }
 INTERACTION = {"lambda_delta": [0.1, 1.0], "delta_loss_type": ["mse", "cosine"]}
-ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule")
+ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers")
 # What the comparison reports: held-out accuracy and gain share of generated adapters, delta cosine.
 KEY_METRICS = {
     "heldout_accuracy": "heldout.accuracy.generated",
@@ -86,7 +88,8 @@ def group_runs(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
         values = {name: _lookup(row, path) for name, path in KEY_METRICS.items()}
         if not isinstance(values["heldout_accuracy"], (int, float)):
             continue  # queued, running or failed
-        arm = tuple((k, _plain(_lookup(row, k)) if k == "probe_count" else _lookup(row, k)) for k in ARM_KEYS)
+        arm = tuple((k, _plain(_lookup(row, k)) if k in ("probe_count", "delta_layers") else _lookup(row, k))
+                    for k in ARM_KEYS)
         bucket = groups.setdefault(arm, {name: [] for name in KEY_METRICS} | {"seed": []})
         seed = _plain(_lookup(row, "seed"))
         if seed in bucket["seed"]:
@@ -99,7 +102,10 @@ def group_runs(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
 
 
 def _plain(value: Any) -> Any:
-    """exp_show gives every number as a float; an integer param (probe count, seed) reads back as one."""
+    """exp_show gives every number as a float; an integer param (probe count, seed, a layer) reads back as
+    one, and a list (delta_layers) as a tuple, so that an arm is hashable."""
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
     return int(value) if isinstance(value, float) and value.is_integer() and not isinstance(value, bool) else value
 
 

@@ -2,7 +2,8 @@ import pytest
 
 from llgbm.experiments import comparison_report, grid_arms, mean_ci, queue_commands
 
-DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear"}
+DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
+            "delta_reduce": "mean", "delta_layers": "last"}
 
 
 def test_grid_covers_the_spec_once_each() -> None:
@@ -15,7 +16,9 @@ def test_grid_covers_the_spec_once_each() -> None:
     for ld in (0.1, 1.0):
         for lt in ("mse", "cosine"):
             assert {**DEFAULTS, "lambda_delta": ld, "delta_loss_type": lt} in arms
-    assert len(arms) == 12
+    assert {a["delta_reduce"] for a in arms} == {"mean", "per_probe"}
+    assert {a["delta_layers"] for a in arms} == {"last", "all"}
+    assert len(arms) == 14
     command = queue_commands(arms[:1], [0, 1, 2])[0]
     assert command[:4] == ["dvc", "exp", "run", "--queue"] and command[-1] == "seed=0,1,2"
 
@@ -38,9 +41,11 @@ def test_report_compares_each_arm_with_weight_only() -> None:
             _row("b0", 1.0, 0, 0.40), _row("b1", 1.0, 1, 0.50), _row("b2", 1.0, 2, 0.60),
             {**_row("q", 2.0, 0, 0.0), "heldout.accuracy.generated": None},  # queued: no metrics yet
             {**_row("main", 1.0, 0, 0.9), "Experiment": None, "typ": "baseline"},  # the workspace's commit
-            {**_row("b0-again", 1.0, 0, 0.9)}]  # the same arm and seed twice counts once
+            {**_row("b0-again", 1.0, 0, 0.9)},  # the same arm and seed twice counts once
+            {**_row("layers", 1.0, 0, 0.7), "delta_layers": [0.0, 1.0]}]  # a list param, as exp_show gives it
     report = comparison_report(rows)
     assert "lambda_delta=2.0" not in report
+    assert "delta_layers=(0, 1)" in report
     baseline = next(line for line in report.splitlines() if "lambda_delta=0.0" in line)
     delta_arm = next(line for line in report.splitlines() if "lambda_delta=1.0" in line)
     assert "| 3 | 0.200 ± 0.248" in baseline and baseline.endswith("| baseline | baseline |")

@@ -159,3 +159,18 @@ def test_nan_stops_training_naming_the_step(micro_train_inputs, tmp_path, monkey
 def test_probe_mismatch_with_the_cache_is_an_error(micro_train_inputs, tmp_path) -> None:
     with pytest.raises(LlgbmError, match="probe set differs"):
         train_generator(micro_config(probe_count=3), micro_train_inputs["tasks"], _paths(micro_train_inputs, tmp_path))
+
+
+def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_path) -> None:
+    from llgbm.delta_cache import fill_cache
+
+    train = {**micro_config().train.__dict__, "steps": 12, "save_interval": 100, "lambda_warmup_steps": 2}
+    cfg = micro_config(delta_reduce="per_probe", delta_layers="all", train=train)
+    fill_cache(cfg, micro_train_inputs["tasks"], micro_train_inputs["base"], micro_train_inputs["teachers"],
+               tmp_path / "deltas")
+    metrics = train_generator(cfg, micro_train_inputs["tasks"],
+                              _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "run"))
+    assert math.isfinite(metrics["loss_delta"]) and metrics["loss_delta"] > 0
+    with pytest.raises(LlgbmError, match=r"another definition \(variant differs\)"):
+        train_generator(micro_config(train=train), micro_train_inputs["tasks"],
+                        _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "other"))
