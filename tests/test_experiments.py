@@ -47,6 +47,6 @@ def test_report_compares_each_arm_with_weight_only() -> None:
     assert "lambda_delta=2.0" not in report
     assert "delta_layers=(0, 1)" in report
     baseline = next(line for line in report.splitlines() if "lambda_delta=0.0" in line)
-    delta_arm = next(line for line in report.splitlines() if "lambda_delta=1.0" in line)
+    delta_arm = next(line for line in report.splitlines() if "lambda_delta=1.0" in line and "(0, 1)" not in line)
     assert "| 3 | 0.200 ± 0.248" in baseline and baseline.endswith("| baseline | baseline |")
     assert "| 3 | 0.500 ± 0.248" in delta_arm and delta_arm.endswith("| +0.300 ± 0.160 | +0.000 ± 0.000 |")
