@@ -196,8 +196,9 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
 
 
 def bench_train(cfg: Config, steps: int) -> dict:
-    """Seconds per optimizer step of the training recipe, with the delta loss and weight-only, measured
-    alternately in one process on the embedded default's shapes (random base, teachers and prompts)."""
+    """Seconds per optimizer step of the training recipe for each objective (weight-only; the seed's delta;
+    the delta variants; the gradient-balanced sum), measured in turn in one process on the embedded
+    default's shapes (random base, teachers and prompts), each arm's ratio to weight-only beside it."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     base = random_model(tiny_shape(cfg))
@@ -205,20 +206,32 @@ def bench_train(cfg: Config, steps: int) -> dict:
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
     n_checkpoints, n_prompts, embed_dim = 18, 256, 384
     tokens, scales = weight_tokenizer.tokenize(stack_adapters([random_adapter(layout, generator) for _ in range(n_checkpoints)]))
-    dataset = GeneratorDataset(tokens, scales, torch.randn(n_checkpoints, cfg.base.tiny.hidden_size, generator=generator),
-                               [torch.arange(n_prompts)] * n_checkpoints, torch.randn(n_prompts, embed_dim, generator=generator),
-                               cfg.generator.prompts_per_sample, [str(i) for i in range(n_checkpoints)])
-    computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *random_probes(32, cfg.probe_count, 12, generator))
+    probes = random_probes(32, cfg.probe_count, 12, generator)
     model = LoraGenerator(generator_shape(cfg.generator, embed_dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate)
-    arms = {
-        "with_delta": (MultiTaskLoss(lambda_delta=max(cfg.lambda_delta, 1.0), delta_loss_type=cfg.delta_loss_type),
-                       cfg.train),
-        "weight_only": (MultiTaskLoss(lambda_delta=0.0), type(cfg.train)(**{**cfg.train.__dict__, "delta_batch_size": 0})),
-    }
+    lam = max(cfg.lambda_delta, 1.0)
+    all_layers = tuple(range(base.config.num_hidden_layers))
+    specs = {"weight_only": DeltaSpec(), "delta": DeltaSpec(), "delta_per_probe": DeltaSpec("per_probe"),
+             "delta_all_layers": DeltaSpec("mean", all_layers, normalise=True), "delta_grad_norm": DeltaSpec()}
+    arms = {}
+    for name, spec in specs.items():
+        computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *probes, spec=spec)
+        shape = spec.shape(cfg.probe_count, base.config.hidden_size)
+        dataset = GeneratorDataset(tokens, scales, torch.randn(n_checkpoints, *shape, generator=generator),
+                                   [torch.arange(n_prompts)] * n_checkpoints,
+                                   torch.randn(n_prompts, embed_dim, generator=generator),
+                                   cfg.generator.prompts_per_sample, [str(i) for i in range(n_checkpoints)])
+        if name == "weight_only":
+            loss_fn = MultiTaskLoss(lambda_delta=0.0)
+            train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "delta_batch_size": 0})
+        else:
+            loss_fn = MultiTaskLoss(lambda_delta=lam, delta_loss_type=cfg.delta_loss_type,
+                                    balance="grad_norm" if name == "delta_grad_norm" else "none")
+            train_cfg = cfg.train
+        arms[name] = (loss_fn, train_cfg, computer, dataset)
     times: dict[str, list[float]] = {name: [] for name in arms}
     for i in range(steps + 5):
-        for name, (loss_fn, train_cfg) in arms.items():
+        for name, (loss_fn, train_cfg, computer, dataset) in arms.items():
             start = time.perf_counter()
             metrics = training_step(model, dataset, generator, train_cfg, weight_tokenizer.mask, weight_tokenizer,
                                     computer, loss_fn, torch.device("cpu"), i)
@@ -228,8 +241,9 @@ def bench_train(cfg: Config, steps: int) -> dict:
             optimizer.zero_grad()
             if i >= 5:  # the first steps warm up allocators
                 times[name].append(time.perf_counter() - start)
-    with_delta, weight_only = statistics.median(times["with_delta"]), statistics.median(times["weight_only"])
+    seconds = {name: statistics.median(values) for name, values in times.items()}
     return {"machine": {"platform": platform.platform(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
             "steps": steps, "batch_size": cfg.train.batch_size, "delta_batch_size": cfg.train.delta_batch_size,
-            "probes": cfg.probe_count, "seconds_per_step_with_delta": with_delta,
-            "seconds_per_step_weight_only": weight_only, "with_delta_over_weight_only": with_delta / weight_only}
+            "probes": cfg.probe_count, "seconds_per_step": seconds,
+            "over_weight_only": {name: value / seconds["weight_only"] for name, value in seconds.items()
+                                 if name != "weight_only"}}

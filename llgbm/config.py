@@ -22,6 +22,7 @@ PROBE_TYPES = ("generic", "task")
 PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
 DELTA_REDUCTIONS = ("mean", "per_probe")
+LOSS_BALANCES = ("none", "grad_norm")
 LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 MIXED_PRECISION = ("auto", "no", "bf16")
@@ -143,6 +144,9 @@ class Config:
     delta_loss_type: str = "mse"
     probe_count: int = 5
     lambda_schedule: str = "linear"
+    # How the delta term's gradient is weighted: "none" (the plain sum) or "grad_norm" (lambda_delta is the
+    # ratio of the delta term's gradient norm to the weight term's, at the generated tokens).
+    loss_balance: str = "none"
     delta_reduce: str = "mean"  # mean over probes (the seed's delta) or per_probe (a (P, hidden) target)
     # "last" (the seed's), "all", or a list of decoder-layer indices; several layers are each normalised
     # by the base model's state scale there and concatenated.
@@ -215,6 +219,7 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_positive(cfg.lambda_delta, "lambda_delta", source, allow_zero=True)
     _check_positive(cfg.probe_count, "probe_count", source)
     _check_choice(cfg.delta_reduce, DELTA_REDUCTIONS, "delta_reduce", source)
+    _check_choice(cfg.loss_balance, LOSS_BALANCES, "loss_balance", source)
     layers = cfg.delta_layers
     if not (layers in ("last", "all") or (isinstance(layers, list) and layers and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers))):
@@ -286,6 +291,9 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
                          "checkpointed); use bf16 or no")
     _check_choice(tr.mixed_precision, MIXED_PRECISION, "train.mixed_precision", source)
     _check_positive(cfg.evaluate.prompt_batches, "evaluate.prompt_batches", source)
+    if tr.lambda_weights == 0 and cfg.loss_balance == "grad_norm":
+        raise LlgbmError(f"{source}: 'loss_balance' grad_norm scales the delta term to the weight term's gradient, "
+                         "which train.lambda_weights 0 removes; use loss_balance none for delta-only training")
     if tr.lambda_weights == 0 and (cfg.lambda_delta == 0 or tr.delta_batch_size == 0):
         raise LlgbmError(f"{source}: 'train.lambda_weights' and 'lambda_delta' are both 0: nothing to train on")
     return cfg

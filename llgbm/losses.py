@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DELTA_LOSS_TYPES, LAMBDA_SCHEDULES
+from .config import DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
 
 
 def weight_token_loss(pred_tokens: torch.Tensor, pred_scales: torch.Tensor, target_tokens: torch.Tensor,
@@ -56,13 +56,28 @@ def scheduled_lambda(step: int, schedule: str, warmup_steps: int, max_lambda: fl
     return max_lambda * (1 - math.cos(math.pi * progress)) / 2
 
 
+def delta_coefficient(lam: float, grad_norm_weights: float, grad_norm_delta: float, balance: str) -> float:
+    """The factor on the delta term's gradient. "none": lambda itself (the plain sum). "grad_norm": lambda
+    times ||grad of lambda_weights * L_weights|| / ||grad of L_delta||, so that lambda is the ratio of the two
+    terms' gradient norms, the same on every base model (the delta is a stiff function of the weights, and
+    its raw gradient can be tens of times the weight term's)."""
+    if balance not in LOSS_BALANCES:
+        raise ValueError(f"loss_balance '{balance}' is not one of {LOSS_BALANCES}")
+    if balance == "none" or lam == 0:
+        return lam
+    return lam * grad_norm_weights / grad_norm_delta if grad_norm_delta > 0 else 0.0
+
+
 class MultiTaskLoss(nn.Module):
-    """L = lambda_weights * L_weights + lambda(t) * L_delta, with lambda(t) from the schedule."""
+    """L = lambda_weights * L_weights + lambda(t) * L_delta, with lambda(t) from the schedule; `balance`
+    says how the delta term's gradient is weighted in training (see delta_coefficient)."""
 
     def __init__(self, lambda_delta: float = 1.0, lambda_schedule: str = "constant", warmup_steps: int = 0,
                  max_lambda: float | None = None, delta_loss_type: str = "mse", lambda_weights: float = 1.0,
-                 normalize: bool = False):
+                 normalize: bool = False, balance: str = "none"):
         super().__init__()
+        delta_coefficient(0.0, 0.0, 0.0, balance)  # reject unknown names now
+        self.balance = balance
         self.lambda_delta = lambda_delta
         # The spec's max_lambda: the value after warmup; by default lambda_delta itself.
         self.max_lambda = lambda_delta if max_lambda is None else max_lambda

@@ -27,7 +27,7 @@ from .errors import LlgbmError
 from .generator import LoraGenerator, generator_shape, save_generator
 from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, LoraSlot, load_adapter_tensors, lora_layout, lora_scaling
-from .losses import MultiTaskLoss, weight_token_loss
+from .losses import MultiTaskLoss, delta_coefficient, weight_token_loss
 from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
 from .probes import build_probe_set, generic_length, tokenize_probes
 from .provenance import code_fingerprint, library_versions
@@ -35,8 +35,12 @@ from .tasks import Task, training_tasks
 from .weight_tokenizer import WeightTokenizer
 
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
+# grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
+# weight tokens (logged on steps where the delta is differentiated); delta_coefficient: the factor its
+# gradient entered with (lambda(t) itself unless loss_balance rescales it).
 STEP_METRICS = ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
-                "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio")
+                "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio", "grad_norm_weights",
+                "grad_norm_delta", "delta_coefficient")
 
 
 @dataclass
@@ -149,7 +153,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     scheduler = get_linear_schedule_with_warmup(optimizer, tr.warmup_steps, tr.steps)
     loss_fn = MultiTaskLoss(lambda_delta=cfg.lambda_delta, lambda_schedule=cfg.lambda_schedule,
                             warmup_steps=tr.lambda_warmup_steps, delta_loss_type=cfg.delta_loss_type,
-                            lambda_weights=tr.lambda_weights)
+                            lambda_weights=tr.lambda_weights, balance=cfg.loss_balance)
     # Each process draws its own batches (its own stream, saved per rank in checkpoints).
     data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -274,6 +278,17 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
             delta_pred = computer(adapters)
         delta_target = batch["delta"][:n_delta]
     total, metrics = loss_fn(loss_weights, delta_pred, delta_target)
+    if delta_pred is not None and delta_pred.requires_grad:
+        # The two terms meet at the generated tokens (the delta sees the scales detached): each term's
+        # gradient there, its norm logged, the delta's weighted by the balance rule, then one backward
+        # through the generator for both. With balance "none" this is exactly the plain sum's gradient.
+        (grad_delta,) = torch.autograd.grad(loss_fn.delta_loss_fn(delta_pred, delta_target), pred_tokens)
+        (grad_weights,) = torch.autograd.grad(loss_weights, pred_tokens, retain_graph=True)
+        norm_weights, norm_delta = grad_weights.norm().item(), grad_delta.norm().item()
+        coefficient = delta_coefficient(loss_fn.get_lambda(), loss_fn.lambda_weights * norm_weights, norm_delta,
+                                        loss_fn.balance)
+        total = loss_fn.lambda_weights * loss_weights + coefficient * (pred_tokens * grad_delta).sum()
+        metrics.update(grad_norm_weights=norm_weights, grad_norm_delta=norm_delta, delta_coefficient=coefficient)
     for name, value in metrics.items():
         if not math.isfinite(value):
             raise LlgbmError(f"train: {name} is {value} at step {step}; no checkpoint written")

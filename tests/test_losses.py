@@ -66,3 +66,14 @@ def test_weight_loss_ignores_padding_and_refuses_shape_mismatch() -> None:
     assert weight_token_loss(pred, scales, target, scales, mask).item() == pytest.approx(2.0)
     with pytest.raises(ValueError, match="weight loss"):
         weight_token_loss(pred[..., :2], scales, target, scales, mask)
+
+
+def test_delta_coefficient_balances_gradient_norms() -> None:
+    from llgbm.losses import delta_coefficient
+
+    assert delta_coefficient(0.5, 2.0, 8.0, "none") == 0.5  # the plain sum
+    assert delta_coefficient(0.5, 2.0, 8.0, "grad_norm") == pytest.approx(0.125)  # 0.125 * 8 = 0.5 * 2
+    assert delta_coefficient(0.0, 2.0, 8.0, "grad_norm") == 0.0
+    assert delta_coefficient(1.0, 2.0, 0.0, "grad_norm") == 0.0  # no delta gradient: nothing to scale
+    with pytest.raises(ValueError, match="loss_balance"):
+        delta_coefficient(1.0, 1.0, 1.0, "adaptive")

@@ -174,3 +174,59 @@ def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_pa
     with pytest.raises(LlgbmError, match=r"another definition \(variant differs\)"):
         train_generator(micro_config(train=train), micro_train_inputs["tasks"],
                         _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "other"))
+
+
+def _bench_world(cfg):
+    """A random base, teachers and prompts of the micro shapes (as `llgbm bench train` builds them)."""
+    from llgbm.bench import random_adapter, random_model, random_probes, tiny_shape
+    from llgbm.data import GeneratorDataset
+    from llgbm.delta import DeltaComputer, stack_adapters
+    from llgbm.generator import LoraGenerator, generator_shape
+    from llgbm.lora import layout_of_model, lora_scaling
+    from llgbm.weight_tokenizer import WeightTokenizer
+
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    base = random_model(tiny_shape(cfg))
+    layout = layout_of_model(base, cfg.lora)
+    weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
+    tokens, scales = weight_tokenizer.tokenize(stack_adapters([random_adapter(layout, generator) for _ in range(4)]))
+    dataset = GeneratorDataset(tokens, scales, torch.randn(4, cfg.base.tiny.hidden_size, generator=generator),
+                               [torch.arange(16)] * 4, torch.randn(16, 24, generator=generator),
+                               cfg.generator.prompts_per_sample, [str(i) for i in range(4)])
+    computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *random_probes(32, 3, 6, generator))
+    model = LoraGenerator(generator_shape(cfg.generator, 24, weight_tokenizer.num_tokens, weight_tokenizer.token_dim))
+    return model, dataset, weight_tokenizer, computer
+
+
+def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() -> None:
+    from llgbm.losses import MultiTaskLoss, weight_token_loss
+    from llgbm.train import training_step
+
+    cfg = micro_config()
+    model, dataset, weight_tokenizer, computer = _bench_world(cfg)
+    mask, n = weight_tokenizer.mask, cfg.train.delta_batch_size
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    loss_fn = MultiTaskLoss(lambda_delta=0.7)
+    metrics = training_step(model, dataset, torch.Generator().manual_seed(1), cfg.train, mask, weight_tokenizer,
+                            computer, loss_fn, torch.device("cpu"), 1)
+    surrogate = grads(metrics["_loss"])
+    # The plain sum, written out: the same batch, L_weights + 0.7 * L_delta, one backward.
+    batch = dataset.draw(cfg.train.batch_size, torch.Generator().manual_seed(1))
+    tokens, scales = model(batch["condition"])
+    tokens = tokens * mask
+    delta = computer(weight_tokenizer.detokenize(tokens[:n], scales[:n].detach()))
+    plain, _ = loss_fn(weight_token_loss(tokens, scales, batch["tokens"], batch["scales"], mask), delta, batch["delta"][:n])
+    for a, b in zip(surrogate, grads(plain)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))  # float summation order
+    assert metrics["delta_coefficient"] == 0.7 and metrics["grad_norm_delta"] > 0
+
+    balanced = training_step(model, dataset, torch.Generator().manual_seed(1), cfg.train, mask, weight_tokenizer,
+                             computer, MultiTaskLoss(lambda_delta=0.7, balance="grad_norm"), torch.device("cpu"), 1)
+    assert balanced["delta_coefficient"] * balanced["grad_norm_delta"] == pytest.approx(
+        0.7 * balanced["grad_norm_weights"], rel=1e-6)
