@@ -8,23 +8,41 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 from .config import BaseConfig
 from .errors import LlgbmError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
+SPACE = "\u0120"  # how byte-level BPE writes a leading space
 
 
 def build_tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:
-    """A word-level tokenizer over the task world's vocabulary, saved and loaded like any HF tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    """A byte-level BPE in Qwen2's own format in which every word of `words` is one token, bare and after
+    a space, and any other text falls back to bytes.
 
-    vocab = {token: i for i, token in enumerate([PAD, UNK, EOS, *words])}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNK, eos_token=EOS)
+    It is built by `Qwen2Tokenizer` itself because `AutoTokenizer` picks that class from config.json's
+    model_type (qwen2) whatever tokenizer_config.json says, and rebuilds the tokenizer from tokenizer.json's
+    vocab and merges: so what a user's `AutoTokenizer.from_pretrained` rebuilds is what was built here.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    specials = dict(unk_token=UNK, eos_token=EOS, pad_token=PAD)
+    bootstrap = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(alphabet)}, merges=[], **specials)
+    split = bootstrap.backend_tokenizer.pre_tokenizer
+    pieces = dict.fromkeys(p for w in words for text in (" " + w, w) for p, _ in split.pre_tokenize_str(text))
+    vocab = {token: i for i, token in enumerate([PAD, UNK, EOS, *alphabet])}
+    merges = []
+    # Space-led pieces first: their merges can only apply at a piece's start, so they complete before a
+    # bare piece's merge can cut into the middle of a space-led one.
+    for piece in sorted(pieces, key=lambda p: not p.startswith(SPACE)):
+        for k in range(1, len(piece)):
+            if piece[: k + 1] not in vocab:
+                vocab[piece[: k + 1]] = len(vocab)
+                merges.append((piece[:k], piece[k]))
+    return Qwen2Tokenizer(vocab=vocab, merges=merges, **specials)
 
 
 def build_tiny_model(cfg: BaseConfig, vocab_size: int, seed: int) -> PreTrainedModel:
@@ -93,8 +111,8 @@ def load_base(path: str | Path, dtype: str = "float32", device: str | torch.devi
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    # The fast-tokenizer class reads any model's tokenizer.json as written; AutoTokenizer would pick
-    # the class from config.json's model_type and misread the tiny model's word-level tokenizer.
+    # The fast-tokenizer class reads any model's tokenizer.json as written (AutoTokenizer, which rebuilds
+    # some classes from vocab and merges, gives the same ids on the bases prepare_base writes: tested).
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
     except OSError as exc:
