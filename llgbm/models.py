@@ -5,44 +5,54 @@ object is ever shared between two adapters (PEFT injects LoRA layers in place).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from tokenizers import pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
 from .config import BaseConfig
 from .errors import LlgbmError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
-SPACE = "\u0120"  # how byte-level BPE writes a leading space
 
 
 def build_tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:
-    """A byte-level BPE in Qwen2's own format in which every word of `words` is one token, bare and after
-    a space, and any other text falls back to bytes.
+    """A word-level tokenizer over the task world's vocabulary, saved and loaded like any HF tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
-    It is built by `Qwen2Tokenizer` itself because `AutoTokenizer` picks that class from config.json's
-    model_type (qwen2) whatever tokenizer_config.json says, and rebuilds the tokenizer from tokenizer.json's
-    vocab and merges: so what a user's `AutoTokenizer.from_pretrained` rebuilds is what was built here.
-    """
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    specials = dict(unk_token=UNK, eos_token=EOS, pad_token=PAD)
-    bootstrap = Qwen2Tokenizer(vocab={c: i for i, c in enumerate(alphabet)}, merges=[], **specials)
-    split = bootstrap.backend_tokenizer.pre_tokenizer
-    pieces = dict.fromkeys(p for w in words for text in (" " + w, w) for p, _ in split.pre_tokenize_str(text))
-    vocab = {token: i for i, token in enumerate([PAD, UNK, EOS, *alphabet])}
-    merges = []
-    # Space-led pieces first: their merges can only apply at a piece's start, so they complete before a
-    # bare piece's merge can cut into the middle of a space-led one.
-    for piece in sorted(pieces, key=lambda p: not p.startswith(SPACE)):
-        for k in range(1, len(piece)):
-            if piece[: k + 1] not in vocab:
-                vocab[piece[: k + 1]] = len(vocab)
-                merges.append((piece[:k], piece[k]))
-    return Qwen2Tokenizer(vocab=vocab, merges=merges, **specials)
+    vocab = {token: i for i, token in enumerate([PAD, UNK, EOS, *words])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNK, eos_token=EOS)
+
+
+# AutoTokenizer picks the tokenizer class from config.json's model_type before tokenizer_config.json's
+# tokenizer_class, and for qwen2 rebuilds a byte-level BPE from tokenizer.json's vocab and merges:
+# the tiny model's word-level tokenizer came back turning every text into zero tokens. An `auto_map`
+# entry turns that override off; AutoTokenizer then loads the fast tokenizer class named in
+# tokenizer_config.json (and, under trust_remote_code=True, the same class through the module below),
+# so every way of loading reads tokenizer.json as written.
+TINY_TOKENIZER_MODULE = "tokenization_llgbm"
+TINY_TOKENIZER_CLASS = "WordLevelTokenizer"
+TINY_TOKENIZER_SOURCE = f'''"""The word-level tokenizer of an llgbm tiny base: tokenizer.json, read as written."""
+from transformers import PreTrainedTokenizerFast
+
+
+class {TINY_TOKENIZER_CLASS}(PreTrainedTokenizerFast):
+    pass
+'''
+
+
+def make_tokenizer_auto_loadable(directory: Path) -> None:
+    """Point tokenizer_config.json at the fast-tokenizer class, so AutoTokenizer reads tokenizer.json."""
+    path = Path(directory) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["auto_map"] = {"AutoTokenizer": [None, f"{TINY_TOKENIZER_MODULE}.{TINY_TOKENIZER_CLASS}"]}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (Path(directory) / f"{TINY_TOKENIZER_MODULE}.py").write_text(TINY_TOKENIZER_SOURCE)
 
 
 def build_tiny_model(cfg: BaseConfig, vocab_size: int, seed: int) -> PreTrainedModel:
@@ -111,8 +121,8 @@ def load_base(path: str | Path, dtype: str = "float32", device: str | torch.devi
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    # The fast-tokenizer class reads any model's tokenizer.json as written (AutoTokenizer, which rebuilds
-    # some classes from vocab and merges, gives the same ids on the bases prepare_base writes: tested).
+    # The fast-tokenizer class reads any model's tokenizer.json as written (AutoTokenizer gives the same
+    # ids on the tiny base, see make_tokenizer_auto_loadable; tested).
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
     except OSError as exc:
@@ -137,6 +147,8 @@ def prepare_base(cfg: BaseConfig, tokenizer_words: list[str], pretraining_texts:
         tokenizer, model, losses = load_tokenizer(cfg.model), load_base(cfg.model, cfg.dtype, device="cpu"), []
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    if cfg.model == "tiny":
+        make_tokenizer_auto_loadable(out_dir)
     metrics = {"parameters": sum(p.numel() for p in model.parameters())}
     if losses:
         metrics.update(pretrain_loss_first=losses[0], pretrain_loss_final=sum(losses[-10:]) / len(losses[-10:]))
