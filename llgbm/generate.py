@@ -61,9 +61,9 @@ def is_llgbm_adapter(directory: Path) -> bool:
         marker = read_json(Path(directory) / ADAPTER_MARKER, "adapter marker")
     except LlgbmError:
         return False
-    files = marker.get("files") if isinstance(marker, dict) else None
-    if marker.get("written_by") != "llgbm" or not isinstance(files, list):
+    if not (isinstance(marker, dict) and marker.get("written_by") == "llgbm" and isinstance(marker.get("files"), list)):
         return False
+    files = [f for f in marker["files"] if isinstance(f, str)]
     return sorted(p.name for p in Path(directory).iterdir()) == sorted({*files, ADAPTER_MARKER})
 
 

@@ -55,6 +55,7 @@ def _fake_adapter(directory: Path) -> None:
     (lambda d: d.mkdir(), False, None),  # empty: fine
     (lambda d: (d.mkdir(), (d / "notes.txt").write_text("mine")), True, "not an adapter written by llgbm"),
     (lambda d: (d.mkdir(), (d / ADAPTER_MARKER).write_text("{")), True, "not an adapter written by llgbm"),
+    (lambda d: (d.mkdir(), (d / ADAPTER_MARKER).write_text("[]")), True, "not an adapter written by llgbm"),
     (lambda d: _fake_adapter(d), False, "--force"),
     (lambda d: _fake_adapter(d), True, None),
     (lambda d: (_fake_adapter(d), (d / "notes.txt").write_text("mine")), True, "not an adapter written by llgbm"),
