@@ -77,6 +77,9 @@ def check_out_dir(out_dir: Path, force: bool) -> None:
         raise LlgbmError(f"{out}: --out is the working directory or one of its parents; name a new directory")
     if out.is_symlink():
         raise LlgbmError(f"{out}: --out is a symbolic link; name a directory")
+    ancestor = next(p for p in out.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise LlgbmError(f"{out}: {ancestor} is not a directory")
     if not out.exists():
         return
     if not out.is_dir():
@@ -182,7 +185,10 @@ def generate_from_file(generator_dir: Path, prompts_file: Path, out_dir: Path, b
     tensors = loaded.tensors(condition)
     generated = time.perf_counter()
     check_out_dir(out_dir, force)  # again: it may have changed while the model ran
-    loaded.save(tensors, out_dir)
+    try:
+        loaded.save(tensors, out_dir)
+    except OSError as exc:
+        raise LlgbmError(f"{out_dir}: cannot write the adapter ({exc})") from None
     saved = time.perf_counter()
     return {"prompts_used": loaded.prompts, "prompts_given": len(prompts), "encode_seconds": encoded - start,
             "generate_seconds": generated - encoded, "save_seconds": saved - generated, "total_seconds": saved - start}

@@ -61,6 +61,7 @@ def _fake_adapter(directory: Path) -> None:
     (lambda d: (_fake_adapter(d), (d / "notes.txt").write_text("mine")), True, "not an adapter written by llgbm"),
     (lambda d: d.write_text("a file"), True, "not a directory"),
     (lambda d: d.symlink_to(d.parent), True, "symbolic link"),
+    (lambda d: None, True, None),
 ])
 def test_check_out_dir(tmp_path: Path, setup, force: bool, message: str | None) -> None:
     out = tmp_path / "out"
@@ -70,6 +71,12 @@ def test_check_out_dir(tmp_path: Path, setup, force: bool, message: str | None) 
     else:
         with pytest.raises(LlgbmError, match=message):
             check_out_dir(out, force)
+
+
+def test_check_out_dir_refuses_a_path_under_a_file(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LlgbmError, match="is not a directory"):
+        check_out_dir(tmp_path / "file" / "sub" / "out", force=False)
 
 
 def test_check_out_dir_never_takes_the_working_directory_or_a_parent(tmp_path: Path,
@@ -124,7 +131,7 @@ def test_a_failed_generation_leaves_the_old_adapter_intact(micro_generator: dict
         raise OSError("disk full")
 
     monkeypatch.setattr(llgbm.generate, "save_adapter", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LlgbmError, match="disk full"):
         generate_from_file(micro_generator["generator"], prompts_file, out, force=True)
     assert _listing(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "prompts.txt"]
