@@ -33,7 +33,7 @@ class Case:
     id: str
     build: Callable[[Path, dict], list[str]]  # (case dir, world) -> command after `python`, run in case dir
     expect: tuple[str, ...]  # fragments of the one error line; at least one names the file or key
-    needs: str | None = None  # "micro" (base + teachers) or "generator" (+ a trained generator)
+    needs: str | None = None  # a conftest fixture the build reads (e.g. "micro", "micro_train_inputs", "micro_generator")
     marks: list = field(default_factory=list)
 
 
@@ -198,69 +198,69 @@ CASES = [
         d, '{"tasks": [{"name": "a", "options": "b", "train": [], "test": []}]}'), ("tasks.json", "tasks[0].options")),
     # generate: prompt files
     Case("prompts-missing", lambda d, w: generate(d, w, prompt_file=d / "nope.txt"), ("nope.txt", "not found"),
-         needs="generator"),
+         needs="micro_generator"),
     Case("prompts-not-utf8", lambda d, w: generate(d, w, prompt_file=prompts(d, w, content=NOT_UTF8)),
-         ("prompts.txt", "UTF-8"), needs="generator"),
+         ("prompts.txt", "UTF-8"), needs="micro_generator"),
     Case("prompts-empty", lambda d, w: generate(d, w, prompt_file=prompts(d, w, content=" \n\n")),
-         ("prompts.txt", "no prompts"), needs="generator"),
+         ("prompts.txt", "no prompts"), needs="micro_generator"),
     Case("prompts-json-object", lambda d, w: generate(d, w, prompt_file=prompts(d, w, "p.json", '{"prompt": "x"}')),
-         ("p.json", "expected a list of prompts"), needs="generator"),
+         ("p.json", "expected a list of prompts"), needs="micro_generator"),
     Case("prompts-json-numbers", lambda d, w: generate(d, w, prompt_file=prompts(d, w, "p.json", "[1, 2]")),
-         ("p.json", "item 0"), needs="generator"),
+         ("p.json", "item 0"), needs="micro_generator"),
     Case("prompts-json-invalid", lambda d, w: generate(d, w, prompt_file=prompts(d, w, "p.json", '["a", ')),
-         ("p.json", "not valid JSON"), needs="generator"),
+         ("p.json", "not valid JSON"), needs="micro_generator"),
     Case("prompts-jsonl-bad-line", lambda d, w: generate(d, w, prompt_file=prompts(d, w, "p.jsonl", '"a"\n{"b\n')),
-         ("p.jsonl", "line 2"), needs="generator"),
+         ("p.jsonl", "line 2"), needs="micro_generator"),
     Case("prompts-jsonl-record-no-prompt", lambda d, w: generate(
         d, w, prompt_file=prompts(d, w, "p.jsonl", '{"prompt": "a"}\n{"text": "b"}\n')), ("p.jsonl", "line 2", "'prompt'"),
-        needs="generator"),
+        needs="micro_generator"),
     Case("prompts-too-few", lambda d, w: generate(d, w, prompt_file=prompts(d, w, content="one prompt\n")),
-         ("prompts.txt", "1 prompts"), needs="generator"),
+         ("prompts.txt", "1 prompts"), needs="micro_generator"),
     # generate: generator directories
     Case("generator-missing", lambda d, w: generate(d, w, gen=d / "nope"), ("nope", "generator directory not found"),
-         needs="generator"),
+         needs="micro_generator"),
     Case("generator-is-a-base-model", lambda d, w: generate(d, w, gen=Path(w["base"])), ("config.json", "'shape'"),
-         needs="generator"),
+         needs="micro_generator"),
     Case("generator-config-missing", lambda d, w: generate(d, w, gen=write(d / "gen" / "x", "").parent),
-         ("config.json", "not found"), needs="generator"),
+         ("config.json", "not found"), needs="micro_generator"),
     Case("generator-config-not-json", lambda d, w: generate(d, w, gen=write(d / "gen" / "config.json", "{").parent),
-         ("config.json", "not valid JSON"), needs="generator"),
+         ("config.json", "not valid JSON"), needs="micro_generator"),
     Case("generator-config-missing-key", lambda d, w: edit_generator_config(d, w, lambda m: m.pop("encoder")),
-         ("config.json", "'encoder'"), needs="generator"),
+         ("config.json", "'encoder'"), needs="micro_generator"),
     Case("generator-config-shape-keys", lambda d, w: edit_generator_config(d, w, lambda m: m["shape"].pop("prompts")),
-         ("config.json", "'shape'"), needs="generator"),
+         ("config.json", "'shape'"), needs="micro_generator"),
     Case("generator-config-lora-type", lambda d, w: edit_generator_config(
-        d, w, lambda m: m["lora"].update(rank="four")), ("config.json", "'lora'"), needs="generator"),
+        d, w, lambda m: m["lora"].update(rank="four")), ("config.json", "'lora'"), needs="micro_generator"),
     Case("generator-config-shape-mismatch", lambda d, w: edit_generator_config(
         d, w, lambda m: m["shape"].update(feature_dim=m["shape"]["feature_dim"] + 1)),
-        ("generator.safetensors", "cannot load"), needs="generator"),
+        ("generator.safetensors", "cannot load"), needs="micro_generator"),
     Case("generator-weights-missing", lambda d, w: edit_generator_weights(d, w, None),
-         ("generator.safetensors",), needs="generator"),
+         ("generator.safetensors",), needs="micro_generator"),
     Case("generator-weights-truncated", lambda d, w: edit_generator_weights(d, w, lambda b: b[: len(b) // 2]),
-         ("generator.safetensors",), needs="generator"),
+         ("generator.safetensors",), needs="micro_generator"),
     Case("generator-weights-garbled", lambda d, w: edit_generator_weights(d, w, scramble),
-         ("generator.safetensors",), needs="generator"),
+         ("generator.safetensors",), needs="micro_generator"),
     Case("generator-weights-empty", lambda d, w: edit_generator_weights(d, w, lambda b: b""),
-         ("generator.safetensors",), needs="generator"),
+         ("generator.safetensors",), needs="micro_generator"),
     Case("base-missing", lambda d, w: generate(d, w, extra=("--base", str(d / "nobase"))), ("nobase", "not found"),
-         needs="generator"),
+         needs="micro_generator"),
     # generate: --out
     Case("out-non-empty", lambda d, w: (write(d / "out" / "notes.txt", "mine"), generate(d, w))[1],
-         ("out", "not an adapter written by llgbm"), needs="generator"),
+         ("out", "not an adapter written by llgbm"), needs="micro_generator"),
     Case("out-non-empty-force", lambda d, w: (write(d / "out" / "notes.txt", "mine"),
                                               generate(d, w, extra=("--force",)))[1],
-         ("out", "not an adapter written by llgbm"), needs="generator"),
+         ("out", "not an adapter written by llgbm"), needs="micro_generator"),
     Case("out-adapter-without-force", lambda d, w: (fake_llgbm_adapter(d / "out"), generate(d, w))[1],
-         ("out", "--force"), needs="generator"),
+         ("out", "--force"), needs="micro_generator"),
     Case("out-adapter-with-user-file-force", lambda d, w: (fake_llgbm_adapter(d / "out", "notes.txt"),
                                                            generate(d, w, extra=("--force",)))[1],
-         ("out", "not an adapter written by llgbm"), needs="generator"),
+         ("out", "not an adapter written by llgbm"), needs="micro_generator"),
     Case("out-is-a-file", lambda d, w: (write(d / "out", "a file"), generate(d, w, extra=("--force",)))[1],
-         ("out", "not a directory"), needs="generator"),
+         ("out", "not a directory"), needs="micro_generator"),
     Case("out-is-cwd", lambda d, w: generate(d, w, out=".", extra=("--force",)), (".", "working directory"),
-         needs="generator"),
+         needs="micro_generator"),
     Case("out-is-parent", lambda d, w: generate(d, w, out="..", extra=("--force",)), ("..", "working directory"),
-         needs="generator"),
+         needs="micro_generator"),
     # teacher adapters, read by the deltas stage
     Case("adapter-weights-truncated", lambda d, w: broken_adapter(d, w, "adapter_model.safetensors", None),
          ("adapter_model.safetensors", "cannot read"), needs="micro", marks=[FILL_CACHE_WRITES_FIRST]),
@@ -293,7 +293,7 @@ def run_case(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
 def test_bad_input_is_one_line_error_and_writes_nothing(case: Case, tmp_path: Path,
                                                          request: pytest.FixtureRequest) -> None:
-    world = request.getfixturevalue({"micro": "micro", "generator": "micro_generator"}[case.needs]) if case.needs else {}
+    world = request.getfixturevalue(case.needs) if case.needs else {}
     case_dir = tmp_path / "case"
     case_dir.mkdir()
     command = case.build(case_dir, world)
