@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import load_config
 from .errors import LlgbmError
@@ -27,7 +28,7 @@ def _bench_train(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     from .generate import generate_from_file
 
-    timings = generate_from_file(args.generator, args.prompts, args.out, args.base)
+    timings = generate_from_file(args.generator, args.prompts, args.out, args.base, args.force)
     print(f"wrote {args.out} from {timings['prompts_used']} of {timings['prompts_given']} prompts in "
           f"{timings['total_seconds']:.3f} s (encode {timings['encode_seconds']:.3f} s, generate "
           f"{timings['generate_seconds']:.3f} s, save {timings['save_seconds']:.3f} s; model loading excluded)")
@@ -47,8 +48,6 @@ def _compare(args: argparse.Namespace) -> None:
 
     report = comparison_report(exp_rows(args.repo))
     if args.out:
-        from pathlib import Path
-
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(report)
     print(report, end="")
@@ -60,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="write a PEFT adapter generated from a file of prompts")
     generate.add_argument("--generator", required=True, help="a trained generator directory (models/generator)")
     generate.add_argument("--prompts", required=True, help=".txt (one per line), .json or .jsonl")
-    generate.add_argument("--out", required=True, help="the PEFT adapter directory to write")
+    generate.add_argument("--out", required=True,
+                          help="the PEFT adapter directory to write: new or empty (or an llgbm adapter, with --force)")
+    generate.add_argument("--force", action="store_true",
+                          help="replace --out if it holds an adapter llgbm wrote (never anything else)")
     generate.add_argument("--base", default=None, help="base model directory (default: the one it was trained on)")
     generate.set_defaults(run=_generate)
     grid = commands.add_parser("grid", help="queue the spec's ablation grid as DVC experiments")

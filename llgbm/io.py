@@ -10,6 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import LlgbmError
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -38,29 +40,77 @@ def write_json_atomic(path: Path, value: Any) -> None:
         raise
 
 
+def _missing_parents(path: Path) -> list[Path]:
+    """The ancestors of `path` that do not exist yet, deepest first."""
+    return [p for p in path.absolute().parents if not p.exists()]
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a scratch directory that replaces `path` only if the block finishes without error."""
+    """Yield a scratch directory that replaces `path` only if the block finishes without error.
+
+    On error nothing changes: the scratch directory and any parent created for it are removed, and what
+    `path` held stays. On success the old `path` is moved aside before the new one is moved in and only
+    then deleted, so no moment has `path` half-deleted.
+    """
     path = Path(path)
+    created = _missing_parents(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    if path.exists() or path.is_symlink():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
+        os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old / path.name, path)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
-def read_json(path: Path, what: str) -> Any:
-    from .errors import LlgbmError
-
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file's content; a missing or undecodable file is a one-line error naming it."""
     path = Path(path)
     if not path.is_file():
         raise LlgbmError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return path.read_bytes().decode("utf-8-sig")  # a BOM is not part of the text
+    except UnicodeDecodeError as exc:
+        raise LlgbmError(f"{path}: {what} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
         raise LlgbmError(f"{path}: {what} is not valid JSON ({exc})") from None
+
+
+def read_jsonl_lines(path: Path, what: str) -> list[tuple[int, Any]]:
+    """(line number, value) for each non-blank line of a JSON Lines file; an error names the line."""
+    values = []
+    for number, line in enumerate(read_text(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise LlgbmError(f"{path}: line {number} of the {what} is not valid JSON ({exc.msg})") from None
+    return values
+
+
+def read_jsonl(path: Path, what: str) -> list[Any]:
+    return [value for _, value in read_jsonl_lines(path, what)]

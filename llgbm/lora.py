@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from .config import LoraConfig
 from .errors import LlgbmError
+from .io import read_json
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -104,12 +105,10 @@ def shared_initialisation(base: PreTrainedModel, lora: LoraConfig, seed: int) ->
 
 def read_adapter_config(adapter_dir: Path) -> dict:
     path = Path(adapter_dir) / ADAPTER_CONFIG
-    if not path.is_file():
-        raise LlgbmError(f"{path}: adapter config not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LlgbmError(f"{path}: adapter config is not valid JSON ({exc})") from None
+    config = read_json(path, "adapter config")
+    if not isinstance(config, dict):
+        raise LlgbmError(f"{path}: adapter config must be a JSON object")
+    return config
 
 
 def load_adapter_tensors(adapter_dir: Path, layout: list[LoraSlot], lora: LoraConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -5,6 +5,7 @@ object is ever shared between two adapters (PEFT injects LoRA layers in place).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -26,6 +27,33 @@ def build_tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token=PAD, unk_token=UNK, eos_token=EOS)
+
+
+# AutoTokenizer picks the tokenizer class from config.json's model_type before tokenizer_config.json's
+# tokenizer_class, and for qwen2 rebuilds a byte-level BPE from tokenizer.json's vocab and merges:
+# the tiny model's word-level tokenizer came back turning every text into zero tokens. An `auto_map`
+# entry turns that override off; AutoTokenizer then loads the fast tokenizer class named in
+# tokenizer_config.json (and, under trust_remote_code=True, the same class through the module below),
+# so every way of loading reads tokenizer.json as written.
+TINY_TOKENIZER_MODULE = "tokenization_llgbm"
+TINY_TOKENIZER_CLASS = "WordLevelTokenizer"
+TINY_TOKENIZER_SOURCE = f'''"""The word-level tokenizer of an llgbm tiny base: tokenizer.json, read as written."""
+from transformers import PreTrainedTokenizerFast
+
+
+class {TINY_TOKENIZER_CLASS}(PreTrainedTokenizerFast):
+    pass
+'''
+
+
+def make_tokenizer_auto_loadable(directory: Path) -> None:
+    """Point tokenizer_config.json at the fast-tokenizer class, so AutoTokenizer reads tokenizer.json."""
+    path = Path(directory) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config["auto_map"] = {"AutoTokenizer": [None, f"{TINY_TOKENIZER_MODULE}.{TINY_TOKENIZER_CLASS}"]}
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (Path(directory) / f"{TINY_TOKENIZER_MODULE}.py").write_text(TINY_TOKENIZER_SOURCE)
 
 
 def build_tiny_model(cfg: BaseConfig, vocab_size: int, seed: int) -> PreTrainedModel:
@@ -105,8 +133,8 @@ def load_base(path: str | Path, dtype: str = "float32", device: str | torch.devi
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    # The fast-tokenizer class reads any model's tokenizer.json as written; AutoTokenizer would pick
-    # the class from config.json's model_type and misread the tiny model's word-level tokenizer.
+    # The fast-tokenizer class reads any model's tokenizer.json as written (AutoTokenizer gives the same
+    # ids on the tiny base, see make_tokenizer_auto_loadable; tested).
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
     except OSError as exc:
@@ -131,6 +159,8 @@ def prepare_base(cfg: BaseConfig, tokenizer_words: list[str], pretraining_texts:
         tokenizer, model, losses = load_tokenizer(cfg.model), load_base(cfg.model, cfg.dtype, device="cpu"), []
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    if cfg.model == "tiny":
+        make_tokenizer_auto_loadable(out_dir)
     metrics = {"parameters": sum(p.numel() for p in model.parameters())}
     if losses:
         metrics.update(pretrain_loss_first=losses[0], pretrain_loss_final=sum(losses[-10:]) / len(losses[-10:]))

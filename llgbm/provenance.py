@@ -48,6 +48,11 @@ def _imported_modules(path: Path, module: str) -> set[str]:
     return {m for m in found if m != PACKAGE and _module_path(m).is_file()}
 
 
+def script_modules(script: Path) -> list[str]:
+    """Every `llgbm` module a script outside the package (a stage) imports, directly or indirectly."""
+    return library_modules(*_imported_modules(Path(script), "__main__"))
+
+
 def library_modules(*roots: str) -> list[str]:
     """Every `llgbm` module that the given modules import, directly or through each other, roots included."""
     seen: set[str] = set()

@@ -6,7 +6,6 @@ balanced over its options, so a model that ignores the input scores exactly chan
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Callable
 
 from .config import TasksConfig
 from .errors import LlgbmError
-from .io import read_json, write_json_atomic
+from .io import read_json, read_jsonl_lines, write_json_atomic
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CUES = {
@@ -127,48 +126,73 @@ def generic_texts(count: int, length: int, seed: int) -> list[str]:
     return texts
 
 
-def _parse_records(raw: object, path: Path) -> list[Record]:
+def _parse_records(raw: object, path: Path, where: str, labels: list[str] | None = None) -> list[Record]:
+    """Records {prompt, response} (other fields ignored). `where` names the list in errors, `labels` each
+    item (default: '<where> record <index>')."""
     if not isinstance(raw, list):
-        raise LlgbmError(f"{path}: expected a list of records with 'prompt' and 'response'")
+        raise LlgbmError(f"{path}: {where} must be a list of records with string 'prompt' and 'response'")
+    labels = labels or [f"{where} record {i}".removeprefix("the file ") for i in range(len(raw))]
     records = []
-    for i, item in enumerate(raw):
+    for label, item in zip(labels, raw):
         if not (isinstance(item, dict) and isinstance(item.get("prompt"), str) and isinstance(item.get("response"), str)):
-            raise LlgbmError(f"{path}: record {i} needs string fields 'prompt' and 'response'")
+            raise LlgbmError(f"{path}: {label} needs string fields 'prompt' and 'response'")
         if not item["prompt"].strip():
-            raise LlgbmError(f"{path}: record {i} has an empty prompt")
+            raise LlgbmError(f"{path}: {label} has an empty prompt")
         records.append(Record(item["prompt"], item["response"]))
     return records
+
+
+def _check_name(name: object, path: Path, key: str) -> str:
+    # Task names become directory names (models/teachers/<task>): no separators, nothing hidden.
+    if not isinstance(name, str) or not name.strip() or "/" in name or "\\" in name or name.startswith("."):
+        raise LlgbmError(f"{path}: '{key}' must be a non-empty string without '/' or '\\' that does not start "
+                         f"with '.', got {name!r}")
+    return name
+
+
+def _check_options(options: object, path: Path, key: str) -> tuple[str, ...]:
+    if not (isinstance(options, list) and options and all(isinstance(o, str) and o.strip() for o in options)
+            and len(set(options)) == len(options)):
+        raise LlgbmError(f"{path}: '{key}' must be a non-empty list of distinct non-empty strings")
+    return tuple(options)
+
+
+TASK_FILE_KEYS = ("name", "options", "records", "train", "test")
 
 
 def load_task_file(path: Path, test_fraction: float, seed: int) -> Task:
     """A user task: JSONL of records, a JSON list of records, or a JSON object with name, records or
     train/test, and optional options (default: the distinct responses)."""
     path = Path(path)
-    if not path.is_file():
-        raise LlgbmError(f"{path}: task file not found")
-    text = path.read_text()
     name = path.stem
     options = None
-    try:
-        if path.suffix == ".jsonl":
-            raw = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LlgbmError(f"{path}: not valid JSON ({exc})") from None
-    if isinstance(raw, dict):
-        name = str(raw.get("name", name))
-        options = raw.get("options")
-        if "train" in raw or "test" in raw:
-            train, test = _parse_records(raw.get("train", []), path), _parse_records(raw.get("test", []), path)
-        else:
-            train, test = _split(_parse_records(raw.get("records", []), path), test_fraction, seed, name)
+    if path.suffix == ".jsonl":
+        lines = read_jsonl_lines(path, "task file")
+        records = _parse_records([v for _, v in lines], path, "the file", [f"line {n}" for n, _ in lines])
+        train, test = _split(records, test_fraction, seed, name)
     else:
-        train, test = _split(_parse_records(raw, path), test_fraction, seed, name)
+        raw = read_json(path, "task file")
+        if isinstance(raw, dict):
+            unknown = [k for k in raw if k not in TASK_FILE_KEYS]
+            if unknown:
+                raise LlgbmError(f"{path}: unknown key '{unknown[0]}' (expected {', '.join(TASK_FILE_KEYS)})")
+            name = _check_name(raw.get("name", name), path, "name")
+            if "options" in raw:
+                options = _check_options(raw["options"], path, "options")
+            if "train" in raw or "test" in raw:
+                if "records" in raw:
+                    raise LlgbmError(f"{path}: give either 'records' or 'train'/'test', not both")
+                train = _parse_records(raw.get("train", []), path, "'train'")
+                test = _parse_records(raw.get("test", []), path, "'test'")
+            else:
+                train, test = _split(_parse_records(raw.get("records", []), path, "'records'"), test_fraction, seed, name)
+        else:
+            train, test = _split(_parse_records(raw, path, "the file"), test_fraction, seed, name)
+    _check_name(name, path, "name")
     if not train or not test:
         raise LlgbmError(f"{path}: task has no prompts (needs records in both train and test splits)")
     responses = sorted({r.response for r in (*train, *test)})
-    options = tuple(options) if options else tuple(responses)
+    options = options or tuple(responses)
     missing = [r for r in responses if r not in options]
     if missing:
         raise LlgbmError(f"{path}: responses {missing[:3]} are not among the task's options")
@@ -202,15 +226,23 @@ def save_tasks(tasks: list[Task], path: Path) -> None:
 
 
 def load_tasks(path: Path) -> list[Task]:
+    """The tasks file written by save_tasks, every field checked."""
     raw = read_json(path, "tasks file")
-    try:
-        return [
-            Task(t["name"], tuple(t["options"]),
-                 tuple(Record(**r) for r in t["train"]), tuple(Record(**r) for r in t["test"]))
-            for t in raw["tasks"]
-        ]
-    except (KeyError, TypeError) as exc:
-        raise LlgbmError(f"{path}: malformed tasks file ({exc})") from None
+    if not (isinstance(raw, dict) and isinstance(raw.get("tasks"), list) and raw["tasks"]):
+        raise LlgbmError(f"{path}: malformed tasks file (expected an object with a non-empty list 'tasks')")
+    tasks = []
+    for i, item in enumerate(raw["tasks"]):
+        if not (isinstance(item, dict) and set(item) == {"name", "options", "train", "test"}):
+            raise LlgbmError(f"{path}: malformed tasks file: tasks[{i}] needs exactly name, options, train and test")
+        name = _check_name(item["name"], path, f"tasks[{i}].name")
+        options = _check_options(item["options"], path, f"tasks[{i}].options")
+        train = _parse_records(item["train"], path, f"'tasks[{i}].train'")
+        test = _parse_records(item["test"], path, f"'tasks[{i}].test'")
+        tasks.append(Task(name, options, tuple(train), tuple(test)))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise LlgbmError(f"{path}: malformed tasks file: task names repeat: {names}")
+    return tasks
 
 
 def vocabulary(tasks: list[Task]) -> list[str]:

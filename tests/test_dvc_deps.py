@@ -1,0 +1,79 @@
+"""dvc.yaml lists, for every stage, each `llgbm` module its script runs, so that an edit to any of them
+makes `dvc status` report the stage as changed; and every path it lists still exists (or is produced by
+another stage)."""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llgbm.provenance import library_modules, module_file, script_modules
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Modules a stage may import without listing them in its deps, each with the reason its content cannot
+# change a stage's outputs. Empty on purpose: config.py holds the defaults of every key params.yaml
+# omits, io.py decides what is written and how, stage.py the output paths, errors.py only the error
+# type, but listing one file costs nothing and keeps the rule free of judgement calls.
+EXEMPT: dict[str, str] = {}  # "llgbm/x.py": "why it cannot change any output"
+
+
+def transitive_modules(script: Path) -> set[Path]:
+    """Every llgbm source file `script` runs, following imports inside the package (at any depth of a
+    file: a lazy import runs too)."""
+    return {ROOT / module_file(m) for m in script_modules(script)}
+
+
+def _stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _script(stage: dict) -> Path:
+    scripts = [w for w in shlex.split(stage["cmd"]) if w.endswith(".py")]
+    assert len(scripts) == 1, f"cmd '{stage['cmd']}' should run one Python script"
+    return ROOT / scripts[0]
+
+
+def _outs(stages: dict[str, dict]) -> set[str]:
+    paths = set()
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            paths.add(next(iter(out)) if isinstance(out, dict) else out)
+    return paths
+
+
+def test_transitive_imports_follow_relative_and_absolute_forms(tmp_path: Path) -> None:
+    # The walker itself: a stage importing llgbm.io reaches io.py's own imports; relative imports and
+    # imports inside functions count.
+    found = {p.name for p in transitive_modules(ROOT / "stages" / "tasks.py")}
+    assert {"tasks.py", "stage.py", "config.py", "errors.py", "io.py"} <= found
+    assert "llgbm.provenance" in library_modules("llgbm.train")  # through train.py's relative imports
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_deps_list_every_module_it_imports(name: str) -> None:
+    stage = _stages()[name]
+    script = _script(stage)
+    deps = {str(d) for d in stage.get("deps", [])}
+    needed = {script, *transitive_modules(script)}
+    missing = sorted(str(p.relative_to(ROOT)) for p in needed
+                     if str(p.relative_to(ROOT)) not in deps | set(EXEMPT))
+    assert not missing, f"dvc.yaml stage '{name}' runs {', '.join(missing)} but does not list it under deps"
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_deps_exist(name: str) -> None:
+    stages = _stages()
+    outs = _outs({k: v for k, v in stages.items() if k != name})
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    gone = []
+    for dep in map(str, stages[name].get("deps", [])):
+        produced = any(dep == out or dep.startswith(out.rstrip("/") + "/") for out in outs)
+        on_disk = (ROOT / dep).exists() and (dep in tracked or any(t.startswith(dep + "/") for t in tracked))
+        if not (produced or on_disk):
+            gone.append(dep)
+    assert not gone, f"dvc.yaml stage '{name}' lists deps that neither exist in git nor come from a stage: {gone}"
