@@ -18,6 +18,10 @@ from .errors import LlgbmError
 BUILTIN_TASKS = (
     "first", "second", "third", "last", "largest", "smallest", "after_first", "before_last",
 )
+TASK_FAMILIES = ("eight", "compositional")
+# The compositional family: a task is a (selector, transform) pair named "<selector>_<transform>".
+SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest")
+TRANSFORMS = ("same", "plus_one", "plus_two", "minus_one", "minus_two", "mirror")
 PROBE_TYPES = ("generic", "task")
 PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
@@ -31,8 +35,12 @@ LORA_TARGETS_DEFAULT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 class TasksConfig:
     # "builtin" generates the synthetic task family; otherwise `files` names JSON/JSONL task files.
     source: str = "builtin"
+    # Built-in family: "eight" (the tasks in `names`) or "compositional" (every selector x transform pair).
+    family: str = "eight"
     seed: int = 0
     names: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
+    selectors: list[str] = field(default_factory=lambda: list(SELECTORS))
+    transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
     files: list[str] = field(default_factory=list)
     train_per_task: int = 256
     test_per_task: int = 120
@@ -60,6 +68,10 @@ class BaseConfig:
     pretrain_steps: int = 300
     pretrain_batch_size: int = 64
     pretrain_learning_rate: float = 3e-3
+    pretrain_texts: int = 4096  # size of the pre-training corpus
+    # Compositional family only: share of the corpus that shows a primitive (a selector alone with its
+    # answer, or a transform of a single item), never a composition; the rest is number-word text.
+    pretrain_primitive_share: float = 0.0
 
 
 @dataclass
@@ -199,16 +211,42 @@ def _check_positive(value: float, key: str, source: str, allow_zero: bool = Fals
         raise LlgbmError(f"{source}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def compositional_pairs(selectors: list[str], transforms: list[str]) -> dict[str, tuple[str, str]]:
+    """{task name: (selector, transform)} for every pair, selector-major."""
+    return {f"{s}_{t}": (s, t) for s in selectors for t in transforms}
+
+
+def builtin_task_names(cfg: TasksConfig) -> list[str]:
+    if cfg.family == "compositional":
+        return list(compositional_pairs(cfg.selectors, cfg.transforms))
+    return list(cfg.names)
+
+
+def unsupported_heldout(pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
+    """Held-out pairs whose selector or transform occurs in no training pair (no compositional support)."""
+    training = [pair for name, pair in pairs.items() if name not in heldout]
+    seen_selectors, seen_transforms = {s for s, _ in training}, {t for _, t in training}
+    return [name for name in heldout if pairs[name][0] not in seen_selectors or pairs[name][1] not in seen_transforms]
+
+
 def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_choice(cfg.delta_loss_type, DELTA_LOSS_TYPES, "delta_loss_type", source)
     _check_choice(cfg.lambda_schedule, LAMBDA_SCHEDULES, "lambda_schedule", source)
     _check_positive(cfg.lambda_delta, "lambda_delta", source, allow_zero=True)
     _check_positive(cfg.probe_count, "probe_count", source)
-    if cfg.tasks.source == "builtin":
+    _check_choice(cfg.tasks.family, TASK_FAMILIES, "tasks.family", source)
+    if cfg.tasks.source == "builtin" and cfg.tasks.family == "eight":
         for name in cfg.tasks.names:
             _check_choice(name, BUILTIN_TASKS, "tasks.names", source)
         if len(set(cfg.tasks.names)) != len(cfg.tasks.names) or not cfg.tasks.names:
             raise LlgbmError(f"{source}: 'tasks.names' must be a non-empty list without repeats")
+    elif cfg.tasks.source == "builtin":
+        for key, known in (("selectors", SELECTORS), ("transforms", TRANSFORMS)):
+            values = getattr(cfg.tasks, key)
+            for value in values:
+                _check_choice(value, known, f"tasks.{key}", source)
+            if len(set(values)) != len(values) or not values:
+                raise LlgbmError(f"{source}: 'tasks.{key}' must be a non-empty list without repeats")
     elif cfg.tasks.source == "files":
         if not cfg.tasks.files:
             raise LlgbmError(f"{source}: 'tasks.files' is empty but tasks.source is 'files'")
@@ -226,6 +264,11 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     if cfg.base.tiny.hidden_size % cfg.base.tiny.num_heads or cfg.base.tiny.num_heads % cfg.base.tiny.num_kv_heads:
         raise LlgbmError(f"{source}: 'base.tiny' needs hidden_size % num_heads == 0 and num_heads % num_kv_heads == 0")
     _check_positive(cfg.base.pretrain_steps, "base.pretrain_steps", source, allow_zero=True)
+    _check_positive(cfg.base.pretrain_texts, "base.pretrain_texts", source)
+    if not 0.0 <= cfg.base.pretrain_primitive_share <= 1.0:
+        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' must be in [0, 1]")
+    if cfg.base.pretrain_primitive_share > 0 and not (cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional"):
+        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' needs tasks.family 'compositional' (built-in)")
     _check_positive(cfg.lora.rank, "lora.rank", source)
     _check_positive(cfg.lora.alpha, "lora.alpha", source)
     if not cfg.lora.target_modules:
@@ -243,11 +286,19 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_positive(cfg.probes.max_length, "probes.max_length", source)
     _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
     if cfg.tasks.source == "builtin":
-        unknown = [t for t in cfg.heldout_tasks if t not in cfg.tasks.names]
+        names = builtin_task_names(cfg.tasks)
+        unknown = [t for t in cfg.heldout_tasks if t not in names]
         if unknown:
-            raise LlgbmError(f"{source}: 'heldout_tasks' names {unknown}, which are not in tasks.names")
-        if len(cfg.heldout_tasks) >= len(cfg.tasks.names):
+            where = "tasks.names" if cfg.tasks.family == "eight" else "the pairs of tasks.selectors x tasks.transforms"
+            raise LlgbmError(f"{source}: 'heldout_tasks' names {unknown}, which are not in {where}")
+        if len(cfg.heldout_tasks) >= len(names):
             raise LlgbmError(f"{source}: 'heldout_tasks' must leave at least one task for training")
+        if cfg.tasks.family == "compositional":
+            pairs = compositional_pairs(cfg.tasks.selectors, cfg.tasks.transforms)
+            unsupported = unsupported_heldout(pairs, cfg.heldout_tasks)
+            if unsupported:
+                raise LlgbmError(f"{source}: 'heldout_tasks' {unsupported} lack compositional support: a selector "
+                                 f"or transform of theirs occurs in no training pair")
     _check_positive(cfg.encoder.batch_size, "encoder.batch_size", source)
     g = cfg.generator
     for key in ("chunk_width", "prompts_per_sample", "feature_dim"):

@@ -44,7 +44,7 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("micro")
     cfg = micro_config()
     tasks = make_tasks(cfg.tasks)
-    prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks), root / "base")
+    prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks, cfg.base), root / "base")
     summary = train_all_teachers(root / "base", tasks, cfg, root / "teachers")
     return {"cfg": cfg, "tasks": tasks, "base": root / "base", "teachers": root / "teachers",
             "summary": summary, "root": root}
