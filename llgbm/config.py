@@ -93,6 +93,15 @@ class TeachersConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    # The multi-task LoRA reference: one LoRA (from the teachers' shared init) on every training task's
+    # records, measured on held-out tasks; a generator that does not beat it adds nothing.
+    multitask_steps: int = 1000
+    multitask_batch_size: int = 64
+    multitask_learning_rate: float = 5e-3
+
+
+@dataclass
 class ProbesConfig:
     seed: int = 0
     types: list[str] = field(default_factory=lambda: list(PROBE_TYPES))
@@ -157,6 +166,7 @@ class Config:
     base: BaseConfig = field(default_factory=BaseConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     deltas: DeltasConfig = field(default_factory=DeltasConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -278,6 +288,8 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
         _check_positive(getattr(t, key), f"teachers.{key}", source)
     if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
         raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
+    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate"):
+        _check_positive(getattr(cfg.diagnostics, key), f"diagnostics.{key}", source)
     for probe_type in cfg.probes.types:
         _check_choice(probe_type, PROBE_TYPES, "probes.types", source)
     if not cfg.probes.types:

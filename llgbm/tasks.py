@@ -209,6 +209,24 @@ def primitive_texts(cfg: TasksConfig, count: int, seed: int) -> list[str]:
     return texts
 
 
+def primitive_tasks(cfg: TasksConfig, per_selector: int, seed: int) -> list[Task]:
+    """The primitives as test-only tasks, to measure what a base knows: each selector alone
+    ("selector:<name>", per_selector records) and each transform of a single item ("transform:<name>",
+    its ten inputs)."""
+    tasks = []
+    for selector in cfg.selectors:
+        options = selector_options(selector, cfg.sequence_length)
+        draw = lambda answer, r, s=selector: format_prompt(SELECTOR_CUES[s], selector_items(s, answer, cfg.sequence_length, r))
+        name = f"selector:{selector}"
+        test = _balanced_records(name, options, draw, per_selector, random.Random(f"{seed}:{name}"), set())
+        tasks.append(Task(name, tuple(WORDS[d] for d in options), (), tuple(test)))
+    for transform in cfg.transforms:
+        test = tuple(Record(format_prompt(TRANSFORM_CUES[transform], [d]), WORDS[apply_transform(transform, d)])
+                     for d in range(10))
+        tasks.append(Task(f"transform:{transform}", WORDS, (), test))
+    return tasks
+
+
 def builtin_tasks(cfg: TasksConfig, seed: int) -> list[Task]:
     if cfg.family == "compositional":
         return [_compositional_task(name, s, t, cfg, random.Random(f"{seed}:{name}:{index}"))
