@@ -90,6 +90,8 @@ class TeachersConfig:
     checkpoints_per_task: int = 3  # the last K snapshots of each task's trajectory
     checkpoint_interval: int = 20
     min_accuracy: float = 0.9  # the stage fails if a checkpoint is below this on held-out records
+    # Teachers trained together: this many tasks' LoRAs share one batched forward of the frozen base.
+    tasks_per_batch: int = 64
 
 
 @dataclass
@@ -284,7 +286,7 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     if not cfg.lora.target_modules:
         raise LlgbmError(f"{source}: 'lora.target_modules' is empty")
     t = cfg.teachers
-    for key in ("steps", "batch_size", "learning_rate", "checkpoints_per_task", "checkpoint_interval"):
+    for key in ("steps", "batch_size", "learning_rate", "checkpoints_per_task", "checkpoint_interval", "tasks_per_batch"):
         _check_positive(getattr(t, key), f"teachers.{key}", source)
     if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
         raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
