@@ -21,7 +21,9 @@ BUILTIN_TASKS = (
 TASK_FAMILIES = ("eight", "compositional")
 # The compositional family: a task is a (selector, transform) pair named "<selector>_<transform>".
 SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest")
-TRANSFORMS = ("same", "plus_one", "plus_two", "minus_one", "minus_two", "mirror")
+TRANSFORMS = ("same", "plus_one", "plus_two", "plus_three", "minus_one", "minus_two", "minus_three", "mirror")
+# Not "same" by default: a "<selector> same" task is the selector primitive the base is pre-trained on.
+DEFAULT_TRANSFORMS = ("plus_one", "plus_two", "plus_three", "minus_one", "minus_two", "mirror")
 PROBE_TYPES = ("generic", "task")
 PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
@@ -40,7 +42,7 @@ class TasksConfig:
     seed: int = 0
     names: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
     selectors: list[str] = field(default_factory=lambda: list(SELECTORS))
-    transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
+    transforms: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSFORMS))
     files: list[str] = field(default_factory=list)
     train_per_task: int = 256
     test_per_task: int = 120

@@ -30,10 +30,10 @@ SELECTOR_CUES = {
     "last": "last", "largest": "largest", "smallest": "smallest",
 }
 TRANSFORM_CUES = {
-    "same": "same", "plus_one": "plus one", "plus_two": "plus two", "minus_one": "minus one",
-    "minus_two": "minus two", "mirror": "mirror",
+    "same": "same", "plus_one": "plus one", "plus_two": "plus two", "plus_three": "plus three",
+    "minus_one": "minus one", "minus_two": "minus two", "minus_three": "minus three", "mirror": "mirror",
 }
-_SHIFTS = {"same": 0, "plus_one": 1, "plus_two": 2, "minus_one": -1, "minus_two": -2}
+_SHIFTS = {"same": 0, "plus_one": 1, "plus_two": 2, "plus_three": 3, "minus_one": -1, "minus_two": -2, "minus_three": -3}
 # Words of the task world's text beyond cues and number words: the tiny tokenizer's vocabulary.
 FORMAT_WORDS = ("task:", "items:", "answer:")
 

@@ -39,7 +39,7 @@ def test_missing_params_file(tmp_path) -> None:
         load_config(tmp_path / "params.yaml")
 
 
-COMPOSITIONAL_HELDOUT = ["first_plus_two", "second_mirror", "third_same", "fourth_minus_one", "penultimate_plus_one",
+COMPOSITIONAL_HELDOUT = ["first_plus_two", "second_mirror", "third_plus_three", "fourth_minus_one", "penultimate_plus_one",
                          "last_minus_two", "largest_mirror", "smallest_plus_two"]
 
 

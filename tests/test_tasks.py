@@ -166,3 +166,14 @@ def test_pretraining_mix_follows_the_share() -> None:
     assert len(texts) == 200
     assert sum(t.startswith("task:") for t in texts) == 50
     assert not any(t.startswith("task:") for t in pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=50)))
+
+
+def test_primitive_tasks_measure_each_part_alone() -> None:
+    from llgbm.tasks import primitive_tasks
+
+    tasks = {t.name: t for t in primitive_tasks(COMPOSITIONAL, 20, 0)}
+    assert len(tasks) == 14
+    assert tasks["selector:largest"].options == ("four", "five", "six", "seven", "eight", "nine")
+    assert Counter(r.response for r in tasks["selector:first"].test) == Counter({w: 2 for w in tasks["selector:first"].options})
+    assert [r.prompt for r in tasks["transform:mirror"].test][:1] == ["task: mirror items: zero answer:"]
+    assert [r.response for r in tasks["transform:mirror"].test][:2] == ["nine", "eight"]
