@@ -29,7 +29,7 @@ def test_headroom_trains_the_multitask_reference_and_measures_it_through_peft(mi
 
     from llgbm.models import load_base
 
-    cfg = micro_config(diagnostics={"multitask_steps": 40, "multitask_batch_size": 16, "multitask_learning_rate": 0.005})
+    cfg = micro["cfg"]
     result = headroom(cfg, micro["tasks"], micro["base"], tmp_path)
     assert set(result["multitask"]["heldout"]) == {"largest"} and set(result["multitask"]["seen"]) == {"first", "last"}
     assert result["multitask"]["loss_final"] < result["multitask"]["loss_first"]
