@@ -103,6 +103,9 @@ class DiagnosticsConfig:
     multitask_steps: int = 1000
     multitask_batch_size: int = 64
     multitask_learning_rate: float = 5e-3
+    # Prompt -> task recoverability: a ridge probe on this many train-prompt embeddings per task.
+    probe_prompts: int = 32
+    ridge_penalty: float = 1.0
 
 
 @dataclass
@@ -292,7 +295,7 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
         _check_positive(getattr(t, key), f"teachers.{key}", source)
     if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
         raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
-    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate"):
+    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "probe_prompts", "ridge_penalty"):
         _check_positive(getattr(cfg.diagnostics, key), f"diagnostics.{key}", source)
     for probe_type in cfg.probes.types:
         _check_choice(probe_type, PROBE_TYPES, "probes.types", source)

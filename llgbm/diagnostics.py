@@ -11,11 +11,13 @@ import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
-from .config import Config
+from .config import Config, compositional_pairs
 from .data import record_batch
 from .errors import LlgbmError
+from .encoder import EmbeddingCache
 from .evaluate import task_accuracy
-from .lora import peft_config, save_peft_model, shared_initialisation
+from .io import read_json
+from .lora import load_adapter_tensors, lora_layout, peft_config, save_peft_model, shared_initialisation
 from .models import load_base, load_tokenizer
 from .tasks import Task, primitive_tasks
 
@@ -107,4 +109,111 @@ def headroom_summary(result: dict, tasks: list[Task], cfg: Config) -> dict:
         for kind in ("selector", "transform"):
             values = [v for k, v in primitives.items() if k.startswith(kind + ":")]
             summary[f"base_{kind}_primitive_accuracy_mean"] = sum(values) / len(values)
+    return summary
+
+
+# --- Prompt -> task recoverability: can a simple probe on the frozen encoder name a held-out task's parts? ---
+
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
+    """W minimising ||[x 1] W - y||^2 + penalty ||W||^2 (the bias column penalised too, for simplicity)."""
+    design = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
+    gram = design.T @ design + penalty * torch.eye(design.shape[1], dtype=x.dtype)
+    return torch.linalg.solve(gram, design.T @ y)
+
+
+def ridge_predict(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) @ weights
+
+
+def probe_scores(fit: dict[str, torch.Tensor], test: dict[str, torch.Tensor], labels: dict[str, str],
+                 penalty: float) -> dict[str, float]:
+    """A ridge probe from prompt embeddings to one-hot labels, fitted on the prompts of the `fit` tasks;
+    per `test` task, the share of its prompts whose arg-max is the task's own label (a label no fit task
+    has cannot be predicted: it scores 0)."""
+    classes = sorted({labels[n] for n in (*fit, *test)})
+    x = torch.cat(list(fit.values())).double()
+    y = torch.zeros(x.shape[0], len(classes), dtype=torch.float64)
+    row = 0
+    for name, rows in fit.items():
+        y[row : row + len(rows), classes.index(labels[name])] = 1.0
+        row += len(rows)
+    weights = ridge_fit(x, y, penalty)
+    return {name: (ridge_predict(weights, rows.double()).argmax(-1) == classes.index(labels[name])).double().mean().item()
+            for name, rows in test.items()}
+
+
+def leave_one_task_out(embeddings: dict[str, torch.Tensor], labels: dict[str, str], penalty: float) -> dict[str, float]:
+    """probe_scores for each task with the probe fitted on every other task."""
+    return {name: probe_scores({n: e for n, e in embeddings.items() if n != name}, {name: embeddings[name]},
+                               labels, penalty)[name] for name in embeddings}
+
+
+# --- Weight-space structure: is a held-out teacher's update explained by the training teachers'? ---
+
+def lstsq_r2(target: torch.Tensor, basis: list[torch.Tensor]) -> float:
+    """Uncentred R^2 of the least-squares fit of `target` by a linear combination of `basis`."""
+    design = torch.stack([b.reshape(-1) for b in basis], 1).double()
+    y = target.reshape(-1, 1).double()
+    coefficients = torch.linalg.lstsq(design, y, driver="gelsd").solution
+    residual = y - design @ coefficients
+    return 1.0 - float(residual.square().sum() / y.square().sum())
+
+
+def max_cosine(target: torch.Tensor, others: list[torch.Tensor]) -> float:
+    t = target.reshape(-1).double()
+    return max(float(torch.nn.functional.cosine_similarity(t, o.reshape(-1).double(), dim=0)) for o in others)
+
+
+def weight_space_structure(heldout: dict[str, dict[str, torch.Tensor]],
+                           training: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
+    """Per held-out task, over target modules (each update B @ A): the mean least-squares R^2 from the
+    training teachers' updates of the same module, and the mean cosine to the nearest of them."""
+    result = {}
+    for name, updates in heldout.items():
+        r2 = [lstsq_r2(update, [t[module] for t in training.values()]) for module, update in updates.items()]
+        cos = [max_cosine(update, [t[module] for t in training.values()]) for module, update in updates.items()]
+        result[name] = {"r2_mean": sum(r2) / len(r2), "nearest_cosine_mean": sum(cos) / len(cos)}
+    return result
+
+
+def final_updates(teachers_dir: Path, base_dir: Path, cfg: Config) -> dict[str, dict[str, torch.Tensor]]:
+    """Each task's final teacher checkpoint as {module: B @ A} (B starts at zero: the update itself)."""
+    index = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
+    final = {c["task"]: Path(teachers_dir) / c["path"] for c in sorted(index, key=lambda c: c["step"])}
+    layout = lora_layout(load_base(base_dir, cfg.base.dtype, device="cpu").config, cfg.lora)
+    return {task: {name: b @ a for name, (a, b) in load_adapter_tensors(path, layout, cfg.lora).items()}
+            for task, path in final.items()}
+
+
+def structure(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Path, embeddings_dir: Path) -> dict:
+    """Weight-space structure of the teachers and, for the compositional family, prompt -> selector and
+    transform recoverability (held-out tasks: probe fitted on the training tasks; training tasks: leave
+    one task out)."""
+    training, heldout = split_tasks(cfg, tasks)
+    updates = final_updates(teachers_dir, base_dir, cfg)
+    result: dict = {"weight_space": weight_space_structure({t.name: updates[t.name] for t in heldout},
+                                                           {t.name: updates[t.name] for t in training})}
+    if cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional":
+        cache = EmbeddingCache.load(embeddings_dir)
+        count = cfg.diagnostics.probe_prompts
+        embed = {t.name: cache.lookup([r.prompt for r in t.train[:count]]) for t in tasks}
+        fit = {t.name: embed[t.name] for t in training}
+        test = {t.name: embed[t.name] for t in heldout}
+        pairs = compositional_pairs(cfg.tasks.selectors, cfg.tasks.transforms)
+        penalty = cfg.diagnostics.ridge_penalty
+        for part, position in (("selector", 0), ("transform", 1)):
+            labels = {name: pair[position] for name, pair in pairs.items()}
+            result[f"recover_{part}"] = {"heldout": probe_scores(fit, test, labels, penalty),
+                                         "training_leave_one_out": leave_one_task_out(fit, labels, penalty)}
+    return result
+
+
+def structure_summary(result: dict) -> dict:
+    weight = list(result["weight_space"].values())
+    summary = {"weight_r2_heldout_mean": sum(w["r2_mean"] for w in weight) / len(weight),
+               "weight_nearest_cosine_heldout_mean": sum(w["nearest_cosine_mean"] for w in weight) / len(weight)}
+    for part in ("selector", "transform"):
+        if f"recover_{part}" in result:
+            for split, scores in result[f"recover_{part}"].items():
+                summary[f"recover_{part}_{split}"] = sum(scores.values()) / len(scores)
     return summary

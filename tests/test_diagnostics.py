@@ -39,3 +39,43 @@ def test_headroom_trains_the_multitask_reference_and_measures_it_through_peft(mi
     chance = result["chance"]["largest"]
     assert summary["multitask_heldout_above_chance"] == pytest.approx(result["multitask"]["heldout"]["largest"] - chance)
     assert summary["base_heldout_max_distance_from_chance"] == pytest.approx(abs(result["base"]["heldout"]["largest"] - chance))
+
+
+def test_lstsq_r2_and_nearest_cosine_are_exact() -> None:
+    import torch
+
+    from llgbm.diagnostics import lstsq_r2, max_cosine
+
+    e1, e2, e3 = torch.eye(3)
+    assert lstsq_r2(2 * e1 - e2, [e1, e2]) == pytest.approx(1.0)
+    assert lstsq_r2(e3, [e1, e2]) == pytest.approx(0.0)
+    assert lstsq_r2(e1 + e3, [e1, e2]) == pytest.approx(0.5)
+    assert max_cosine(e1 + e2, [e1, e3]) == pytest.approx(2 ** -0.5)
+
+
+def test_ridge_probe_names_the_part_shared_with_training_tasks() -> None:
+    import torch
+
+    from llgbm.diagnostics import leave_one_task_out, probe_scores
+
+    # Embedding = selector direction + transform direction: a held-out pair is a sum of seen parts.
+    s = {"a": torch.tensor([1.0, 0, 0, 0]), "b": torch.tensor([0, 1.0, 0, 0])}
+    t = {"x": torch.tensor([0, 0, 1.0, 0]), "y": torch.tensor([0, 0, 0, 1.0])}
+    embed = {f"{i}_{j}": (s[i] + t[j]).repeat(3, 1) for i in s for j in t}
+    selector = {name: name.split("_")[0] for name in embed}
+    fit = {n: e for n, e in embed.items() if n != "b_y"}
+    assert probe_scores(fit, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 1.0}
+    only_a = {n: e for n, e in embed.items() if n.startswith("a")}
+    assert probe_scores(only_a, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 0.0}  # 'b' unseen: unpredictable
+    assert leave_one_task_out(embed, selector, 1e-3) == {name: 1.0 for name in embed}
+
+
+def test_structure_of_the_micro_teachers(micro_train_inputs) -> None:
+    from llgbm.diagnostics import structure, structure_summary
+
+    m = micro_train_inputs
+    result = structure(m["cfg"], m["tasks"], m["base"], m["teachers"], m["embeddings"])
+    assert set(result["weight_space"]) == {"largest"} and "recover_selector" not in result  # eight family
+    summary = structure_summary(result)
+    assert 0.0 <= summary["weight_r2_heldout_mean"] <= 1.0
+    assert -1.0 <= summary["weight_nearest_cosine_heldout_mean"] <= 1.0
