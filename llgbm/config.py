@@ -106,6 +106,7 @@ class DiagnosticsConfig:
     # Prompt -> task recoverability: a ridge probe on this many train-prompt embeddings per task.
     probe_prompts: int = 32
     ridge_penalty: float = 1.0
+    nearest_k: int = 3  # the k-nearest-teachers baseline: similarity-weighted mean of k teachers' updates
 
 
 @dataclass
@@ -295,7 +296,8 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
         _check_positive(getattr(t, key), f"teachers.{key}", source)
     if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
         raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
-    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "probe_prompts", "ridge_penalty"):
+    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "probe_prompts", "ridge_penalty",
+                "nearest_k"):
         _check_positive(getattr(cfg.diagnostics, key), f"diagnostics.{key}", source)
     for probe_type in cfg.probes.types:
         _check_choice(probe_type, PROBE_TYPES, "probes.types", source)

@@ -11,13 +11,13 @@ import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
-from .config import Config, compositional_pairs
+from .config import Config, LoraConfig, compositional_pairs
 from .data import record_batch
 from .errors import LlgbmError
 from .encoder import EmbeddingCache
 from .evaluate import task_accuracy
 from .io import read_json
-from .lora import load_adapter_tensors, lora_layout, peft_config, save_peft_model, shared_initialisation
+from .lora import load_adapter_tensors, lora_layout, peft_config, save_adapter, save_peft_model, shared_initialisation
 from .models import load_base, load_tokenizer
 from .tasks import Task, primitive_tasks
 
@@ -216,4 +216,88 @@ def structure_summary(result: dict) -> dict:
         if f"recover_{part}" in result:
             for split, scores in result[f"recover_{part}"].items():
                 summary[f"recover_{part}_{split}"] = sum(scores.values()) / len(scores)
+    return summary
+
+
+# --- Baselines on held-out tasks from the training teachers, each an exact combination of updates. ---
+
+Adapter = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def combine_updates(adapters: list[Adapter], weights: list[float]) -> Adapter:
+    """An adapter of rank sum(r_i) whose update B @ A is sum_i w_i B_i A_i, exactly (ranks concatenated)."""
+    return {name: (torch.cat([a[name][0] for a in adapters]),
+                   torch.cat([w * a[name][1] for a, w in zip(adapters, weights)], 1)) for name in adapters[0]}
+
+
+def arithmetic_pairs(pairs: dict[str, tuple[str, str]], training: list[str], heldout: str) -> tuple[str, str, str] | None:
+    """For held-out (s, t): seen pairs (s, t'), (s', t), (s', t') with W(s,t') + W(s',t) - W(s',t'), the
+    first in the family's order; None where no such triple is seen."""
+    s, t = pairs[heldout]
+    named = {pair: name for name, pair in pairs.items() if name in training}
+    for s2 in dict.fromkeys(p[0] for p in pairs.values()):
+        for t2 in dict.fromkeys(p[1] for p in pairs.values()):
+            if s2 != s and t2 != t and all(k in named for k in ((s, t2), (s2, t), (s2, t2))):
+                return named[(s, t2)], named[(s2, t)], named[(s2, t2)]
+    return None
+
+
+def cosine_ranking(query: torch.Tensor, references: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
+    """References by decreasing cosine to the query (each a mean prompt embedding)."""
+    scores = {n: float(torch.nn.functional.cosine_similarity(query, e, dim=0)) for n, e in references.items()}
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def teacher_baselines(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Path, embeddings_dir: Path,
+                      adapters_dir: Path) -> dict[str, dict[str, float]]:
+    """Per held-out task, the accuracy of: the mean of the training teachers, the nearest training teacher
+    by prompt embedding, the k nearest weighted by similarity, and (compositional family) task
+    arithmetic; each saved as a PEFT directory and measured through PeftModel.from_pretrained."""
+    training, heldout = split_tasks(cfg, tasks)
+    tokenizer = load_tokenizer(base_dir)
+    index = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
+    final = {c["task"]: Path(teachers_dir) / c["path"] for c in sorted(index, key=lambda c: c["step"])}
+    model_config = load_base(base_dir, cfg.base.dtype, device="cpu").config
+    teachers = {t.name: load_adapter_tensors(final[t.name], lora_layout(model_config, cfg.lora), cfg.lora)
+                for t in training}
+    cache = EmbeddingCache.load(embeddings_dir)
+    count = cfg.diagnostics.probe_prompts
+    references = {t.name: cache.lookup([r.prompt for r in t.train[:count]]).mean(0) for t in training}
+    pairs = (compositional_pairs(cfg.tasks.selectors, cfg.tasks.transforms)
+             if cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional" else None)
+
+    def measure(names: list[str], weights: list[float], task: Task, label: str) -> float:
+        out = Path(adapters_dir) / task.name / label
+        k = len(names)
+        lora = LoraConfig(rank=cfg.lora.rank * k, alpha=cfg.lora.alpha * k, target_modules=list(cfg.lora.target_modules))
+        save_adapter(load_base(base_dir, cfg.base.dtype), combine_updates([teachers[n] for n in names], weights),
+                     lora_layout(model_config, lora), lora, out)
+        loaded = PeftModel.from_pretrained(load_base(base_dir, cfg.base.dtype), str(out)).eval()
+        return task_accuracy(loaded, tokenizer, task, "test")
+
+    result: dict[str, dict[str, float]] = {}
+    for task in heldout:
+        query = cache.lookup([r.prompt for r in task.test[:count]]).mean(0)
+        ranked = cosine_ranking(query, references)[: cfg.diagnostics.nearest_k]
+        total = sum(score for _, score in ranked)
+        names = [t.name for t in training]
+        row = {"mean_teacher": measure(names, [1.0 / len(names)] * len(names), task, "mean_teacher"),
+               "nearest_teacher": measure([ranked[0][0]], [1.0], task, "nearest_teacher"),
+               "knearest_teachers": measure([n for n, _ in ranked], [s / total for _, s in ranked], task,
+                                            "knearest_teachers")}
+        triple = arithmetic_pairs(pairs, names, task.name) if pairs else None
+        if triple:
+            row["task_arithmetic"] = measure(list(triple), [1.0, 1.0, -1.0], task, "task_arithmetic")
+        result[task.name] = row
+    return result
+
+
+def baselines_summary(baselines: dict[str, dict[str, float]], tasks: list[Task]) -> dict:
+    """Per baseline, mean held-out accuracy and mean distance above chance (over the tasks it covers)."""
+    chance = {t.name: t.chance for t in tasks}
+    summary = {}
+    for method in dict.fromkeys(m for row in baselines.values() for m in row):
+        covered = [name for name, row in baselines.items() if method in row]
+        summary[f"{method}_heldout_accuracy_mean"] = sum(baselines[n][method] for n in covered) / len(covered)
+        summary[f"{method}_heldout_above_chance"] = sum(baselines[n][method] - chance[n] for n in covered) / len(covered)
     return summary

@@ -79,3 +79,40 @@ def test_structure_of_the_micro_teachers(micro_train_inputs) -> None:
     summary = structure_summary(result)
     assert 0.0 <= summary["weight_r2_heldout_mean"] <= 1.0
     assert -1.0 <= summary["weight_nearest_cosine_heldout_mean"] <= 1.0
+
+
+def test_combined_updates_are_exact() -> None:
+    import torch
+
+    from llgbm.diagnostics import combine_updates
+
+    gen = torch.Generator().manual_seed(0)
+    adapters = [{"m": (torch.randn(2, 5, generator=gen), torch.randn(4, 2, generator=gen))} for _ in range(3)]
+    combined = combine_updates(adapters, [1.0, 1.0, -1.0])
+    a, b = combined["m"]
+    assert a.shape == (6, 5) and b.shape == (4, 6)
+    expected = sum(w * (x["m"][1] @ x["m"][0]) for x, w in zip(adapters, [1.0, 1.0, -1.0]))
+    torch.testing.assert_close(b @ a, expected)
+
+
+def test_task_arithmetic_uses_seen_pairs_only() -> None:
+    from llgbm.config import compositional_pairs
+    from llgbm.diagnostics import arithmetic_pairs
+
+    pairs = compositional_pairs(["first", "last", "largest"], ["plus_one", "mirror"])
+    training = [n for n in pairs if n not in ("first_mirror", "last_plus_one")]
+    assert arithmetic_pairs(pairs, training, "first_mirror") == ("first_plus_one", "largest_mirror", "largest_plus_one")
+    assert arithmetic_pairs(pairs, ["first_plus_one", "last_mirror"], "first_mirror") is None
+
+
+def test_teacher_baselines_are_measured_through_peft(micro_train_inputs, tmp_path) -> None:
+    from llgbm.diagnostics import baselines_summary, teacher_baselines
+
+    m = micro_train_inputs
+    result = teacher_baselines(m["cfg"], m["tasks"], m["base"], m["teachers"], m["embeddings"], tmp_path)
+    assert set(result) == {"largest"}
+    assert set(result["largest"]) == {"mean_teacher", "nearest_teacher", "knearest_teachers"}  # no arithmetic: eight family
+    assert (tmp_path / "largest" / "knearest_teachers" / "adapter_config.json").is_file()
+    summary = baselines_summary(result, m["tasks"])
+    chance = next(t.chance for t in m["tasks"] if t.name == "largest")
+    assert summary["nearest_teacher_heldout_above_chance"] == pytest.approx(result["largest"]["nearest_teacher"] - chance)
