@@ -20,3 +20,12 @@ def test_bench_train_reports_both_arms() -> None:
     assert result["seconds_per_step_with_delta"] > 0 and result["seconds_per_step_weight_only"] > 0
     assert result["with_delta_over_weight_only"] == (
         result["seconds_per_step_with_delta"] / result["seconds_per_step_weight_only"])
+
+
+def test_bench_teachers_reports_both_paths() -> None:
+    from llgbm.bench import bench_teachers
+
+    result = bench_teachers(micro_config(), task_count=2, steps=3)
+    assert result["tasks"] == 2 and result["steps"] == 3
+    assert result["together_seconds"] > 0 and result["one_after_another_seconds"] > 0
+    assert result["together_over_one_after_another"] == result["together_seconds"] / result["one_after_another_seconds"]
