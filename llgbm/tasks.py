@@ -187,10 +187,10 @@ def _compositional_task(name: str, selector: str, transform: str, cfg: TasksConf
     return Task(name, tuple(WORDS[d] for d in options), tuple(train), tuple(test))
 
 
-def primitive_texts(cfg: TasksConfig, count: int, seed: int) -> list[str]:
-    """Texts that show each primitive alone, with its answer: a selector on a sequence ("task: largest
-    items: ... answer: seven") or a transform of a single item ("task: plus two items: seven answer:
-    nine"); never a composition. Primitives take turns; each one's values cycle (balanced)."""
+def primitive_texts(cfg: TasksConfig, count: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, answer) texts that show each primitive alone: a selector on a sequence ("task: largest
+    items: ... answer:", "seven") or a transform of a single item ("task: plus two items: seven answer:",
+    "nine"); never a composition. Primitives take turns; each one's values cycle (balanced)."""
     rng = random.Random(f"{seed}:primitives")
     units = [("selector", s) for s in cfg.selectors] + [("transform", t) for t in cfg.transforms]
     texts = []
@@ -204,7 +204,7 @@ def primitive_texts(cfg: TasksConfig, count: int, seed: int) -> list[str]:
         else:
             value = turn % 10
             prompt, answer = format_prompt(TRANSFORM_CUES[name], [value]), apply_transform(name, value)
-        texts.append(f"{prompt} {WORDS[answer]}")
+        texts.append((prompt, WORDS[answer]))
     rng.shuffle(texts)
     return texts
 
@@ -346,13 +346,15 @@ def vocabulary(tasks: list[Task]) -> list[str]:
     return list(words)
 
 
-def pretraining_texts(cfg: TasksConfig, tasks: list[Task], base: BaseConfig) -> list[str]:
-    """Text for the tiny base: generic world text (plus, for the compositional family, a share of
-    primitive texts, never a composition), or the user's train prompts (never answers)."""
+def pretraining_texts(cfg: TasksConfig, tasks: list[Task], base: BaseConfig) -> list[tuple[str, str]]:
+    """The tiny base's corpus as (context, scored text) pairs: generic world text, scored whole (plus, for
+    the compositional family, a share of primitive texts, scored on their answer only: their items are
+    random, only the answer shows the primitive; never a composition), or the user's train prompts
+    (never answers)."""
     if cfg.source != "builtin":
-        return [r.prompt for task in tasks for r in task.train]
+        return [("", r.prompt) for task in tasks for r in task.train]
     primitives = round(base.pretrain_texts * base.pretrain_primitive_share)
-    generic = generic_texts(base.pretrain_texts - primitives, cfg.sequence_length, cfg.seed)
+    generic = [("", text) for text in generic_texts(base.pretrain_texts - primitives, cfg.sequence_length, cfg.seed)]
     if not primitives:
         return generic
     texts = generic + primitive_texts(cfg, primitives, cfg.seed)

@@ -146,15 +146,15 @@ def test_primitive_texts_never_compose() -> None:
     by_cue = {SELECTOR_CUES[s]: ("selector", s) for s in COMPOSITIONAL.selectors}
     by_cue.update({TRANSFORM_CUES[t]: ("transform", t) for t in COMPOSITIONAL.transforms})
     kinds = Counter()
-    for text in texts:
-        cue = text.split("task: ")[1].split(" items:")[0]
+    for prompt, answer in texts:
+        cue = prompt.split("task: ")[1].split(" items:")[0]
         kind, name = by_cue[cue]  # a KeyError would be a composed or unknown cue
         kinds[kind] += 1
-        items, answer = _items(text), WORDS.index(text.rsplit(" ", 1)[1])
+        items = _items(prompt)
         if kind == "selector":
-            assert len(items) == COMPOSITIONAL.sequence_length and apply_selector(name, items) == answer
+            assert len(items) == COMPOSITIONAL.sequence_length and apply_selector(name, items) == WORDS.index(answer)
         else:
-            assert len(items) == 1 and apply_transform(name, items[0]) == answer
+            assert len(items) == 1 and apply_transform(name, items[0]) == WORDS.index(answer)
     assert kinds == {"selector": 160, "transform": 120}
 
 
@@ -164,8 +164,9 @@ def test_pretraining_mix_follows_the_share() -> None:
 
     texts = pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=200, pretrain_primitive_share=0.25))
     assert len(texts) == 200
-    assert sum(t.startswith("task:") for t in texts) == 50
-    assert not any(t.startswith("task:") for t in pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=50)))
+    assert sum(prompt.startswith("task:") for prompt, _ in texts) == 50  # primitives: scored on the answer
+    assert sum(prompt == "" for prompt, _ in texts) == 150  # generic text: scored whole
+    assert all(prompt == "" for prompt, _ in pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=50)))
 
 
 def test_primitive_tasks_measure_each_part_alone() -> None:
