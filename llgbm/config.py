@@ -20,8 +20,11 @@ BUILTIN_TASKS = (
 )
 TASK_FAMILIES = ("eight", "compositional")
 # The compositional family: a task is a (selector, transform) pair named "<selector>_<transform>".
-SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest")
-TRANSFORMS = ("same", "plus_one", "plus_two", "plus_three", "minus_one", "minus_two", "minus_three", "mirror")
+SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest", "second_largest",
+             "second_smallest", "median")
+TRANSFORMS = ("same", "plus_one", "plus_two", "plus_three", "plus_four", "plus_five", "minus_one", "minus_two",
+              "minus_three", "minus_four", "mirror")
+DEFAULT_SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest")
 # Not "same" by default: a "<selector> same" task is the selector primitive the base is pre-trained on.
 DEFAULT_TRANSFORMS = ("plus_one", "plus_two", "plus_three", "minus_one", "minus_two", "mirror")
 PROBE_TYPES = ("generic", "task")
@@ -41,7 +44,7 @@ class TasksConfig:
     family: str = "eight"
     seed: int = 0
     names: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
-    selectors: list[str] = field(default_factory=lambda: list(SELECTORS))
+    selectors: list[str] = field(default_factory=lambda: list(DEFAULT_SELECTORS))
     transforms: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSFORMS))
     files: list[str] = field(default_factory=list)
     train_per_task: int = 256

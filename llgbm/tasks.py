@@ -27,13 +27,16 @@ CUES = {
 }
 SELECTOR_CUES = {
     "first": "first", "second": "second", "third": "third", "fourth": "fourth", "penultimate": "penultimate",
-    "last": "last", "largest": "largest", "smallest": "smallest",
+    "last": "last", "largest": "largest", "smallest": "smallest", "second_largest": "second largest",
+    "second_smallest": "second smallest", "median": "median",
 }
 TRANSFORM_CUES = {
     "same": "same", "plus_one": "plus one", "plus_two": "plus two", "plus_three": "plus three",
-    "minus_one": "minus one", "minus_two": "minus two", "minus_three": "minus three", "mirror": "mirror",
+    "plus_four": "plus four", "plus_five": "plus five", "minus_one": "minus one", "minus_two": "minus two",
+    "minus_three": "minus three", "minus_four": "minus four", "mirror": "mirror",
 }
-_SHIFTS = {"same": 0, "plus_one": 1, "plus_two": 2, "plus_three": 3, "minus_one": -1, "minus_two": -2, "minus_three": -3}
+_SHIFTS = {"same": 0, "plus_one": 1, "plus_two": 2, "plus_three": 3, "plus_four": 4, "plus_five": 5, "minus_one": -1,
+           "minus_two": -2, "minus_three": -3, "minus_four": -4}
 # Words of the task world's text beyond cues and number words: the tiny tokenizer's vocabulary.
 FORMAT_WORDS = ("task:", "items:", "answer:")
 
@@ -134,13 +137,18 @@ def invert_transform(transform: str, value: int) -> int:
     return 9 - value if transform == "mirror" else (value - _SHIFTS[transform]) % 10
 
 
+def _rank(selector: str, length: int) -> int | None:
+    """The order-statistic selectors' rank among `length` distinct digits (0 = smallest); None for positions."""
+    ranks = {"smallest": 0, "second_smallest": 1, "median": (length - 1) // 2, "second_largest": length - 2,
+             "largest": length - 1}
+    return ranks.get(selector)
+
+
 def selector_options(selector: str, length: int) -> list[int]:
-    """The values a selector can pick from `length` distinct digits."""
-    if selector == "largest":
-        return list(range(length - 1, 10))
-    if selector == "smallest":
-        return list(range(0, 11 - length))
-    return list(range(10))
+    """The values a selector can pick from `length` distinct digits: rank k needs k digits below it and
+    length - 1 - k above it; a position can hold any digit."""
+    rank = _rank(selector, length)
+    return list(range(10)) if rank is None else list(range(rank, 10 - (length - 1 - rank)))
 
 
 def _position(selector: str, length: int) -> int:
@@ -148,23 +156,18 @@ def _position(selector: str, length: int) -> int:
 
 
 def apply_selector(selector: str, items: list[int]) -> int:
-    if selector == "largest":
-        return max(items)
-    if selector == "smallest":
-        return min(items)
-    return items[_position(selector, len(items))]
+    rank = _rank(selector, len(items))
+    return items[_position(selector, len(items))] if rank is None else sorted(items)[rank]
 
 
 def selector_items(selector: str, value: int, length: int, rng: random.Random) -> list[int]:
     """`length` distinct digits from which `selector` picks `value`."""
-    if selector == "largest":
-        items = [value] + rng.sample(range(value), length - 1)
-    elif selector == "smallest":
-        items = [value] + rng.sample(range(value + 1, 10), length - 1)
-    else:
+    rank = _rank(selector, length)
+    if rank is None:
         rest = rng.sample([d for d in range(10) if d != value], length - 1)
         position = _position(selector, length)
         return rest[:position] + [value] + rest[position:]
+    items = [value] + rng.sample(range(value), rank) + rng.sample(range(value + 1, 10), length - 1 - rank)
     rng.shuffle(items)
     return items
 
