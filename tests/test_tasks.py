@@ -178,3 +178,19 @@ def test_primitive_tasks_measure_each_part_alone() -> None:
     assert Counter(r.response for r in tasks["selector:first"].test) == Counter({w: 2 for w in tasks["selector:first"].options})
     assert [r.prompt for r in tasks["transform:mirror"].test][:1] == ["task: mirror items: zero answer:"]
     assert [r.response for r in tasks["transform:mirror"].test][:2] == ["nine", "eight"]
+
+
+def test_every_selector_picks_the_value_it_was_drawn_for() -> None:
+    import random
+
+    from llgbm.config import SELECTORS
+    from llgbm.tasks import apply_selector, selector_items, selector_options
+
+    for length in (4, 5, 7):
+        for selector in SELECTORS:
+            options = selector_options(selector, length)
+            for value in options:
+                items = selector_items(selector, value, length, random.Random(value))
+                assert len(set(items)) == length and apply_selector(selector, items) == value
+    assert selector_options("median", 5) == [2, 3, 4, 5, 6, 7]  # two digits below, two above
+    assert selector_options("second_largest", 4) == [2, 3, 4, 5, 6, 7, 8]
