@@ -24,9 +24,12 @@ SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "large
              "second_smallest", "median")
 TRANSFORMS = ("same", "plus_one", "plus_two", "plus_three", "plus_four", "plus_five", "minus_one", "minus_two",
               "minus_three", "minus_four", "mirror")
-DEFAULT_SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest")
-# Not "same" by default: a "<selector> same" task is the selector primitive the base is pre-trained on.
-DEFAULT_TRANSFORMS = ("plus_one", "plus_two", "plus_three", "minus_one", "minus_two", "mirror")
+# Order statistics by default: the tiny base learns them (and every transform) from primitive texts in a
+# few thousand steps, while positional selectors (first, ..., last) stay near chance at that budget.
+DEFAULT_SELECTORS = ("smallest", "second_smallest", "median", "second_largest", "largest")
+# Not "same": a "<selector> same" task is the selector primitive the base is pre-trained on.
+DEFAULT_TRANSFORMS = ("plus_one", "plus_two", "plus_three", "plus_four", "plus_five", "minus_one", "minus_two",
+                      "minus_three", "minus_four", "mirror")
 PROBE_TYPES = ("generic", "task")
 PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")

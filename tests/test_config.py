@@ -39,8 +39,8 @@ def test_missing_params_file(tmp_path) -> None:
         load_config(tmp_path / "params.yaml")
 
 
-COMPOSITIONAL_HELDOUT = ["first_plus_two", "second_mirror", "third_plus_three", "fourth_minus_one", "penultimate_plus_one",
-                         "last_minus_two", "largest_mirror", "smallest_plus_two"]
+COMPOSITIONAL_HELDOUT = ["smallest_plus_two", "smallest_minus_four", "second_smallest_mirror", "median_plus_five",
+                         "median_minus_one", "second_largest_plus_one", "second_largest_plus_four", "largest_minus_three"]
 
 
 def test_compositional_family_with_supported_heldout_pairs() -> None:
@@ -48,7 +48,7 @@ def test_compositional_family_with_supported_heldout_pairs() -> None:
 
     cfg = config_from_dict({"tasks": {"family": "compositional"}, "heldout_tasks": COMPOSITIONAL_HELDOUT,
                             "base": {"pretrain_primitive_share": 0.5}})
-    assert len(builtin_task_names(cfg.tasks)) == 48
+    assert len(builtin_task_names(cfg.tasks)) == 50
     pairs = compositional_pairs(["first", "last"], ["same", "mirror"])
     assert pairs == {"first_same": ("first", "same"), "first_mirror": ("first", "mirror"),
                      "last_same": ("last", "same"), "last_mirror": ("last", "mirror")}

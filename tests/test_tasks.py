@@ -102,7 +102,7 @@ def test_compositional_family_is_deterministic_balanced_and_follows_its_rule() -
 
     tasks = builtin_tasks(COMPOSITIONAL, 0)
     assert tasks == builtin_tasks(COMPOSITIONAL, 0) and tasks != builtin_tasks(COMPOSITIONAL, 1)
-    assert len(tasks) == 48 and len({t.name for t in tasks}) == 48
+    assert len(tasks) == 50 and len({t.name for t in tasks}) == 50
     for task in tasks:
         selector, transform = next((s, t) for s in COMPOSITIONAL.selectors for t in COMPOSITIONAL.transforms
                                    if task.name == f"{s}_{t}")
@@ -124,7 +124,7 @@ def test_compositional_cue_names_both_parts_and_options_set_chance() -> None:
     assert tasks["largest_plus_two"].options == ("zero", "one", "six", "seven", "eight", "nine")
     assert tasks["largest_plus_two"].chance == pytest.approx(1 / 6)
     assert tasks["smallest_mirror"].options == ("four", "five", "six", "seven", "eight", "nine")
-    assert tasks["third_minus_one"].chance == pytest.approx(0.1)
+    assert tasks["median_minus_one"].options == ("one", "two", "three", "four", "five", "six")
 
 
 def test_transforms_are_bijections_with_their_inverse() -> None:
@@ -141,8 +141,8 @@ def test_transforms_are_bijections_with_their_inverse() -> None:
 def test_primitive_texts_never_compose() -> None:
     from llgbm.tasks import SELECTOR_CUES, TRANSFORM_CUES, WORDS, apply_selector, apply_transform, primitive_texts
 
-    texts = primitive_texts(COMPOSITIONAL, 280, 0)
-    assert texts == primitive_texts(COMPOSITIONAL, 280, 0)
+    texts = primitive_texts(COMPOSITIONAL, 300, 0)
+    assert texts == primitive_texts(COMPOSITIONAL, 300, 0)
     by_cue = {SELECTOR_CUES[s]: ("selector", s) for s in COMPOSITIONAL.selectors}
     by_cue.update({TRANSFORM_CUES[t]: ("transform", t) for t in COMPOSITIONAL.transforms})
     kinds = Counter()
@@ -155,7 +155,7 @@ def test_primitive_texts_never_compose() -> None:
             assert len(items) == COMPOSITIONAL.sequence_length and apply_selector(name, items) == WORDS.index(answer)
         else:
             assert len(items) == 1 and apply_transform(name, items[0]) == WORDS.index(answer)
-    assert kinds == {"selector": 160, "transform": 120}
+    assert kinds == {"selector": 100, "transform": 200}  # 5 selectors and 10 transforms take turns
 
 
 def test_pretraining_mix_follows_the_share() -> None:
@@ -173,9 +173,10 @@ def test_primitive_tasks_measure_each_part_alone() -> None:
     from llgbm.tasks import primitive_tasks
 
     tasks = {t.name: t for t in primitive_tasks(COMPOSITIONAL, 20, 0)}
-    assert len(tasks) == 14
+    assert len(tasks) == 15
     assert tasks["selector:largest"].options == ("four", "five", "six", "seven", "eight", "nine")
-    assert Counter(r.response for r in tasks["selector:first"].test) == Counter({w: 2 for w in tasks["selector:first"].options})
+    assert Counter(r.response for r in tasks["selector:median"].test) == Counter(
+        {w: 3 for w in ("two", "three", "four", "five", "six", "seven")} | {"two": 4, "three": 4})
     assert [r.prompt for r in tasks["transform:mirror"].test][:1] == ["task: mirror items: zero answer:"]
     assert [r.response for r in tasks["transform:mirror"].test][:2] == ["nine", "eight"]
 
