@@ -1,4 +1,5 @@
-"""`llgbm bench delta`: the batched delta against the naive ways and the base-model floor, side by side.
+"""`llgbm bench delta`: the batched delta against the naive ways and the base-model floor, side by side;
+`llgbm bench teachers`: teachers trained together against one after another.
 
 All figures are median wall seconds over `repeats` runs after one warm-up, measured in one process.
 """
@@ -20,9 +21,12 @@ from .config import Config, LoraConfig
 from .data import GeneratorDataset
 from .delta import AdapterBatch, DeltaComputer, DeltaSpec, peft_delta, probe_states, reduce_delta, stack_adapters
 from .generator import LoraGenerator, generator_shape
-from .lora import LoraSlot, layout_of_model, load_adapter_tensors, lora_scaling, peft_config, to_peft_state_dict
+from .lora import (LoraSlot, layout_of_model, load_adapter_tensors, lora_scaling, peft_config, shared_initialisation,
+                   to_peft_state_dict)
 from .losses import MultiTaskLoss
-from .models import load_base
+from .models import load_base, load_tokenizer, prepare_base
+from .tasks import make_tasks, pretraining_texts, vocabulary
+from .teachers import train_teacher, train_teachers_together
 from .train import training_step
 from .weight_tokenizer import WeightTokenizer
 
@@ -247,3 +251,29 @@ def bench_train(cfg: Config, steps: int) -> dict:
             "probes": cfg.probe_count, "seconds_per_step": seconds,
             "over_weight_only": {name: value / seconds["weight_only"] for name, value in seconds.items()
                                  if name != "weight_only"}}
+
+
+def bench_teachers(cfg: Config, task_count: int | None, steps: int) -> dict:
+    """Wall seconds to train `task_count` of params' tasks (default: all) for `steps` steps: together in
+    one batched forward per step, and one after another through PEFT, in one process. Each path saves
+    and scores one snapshot per task, as the stage does; the base is untrained (speed only)."""
+    bench_cfg = copy.deepcopy(cfg)
+    bench_cfg.teachers.steps, bench_cfg.teachers.checkpoints_per_task, bench_cfg.teachers.checkpoint_interval = steps, 1, 1
+    bench_cfg.base.pretrain_steps = 0
+    tasks = make_tasks(bench_cfg.tasks)[:task_count]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepare_base(bench_cfg.base, vocabulary(tasks), pretraining_texts(bench_cfg.tasks, tasks, bench_cfg.base),
+                     root / "base")
+        tokenizer = load_tokenizer(root / "base")
+        init = shared_initialisation(load_base(root / "base", device="cpu"), bench_cfg.lora, bench_cfg.teachers.seed)
+        start = time.perf_counter()
+        train_teachers_together(root / "base", tokenizer, tasks, list(range(len(tasks))), init, bench_cfg, root / "together")
+        together = time.perf_counter() - start
+        start = time.perf_counter()
+        for index, task in enumerate(tasks):
+            train_teacher(root / "base", tokenizer, task, init, bench_cfg, root / "alone" / task.name, index)
+        alone = time.perf_counter() - start
+    return {"tasks": len(tasks), "steps": steps, "batch_size": bench_cfg.teachers.batch_size,
+            "together_seconds": together, "one_after_another_seconds": alone, "together_over_one_after_another": together / alone,
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine()}

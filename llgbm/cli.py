@@ -25,6 +25,12 @@ def _bench_train(args: argparse.Namespace) -> None:
     print(json.dumps(bench_train(load_config(args.params), args.steps), indent=2))
 
 
+def _bench_teachers(args: argparse.Namespace) -> None:
+    from .bench import bench_teachers
+
+    print(json.dumps(bench_teachers(load_config(args.params), args.tasks, args.steps), indent=2))
+
+
 def _generate(args: argparse.Namespace) -> None:
     from .generate import generate_from_file
 
@@ -91,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--params", default="params.yaml")
     train.add_argument("--steps", type=int, default=100)
     train.set_defaults(run=_bench_train)
+    teachers = bench_kinds.add_parser("teachers", help="teachers trained together vs one after another")
+    teachers.add_argument("--params", default="params.yaml")
+    teachers.add_argument("--tasks", type=int, default=None, help="the first N tasks of params (default: all)")
+    teachers.add_argument("--steps", type=int, default=40)
+    teachers.set_defaults(run=_bench_teachers)
     return parser
 
 

@@ -18,6 +18,18 @@ from .errors import LlgbmError
 BUILTIN_TASKS = (
     "first", "second", "third", "last", "largest", "smallest", "after_first", "before_last",
 )
+TASK_FAMILIES = ("eight", "compositional")
+# The compositional family: a task is a (selector, transform) pair named "<selector>_<transform>".
+SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest", "second_largest",
+             "second_smallest", "median")
+TRANSFORMS = ("same", "plus_one", "plus_two", "plus_three", "plus_four", "plus_five", "minus_one", "minus_two",
+              "minus_three", "minus_four", "mirror")
+# Order statistics by default: the tiny base learns them (and every transform) from primitive texts in a
+# few thousand steps, while positional selectors (first, ..., last) stay near chance at that budget.
+DEFAULT_SELECTORS = ("smallest", "second_smallest", "median", "second_largest", "largest")
+# Not "same": a "<selector> same" task is the selector primitive the base is pre-trained on.
+DEFAULT_TRANSFORMS = ("plus_one", "plus_two", "plus_three", "plus_four", "plus_five", "minus_one", "minus_two",
+                      "minus_three", "minus_four", "mirror")
 PROBE_TYPES = ("generic", "task")
 PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
@@ -33,8 +45,12 @@ LORA_TARGETS_DEFAULT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 class TasksConfig:
     # "builtin" generates the synthetic task family; otherwise `files` names JSON/JSONL task files.
     source: str = "builtin"
+    # Built-in family: "eight" (the tasks in `names`) or "compositional" (every selector x transform pair).
+    family: str = "eight"
     seed: int = 0
     names: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
+    selectors: list[str] = field(default_factory=lambda: list(DEFAULT_SELECTORS))
+    transforms: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSFORMS))
     files: list[str] = field(default_factory=list)
     train_per_task: int = 256
     test_per_task: int = 120
@@ -62,6 +78,10 @@ class BaseConfig:
     pretrain_steps: int = 300
     pretrain_batch_size: int = 64
     pretrain_learning_rate: float = 3e-3
+    pretrain_texts: int = 4096  # size of the pre-training corpus
+    # Compositional family only: share of the corpus that shows a primitive (a selector alone with its
+    # answer, or a transform of a single item), never a composition; the rest is number-word text.
+    pretrain_primitive_share: float = 0.0
 
 
 @dataclass
@@ -80,6 +100,21 @@ class TeachersConfig:
     checkpoints_per_task: int = 3  # the last K snapshots of each task's trajectory
     checkpoint_interval: int = 20
     min_accuracy: float = 0.9  # the stage fails if a checkpoint is below this on held-out records
+    # Teachers trained together: this many tasks' LoRAs share one batched forward of the frozen base.
+    tasks_per_batch: int = 64
+
+
+@dataclass
+class DiagnosticsConfig:
+    # The multi-task LoRA reference: one LoRA (from the teachers' shared init) on every training task's
+    # records, measured on held-out tasks; a generator that does not beat it adds nothing.
+    multitask_steps: int = 1000
+    multitask_batch_size: int = 64
+    multitask_learning_rate: float = 5e-3
+    # Prompt -> task recoverability: a ridge probe on this many train-prompt embeddings per task.
+    probe_prompts: int = 32
+    ridge_penalty: float = 1.0
+    nearest_k: int = 3  # the k-nearest-teachers baseline: similarity-weighted mean of k teachers' updates
 
 
 @dataclass
@@ -157,6 +192,7 @@ class Config:
     base: BaseConfig = field(default_factory=BaseConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     teachers: TeachersConfig = field(default_factory=TeachersConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     deltas: DeltasConfig = field(default_factory=DeltasConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -213,6 +249,24 @@ def _check_positive(value: float, key: str, source: str, allow_zero: bool = Fals
         raise LlgbmError(f"{source}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
+def compositional_pairs(selectors: list[str], transforms: list[str]) -> dict[str, tuple[str, str]]:
+    """{task name: (selector, transform)} for every pair, selector-major."""
+    return {f"{s}_{t}": (s, t) for s in selectors for t in transforms}
+
+
+def builtin_task_names(cfg: TasksConfig) -> list[str]:
+    if cfg.family == "compositional":
+        return list(compositional_pairs(cfg.selectors, cfg.transforms))
+    return list(cfg.names)
+
+
+def unsupported_heldout(pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
+    """Held-out pairs whose selector or transform occurs in no training pair (no compositional support)."""
+    training = [pair for name, pair in pairs.items() if name not in heldout]
+    seen_selectors, seen_transforms = {s for s, _ in training}, {t for _, t in training}
+    return [name for name in heldout if pairs[name][0] not in seen_selectors or pairs[name][1] not in seen_transforms]
+
+
 def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_choice(cfg.delta_loss_type, DELTA_LOSS_TYPES, "delta_loss_type", source)
     _check_choice(cfg.lambda_schedule, LAMBDA_SCHEDULES, "lambda_schedule", source)
@@ -225,11 +279,19 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers))):
         raise LlgbmError(f"{source}: 'delta_layers' is {layers!r}, expected last, all or a non-empty list of "
                          "layer indices >= 0")
-    if cfg.tasks.source == "builtin":
+    _check_choice(cfg.tasks.family, TASK_FAMILIES, "tasks.family", source)
+    if cfg.tasks.source == "builtin" and cfg.tasks.family == "eight":
         for name in cfg.tasks.names:
             _check_choice(name, BUILTIN_TASKS, "tasks.names", source)
         if len(set(cfg.tasks.names)) != len(cfg.tasks.names) or not cfg.tasks.names:
             raise LlgbmError(f"{source}: 'tasks.names' must be a non-empty list without repeats")
+    elif cfg.tasks.source == "builtin":
+        for key, known in (("selectors", SELECTORS), ("transforms", TRANSFORMS)):
+            values = getattr(cfg.tasks, key)
+            for value in values:
+                _check_choice(value, known, f"tasks.{key}", source)
+            if len(set(values)) != len(values) or not values:
+                raise LlgbmError(f"{source}: 'tasks.{key}' must be a non-empty list without repeats")
     elif cfg.tasks.source == "files":
         if not cfg.tasks.files:
             raise LlgbmError(f"{source}: 'tasks.files' is empty but tasks.source is 'files'")
@@ -247,15 +309,23 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     if cfg.base.tiny.hidden_size % cfg.base.tiny.num_heads or cfg.base.tiny.num_heads % cfg.base.tiny.num_kv_heads:
         raise LlgbmError(f"{source}: 'base.tiny' needs hidden_size % num_heads == 0 and num_heads % num_kv_heads == 0")
     _check_positive(cfg.base.pretrain_steps, "base.pretrain_steps", source, allow_zero=True)
+    _check_positive(cfg.base.pretrain_texts, "base.pretrain_texts", source)
+    if not 0.0 <= cfg.base.pretrain_primitive_share <= 1.0:
+        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' must be in [0, 1]")
+    if cfg.base.pretrain_primitive_share > 0 and not (cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional"):
+        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' needs tasks.family 'compositional' (built-in)")
     _check_positive(cfg.lora.rank, "lora.rank", source)
     _check_positive(cfg.lora.alpha, "lora.alpha", source)
     if not cfg.lora.target_modules:
         raise LlgbmError(f"{source}: 'lora.target_modules' is empty")
     t = cfg.teachers
-    for key in ("steps", "batch_size", "learning_rate", "checkpoints_per_task", "checkpoint_interval"):
+    for key in ("steps", "batch_size", "learning_rate", "checkpoints_per_task", "checkpoint_interval", "tasks_per_batch"):
         _check_positive(getattr(t, key), f"teachers.{key}", source)
     if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
         raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
+    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "probe_prompts", "ridge_penalty",
+                "nearest_k"):
+        _check_positive(getattr(cfg.diagnostics, key), f"diagnostics.{key}", source)
     for probe_type in cfg.probes.types:
         _check_choice(probe_type, PROBE_TYPES, "probes.types", source)
     if not cfg.probes.types:
@@ -264,11 +334,19 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_positive(cfg.probes.max_length, "probes.max_length", source)
     _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
     if cfg.tasks.source == "builtin":
-        unknown = [t for t in cfg.heldout_tasks if t not in cfg.tasks.names]
+        names = builtin_task_names(cfg.tasks)
+        unknown = [t for t in cfg.heldout_tasks if t not in names]
         if unknown:
-            raise LlgbmError(f"{source}: 'heldout_tasks' names {unknown}, which are not in tasks.names")
-        if len(cfg.heldout_tasks) >= len(cfg.tasks.names):
+            where = "tasks.names" if cfg.tasks.family == "eight" else "the pairs of tasks.selectors x tasks.transforms"
+            raise LlgbmError(f"{source}: 'heldout_tasks' names {unknown}, which are not in {where}")
+        if len(cfg.heldout_tasks) >= len(names):
             raise LlgbmError(f"{source}: 'heldout_tasks' must leave at least one task for training")
+        if cfg.tasks.family == "compositional":
+            pairs = compositional_pairs(cfg.tasks.selectors, cfg.tasks.transforms)
+            unsupported = unsupported_heldout(pairs, cfg.heldout_tasks)
+            if unsupported:
+                raise LlgbmError(f"{source}: 'heldout_tasks' {unsupported} lack compositional support: a selector "
+                                 f"or transform of theirs occurs in no training pair")
     _check_positive(cfg.encoder.batch_size, "encoder.batch_size", source)
     g = cfg.generator
     for key in ("chunk_width", "prompts_per_sample", "feature_dim"):

@@ -172,14 +172,15 @@ def save_peft_model(model: PeftModel, out_dir: Path) -> None:
 
 
 def save_adapter(base: PreTrainedModel, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 layout: list[LoraSlot], lora: LoraConfig, out_dir: Path) -> None:
-    """Write tensors as a PEFT directory through PEFT's own API. `base` must be a fresh model: PEFT
-    injects its layers into it."""
+                 layout: list[LoraSlot], lora: LoraConfig, out_dir: Path) -> PeftModel:
+    """Write tensors as a PEFT directory through PEFT's own API and return the PEFT model that wrote
+    them. `base` must be a fresh model: PEFT injects its layers into it."""
     model = get_peft_model(base, peft_config(lora))
     result = set_peft_model_state_dict(model, to_peft_state_dict(tensors, layout))
     if result.unexpected_keys:
         raise LlgbmError(f"{out_dir}: PEFT rejected tensors {result.unexpected_keys[:3]}")
     save_peft_model(model, out_dir)
+    return model
 
 
 def load_peft_model(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:

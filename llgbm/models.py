@@ -13,6 +13,7 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .config import BaseConfig
+from .data import completion_batch
 from .errors import LlgbmError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,15 +71,15 @@ def build_tiny_model(cfg: BaseConfig, vocab_size: int, seed: int) -> PreTrainedM
     return Qwen2ForCausalLM(config)
 
 
-def pretrain_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+def pretrain_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[tuple[str, str]],
                   cfg: BaseConfig, seed: int) -> list[float]:
-    """Next-token pre-training on task-free world text; returns the loss curve."""
+    """Next-token pre-training on (context, scored text) pairs, the loss on the scored text only;
+    returns the loss curve."""
     if cfg.pretrain_steps == 0:
         return []
     generator = torch.Generator().manual_seed(seed)
-    encoded = tokenizer(texts, return_tensors="pt", padding=True)
-    ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    labels = ids.masked_fill(mask == 0, -100)
+    encoded = completion_batch(tokenizer, texts)
+    ids, mask, labels = encoded["input_ids"], encoded["attention_mask"], encoded["labels"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.pretrain_learning_rate, weight_decay=0.0)
     model.train()
     losses = []
@@ -147,7 +148,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def prepare_base(cfg: BaseConfig, tokenizer_words: list[str], pretraining_texts: list[str], out_dir: Path) -> dict:
+def prepare_base(cfg: BaseConfig, tokenizer_words: list[str], pretraining_texts: list[tuple[str, str]],
+                 out_dir: Path) -> dict:
     """Write the base model and tokenizer to out_dir: the tiny model built (and pre-trained) here, or a
     hub id / local path passed through the same from_pretrained path every later stage uses."""
     if cfg.model == "tiny":

@@ -17,6 +17,7 @@ EMBEDDINGS_DIR = Path("cache/embeddings")
 GENERATOR_DIR = Path("models/generator")
 TRAIN_CHECKPOINTS_DIR = Path("checkpoints/train")
 EVALUATION_ADAPTERS_DIR = Path("models/evaluation")
+DIAGNOSTICS_DIR = Path("models/diagnostics")
 RESULTS_DIR = Path("results")
 
 

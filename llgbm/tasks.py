@@ -3,6 +3,10 @@
 Every built-in task shares one format, "task: <cue> items: <number words> answer:", with a number
 word as the response. The cue reveals the task from the prompt alone, and each task's answers are
 balanced over its options, so a model that ignores the input scores exactly chance (1 / options).
+
+Two built-in families: "eight" (eight unrelated selections) and "compositional", where a task is a pair
+(selector, transform) answered by transform(selected item) mod 10, its cue naming both parts in words
+("task: largest plus two items: ... answer:"), so tasks share parts a generator can generalise over.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import TasksConfig
+from .config import BaseConfig, TasksConfig, compositional_pairs
 from .errors import LlgbmError
 from .io import read_json, read_jsonl_lines, write_json_atomic
 
@@ -20,6 +24,18 @@ CUES = {
     "first": "first", "second": "second", "third": "third", "last": "last", "largest": "largest",
     "smallest": "smallest", "after_first": "after first", "before_last": "before last",
 }
+SELECTOR_CUES = {
+    "first": "first", "second": "second", "third": "third", "fourth": "fourth", "penultimate": "penultimate",
+    "last": "last", "largest": "largest", "smallest": "smallest", "second_largest": "second largest",
+    "second_smallest": "second smallest", "median": "median",
+}
+TRANSFORM_CUES = {
+    "same": "same", "plus_one": "plus one", "plus_two": "plus two", "plus_three": "plus three",
+    "plus_four": "plus four", "plus_five": "plus five", "minus_one": "minus one", "minus_two": "minus two",
+    "minus_three": "minus three", "minus_four": "minus four", "mirror": "mirror",
+}
+_SHIFTS = {"same": 0, "plus_one": 1, "plus_two": 2, "plus_three": 3, "plus_four": 4, "plus_five": 5, "minus_one": -1,
+           "minus_two": -2, "minus_three": -3, "minus_four": -4}
 # Words of the task world's text beyond cues and number words: the tiny tokenizer's vocabulary.
 FORMAT_WORDS = ("task:", "items:", "answer:")
 
@@ -81,8 +97,9 @@ def task_options(task: str, length: int) -> list[int]:
     return list(range(10))
 
 
-def _balanced_records(task: str, n: int, length: int, rng: random.Random, exclude: set[str]) -> list[Record]:
-    options = task_options(task, length)
+def _balanced_records(task: str, options: list[int], draw_prompt: Callable[[int, random.Random], str], n: int,
+                      rng: random.Random, exclude: set[str]) -> list[Record]:
+    """n distinct records whose answers cycle over `options` (balanced), drawn by draw_prompt(answer, rng)."""
     records: list[Record] = []
     seen = set(exclude)
     attempts = 0
@@ -91,7 +108,7 @@ def _balanced_records(task: str, n: int, length: int, rng: random.Random, exclud
         if attempts > 100 * n:
             raise LlgbmError(f"task '{task}': cannot draw {n} distinct records; lower tasks.*_per_task")
         answer = options[len(records) % len(options)]
-        prompt = format_prompt(CUES[task], _items_for(task, answer, length, rng))
+        prompt = draw_prompt(answer, rng)
         if prompt in seen:
             continue
         seen.add(prompt)
@@ -100,15 +117,123 @@ def _balanced_records(task: str, n: int, length: int, rng: random.Random, exclud
     return records
 
 
-def builtin_tasks(cfg: TasksConfig, seed: int) -> list[Task]:
+def _eight_task(name: str, cfg: TasksConfig, rng: random.Random) -> Task:
+    options = task_options(name, cfg.sequence_length)
+    draw = lambda answer, r: format_prompt(CUES[name], _items_for(name, answer, cfg.sequence_length, r))
+    train = _balanced_records(name, options, draw, cfg.train_per_task, rng, set())
+    test = _balanced_records(name, options, draw, cfg.test_per_task, rng, {r.prompt for r in train})
+    return Task(name, tuple(WORDS[d] for d in options), tuple(train), tuple(test))
+
+
+# --- The compositional family: transform(selector(items)) mod 10. ---
+
+def apply_transform(transform: str, value: int) -> int:
+    return 9 - value if transform == "mirror" else (value + _SHIFTS[transform]) % 10
+
+
+def invert_transform(transform: str, value: int) -> int:
+    """The item a transform maps to `value` (every transform is a bijection of the digits)."""
+    return 9 - value if transform == "mirror" else (value - _SHIFTS[transform]) % 10
+
+
+def _rank(selector: str, length: int) -> int | None:
+    """The order-statistic selectors' rank among `length` distinct digits (0 = smallest); None for positions."""
+    ranks = {"smallest": 0, "second_smallest": 1, "median": (length - 1) // 2, "second_largest": length - 2,
+             "largest": length - 1}
+    return ranks.get(selector)
+
+
+def selector_options(selector: str, length: int) -> list[int]:
+    """The values a selector can pick from `length` distinct digits: rank k needs k digits below it and
+    length - 1 - k above it; a position can hold any digit."""
+    rank = _rank(selector, length)
+    return list(range(10)) if rank is None else list(range(rank, 10 - (length - 1 - rank)))
+
+
+def _position(selector: str, length: int) -> int:
+    return {"first": 0, "second": 1, "third": 2, "fourth": 3, "penultimate": length - 2, "last": length - 1}[selector]
+
+
+def apply_selector(selector: str, items: list[int]) -> int:
+    rank = _rank(selector, len(items))
+    return items[_position(selector, len(items))] if rank is None else sorted(items)[rank]
+
+
+def selector_items(selector: str, value: int, length: int, rng: random.Random) -> list[int]:
+    """`length` distinct digits from which `selector` picks `value`."""
+    rank = _rank(selector, length)
+    if rank is None:
+        rest = rng.sample([d for d in range(10) if d != value], length - 1)
+        position = _position(selector, length)
+        return rest[:position] + [value] + rest[position:]
+    items = [value] + rng.sample(range(value), rank) + rng.sample(range(value + 1, 10), length - 1 - rank)
+    rng.shuffle(items)
+    return items
+
+
+def composed_options(selector: str, transform: str, length: int) -> list[int]:
+    return sorted(apply_transform(transform, v) for v in selector_options(selector, length))
+
+
+def composed_cue(selector: str, transform: str) -> str:
+    return f"{SELECTOR_CUES[selector]} {TRANSFORM_CUES[transform]}"
+
+
+def _compositional_task(name: str, selector: str, transform: str, cfg: TasksConfig, rng: random.Random) -> Task:
+    length = cfg.sequence_length
+    options = composed_options(selector, transform, length)
+    cue = composed_cue(selector, transform)
+    draw = lambda answer, r: format_prompt(cue, selector_items(selector, invert_transform(transform, answer), length, r))
+    train = _balanced_records(name, options, draw, cfg.train_per_task, rng, set())
+    test = _balanced_records(name, options, draw, cfg.test_per_task, rng, {r.prompt for r in train})
+    return Task(name, tuple(WORDS[d] for d in options), tuple(train), tuple(test))
+
+
+def primitive_texts(cfg: TasksConfig, count: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, answer) texts that show each primitive alone: a selector on a sequence ("task: largest
+    items: ... answer:", "seven") or a transform of a single item ("task: plus two items: seven answer:",
+    "nine"); never a composition. Primitives take turns; each one's values cycle (balanced)."""
+    rng = random.Random(f"{seed}:primitives")
+    units = [("selector", s) for s in cfg.selectors] + [("transform", t) for t in cfg.transforms]
+    texts = []
+    for i in range(count):
+        kind, name = units[i % len(units)]
+        turn = i // len(units)
+        if kind == "selector":
+            options = selector_options(name, cfg.sequence_length)
+            value = options[turn % len(options)]
+            prompt, answer = format_prompt(SELECTOR_CUES[name], selector_items(name, value, cfg.sequence_length, rng)), value
+        else:
+            value = turn % 10
+            prompt, answer = format_prompt(TRANSFORM_CUES[name], [value]), apply_transform(name, value)
+        texts.append((prompt, WORDS[answer]))
+    rng.shuffle(texts)
+    return texts
+
+
+def primitive_tasks(cfg: TasksConfig, per_selector: int, seed: int) -> list[Task]:
+    """The primitives as test-only tasks, to measure what a base knows: each selector alone
+    ("selector:<name>", per_selector records) and each transform of a single item ("transform:<name>",
+    its ten inputs)."""
     tasks = []
-    for index, name in enumerate(cfg.names):
-        rng = random.Random(f"{seed}:{name}:{index}")
-        train = _balanced_records(name, cfg.train_per_task, cfg.sequence_length, rng, set())
-        test = _balanced_records(name, cfg.test_per_task, cfg.sequence_length, rng, {r.prompt for r in train})
-        options = tuple(WORDS[d] for d in task_options(name, cfg.sequence_length))
-        tasks.append(Task(name, options, tuple(train), tuple(test)))
+    for selector in cfg.selectors:
+        options = selector_options(selector, cfg.sequence_length)
+        draw = lambda answer, r, s=selector: format_prompt(SELECTOR_CUES[s], selector_items(s, answer, cfg.sequence_length, r))
+        name = f"selector:{selector}"
+        test = _balanced_records(name, options, draw, per_selector, random.Random(f"{seed}:{name}"), set())
+        tasks.append(Task(name, tuple(WORDS[d] for d in options), (), tuple(test)))
+    for transform in cfg.transforms:
+        test = tuple(Record(format_prompt(TRANSFORM_CUES[transform], [d]), WORDS[apply_transform(transform, d)])
+                     for d in range(10))
+        tasks.append(Task(f"transform:{transform}", WORDS, (), test))
     return tasks
+
+
+def builtin_tasks(cfg: TasksConfig, seed: int) -> list[Task]:
+    if cfg.family == "compositional":
+        return [_compositional_task(name, s, t, cfg, random.Random(f"{seed}:{name}:{index}"))
+                for index, (name, (s, t)) in enumerate(compositional_pairs(cfg.selectors, cfg.transforms).items())]
+    return [_eight_task(name, cfg, random.Random(f"{seed}:{name}:{index}")) for index, name in enumerate(cfg.names)]
 
 
 def generic_texts(count: int, length: int, seed: int) -> list[str]:
@@ -256,11 +381,20 @@ def vocabulary(tasks: list[Task]) -> list[str]:
     return list(words)
 
 
-def pretraining_texts(cfg: TasksConfig, tasks: list[Task], count: int = 4096) -> list[str]:
-    """Task-free text for the tiny base: generic world text, or the user's train prompts (never answers)."""
-    if cfg.source == "builtin":
-        return generic_texts(count, cfg.sequence_length, cfg.seed)
-    return [r.prompt for task in tasks for r in task.train]
+def pretraining_texts(cfg: TasksConfig, tasks: list[Task], base: BaseConfig) -> list[tuple[str, str]]:
+    """The tiny base's corpus as (context, scored text) pairs: generic world text, scored whole (plus, for
+    the compositional family, a share of primitive texts, scored on their answer only: their items are
+    random, only the answer shows the primitive; never a composition), or the user's train prompts
+    (never answers)."""
+    if cfg.source != "builtin":
+        return [("", r.prompt) for task in tasks for r in task.train]
+    primitives = round(base.pretrain_texts * base.pretrain_primitive_share)
+    generic = [("", text) for text in generic_texts(base.pretrain_texts - primitives, cfg.sequence_length, cfg.seed)]
+    if not primitives:
+        return generic
+    texts = generic + primitive_texts(cfg, primitives, cfg.seed)
+    random.Random(f"{cfg.seed}:pretraining").shuffle(texts)
+    return texts
 
 
 def training_tasks(tasks: list[Task], heldout: list[str]) -> list[Task]:

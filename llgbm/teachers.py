@@ -1,19 +1,29 @@
-"""Teacher LoRAs: one PEFT training trajectory per task, from one shared initialisation, whose last
-K snapshots are the task's checkpoints (as DnD collects them)."""
+"""Teacher LoRAs: one training trajectory per task, from one shared initialisation, whose last K
+snapshots are the task's checkpoints (as DnD collects them).
+
+Teachers are trained together: the LoRAs of many tasks are applied in one batched forward of the frozen
+base (the delta path's hooks), each to its own task's rows, with the sum of the per-task losses as the
+objective, so each adapter's gradient is its own task's. Adam is element-wise, so one optimizer over
+the stacked tensors updates each adapter exactly as its own optimizer would. `train_teacher` (one task,
+through PEFT) is kept as the oracle of the tests and the baseline of the benchmark.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from peft import get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
 from .config import Config
 from .data import record_batch
+from .delta import apply_adapters
 from .errors import LlgbmError
 from .scoring import task_accuracy
 from .io import write_json_atomic
-from .lora import peft_config, save_peft_model, shared_initialisation
+from .lora import (from_peft_state_dict, layout_of_model, lora_scaling, peft_config, save_adapter, save_peft_model,
+                   shared_initialisation)
 from .models import load_base, load_tokenizer
 from .tasks import Task
 
@@ -57,6 +67,69 @@ def train_teacher(base_dir: Path, tokenizer: PreTrainedTokenizerBase, task: Task
     return results
 
 
+def group_losses(logits: torch.Tensor, labels: torch.Tensor, groups: int) -> torch.Tensor:
+    """The causal-LM loss of each group of rows (rows group-major): the mean over the group's own label
+    tokens, as transformers computes it for a batch of that group alone."""
+    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
+    per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                ignore_index=-100, reduction="none").view(groups, -1)
+    return per_token.sum(-1) / (targets != -100).view(groups, -1).sum(-1)
+
+
+def _padded(batch: dict[str, torch.Tensor], width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    extra = width - batch["input_ids"].shape[1]
+    values = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+    return {k: F.pad(v, (0, extra), value=values[k]) for k, v in batch.items()}
+
+
+def train_teachers_together(base_dir: Path, tokenizer: PreTrainedTokenizerBase, tasks: list[Task],
+                            task_indices: list[int], init_state: dict[str, torch.Tensor], cfg: Config,
+                            out_dir: Path) -> dict[str, list[dict]]:
+    """Train the LoRAs of `tasks` in one batched forward per step and save each task's snapshots under
+    out_dir/<task>/step-NNNNN through PEFT; returns their metrics per task. Task i draws its rows with
+    the seed of task_indices[i], as `train_teacher` does, so each trajectory equals a lone one."""
+    t = cfg.teachers
+    model = load_base(base_dir, cfg.base.dtype)
+    device = next(model.parameters()).device
+    layout = layout_of_model(model, cfg.lora)
+    init = from_peft_state_dict(init_state, layout, "teachers init")
+    n = len(tasks)
+    adapters = {name: (torch.nn.Parameter(a.to(device).expand(n, *a.shape).clone()),
+                       torch.nn.Parameter(b.to(device).expand(n, *b.shape).clone())) for name, (a, b) in init.items()}
+    optimizer = torch.optim.AdamW([p for pair in adapters.values() for p in pair], lr=t.learning_rate, weight_decay=0.0)
+    generators = [torch.Generator().manual_seed(t.seed * 1000 + i) for i in task_indices]
+    batches = [record_batch(tokenizer, list(task.train)) for task in tasks]
+    width = max(b["input_ids"].shape[1] for b in batches)
+    batches = [{k: v.to(device) for k, v in _padded(b, width, tokenizer.pad_token_id).items()} for b in batches]
+    snapshots = set(snapshot_steps(t.steps, t.checkpoints_per_task, t.checkpoint_interval))
+    scaling = lora_scaling(cfg.lora)
+    results: dict[str, list[dict]] = {task.name: [] for task in tasks}
+    for step in range(1, t.steps + 1):
+        rows = [torch.randint(0, len(task.train), (t.batch_size,), generator=g).to(device)
+                for task, g in zip(tasks, generators)]
+        batch = {k: torch.cat([b[k][r] for b, r in zip(batches, rows)]) for k in batches[0]}
+        with apply_adapters(model, layout, adapters, scaling):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        losses = group_losses(logits, batch["labels"], n)
+        if not torch.isfinite(losses).all():
+            bad = tasks[int((~torch.isfinite(losses)).nonzero()[0])].name
+            raise LlgbmError(f"teachers: loss of task '{bad}' is not finite at step {step}; lower teachers.learning_rate")
+        optimizer.zero_grad()
+        losses.sum().backward()
+        optimizer.step()
+        if step in snapshots:
+            for j, task in enumerate(tasks):
+                checkpoint = out_dir / task.name / f"step-{step:05d}"
+                tensors = {name: (a[j].detach().cpu(), b[j].detach().cpu()) for name, (a, b) in adapters.items()}
+                peft_model = save_adapter(load_base(base_dir, cfg.base.dtype), tensors, layout, cfg.lora, checkpoint)
+                metrics = {"task": task.name, "step": step, "train_loss": losses[j].item(),
+                           "test_accuracy": task_accuracy(peft_model.eval(), tokenizer, task, "test")}
+                write_json_atomic(checkpoint / "prompts.json", [r.prompt for r in task.train])
+                write_json_atomic(checkpoint / "metrics.json", metrics)
+                results[task.name].append({**metrics, "path": str(checkpoint)})
+    return results
+
+
 def check_bar(summary: dict, min_accuracy: float) -> None:
     worst = min(summary["tasks"].items(), key=lambda kv: kv[1]["teacher_accuracy_min"])
     if worst[1]["teacher_accuracy_min"] < min_accuracy:
@@ -83,16 +156,22 @@ def train_all_teachers(base_dir: Path, tasks: list[Task], cfg: Config, out_dir: 
     set_peft_model_state_dict(init_model, init_state)
     save_peft_model(init_model, out_dir / "init")
     per_task, index = {}, []
-    for task_index, task in enumerate(tasks):
-        base_accuracy = task_accuracy(load_base(base_dir, cfg.base.dtype), tokenizer, task, "test")
-        checkpoints = train_teacher(base_dir, tokenizer, task, init_state, cfg, out_dir / task.name, task_index)
-        for c in checkpoints:
-            index.append({**c, "path": str(Path(c["path"]).relative_to(out_dir))})
-        accuracies = [c["test_accuracy"] for c in checkpoints]
-        per_task[task.name] = {"base_accuracy": base_accuracy, "chance": task.chance,
-                               "teacher_accuracy_min": min(accuracies), "teacher_accuracy_final": accuracies[-1]}
-        print(f"{task.name:>12}: base {base_accuracy:.3f} (chance {task.chance:.3f}), "
-              f"teacher checkpoints {', '.join(f'{a:.3f}' for a in accuracies)}", flush=True)
+    base = load_base(base_dir, cfg.base.dtype)
+    size = cfg.teachers.tasks_per_batch
+    for start in range(0, len(tasks), size):
+        group = tasks[start : start + size]
+        trained = train_teachers_together(base_dir, tokenizer, group, list(range(start, start + len(group))),
+                                          init_state, cfg, out_dir)
+        for task in group:
+            checkpoints = trained[task.name]
+            base_accuracy = task_accuracy(base, tokenizer, task, "test")
+            for c in checkpoints:
+                index.append({**c, "path": str(Path(c["path"]).relative_to(out_dir))})
+            accuracies = [c["test_accuracy"] for c in checkpoints]
+            per_task[task.name] = {"base_accuracy": base_accuracy, "chance": task.chance,
+                                   "teacher_accuracy_min": min(accuracies), "teacher_accuracy_final": accuracies[-1]}
+            print(f"{task.name:>12}: base {base_accuracy:.3f} (chance {task.chance:.3f}), "
+                  f"teacher checkpoints {', '.join(f'{a:.3f}' for a in accuracies)}", flush=True)
     write_json_atomic(out_dir / "index.json", {"checkpoints": index})
     summary = summarise(per_task)
     check_bar(summary, cfg.teachers.min_accuracy)

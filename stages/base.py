@@ -9,7 +9,7 @@ from llgbm.tasks import load_tasks, pretraining_texts, vocabulary
 def main(cfg: Config) -> None:
     tasks = load_tasks(TASKS_FILE)
     with atomic_dir(BASE_DIR) as out:
-        metrics = prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks), out)
+        metrics = prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks, cfg.base), out)
     write_json_atomic(RESULTS_DIR / "base" / "metrics.json", metrics)
     print(metrics)
 

@@ -24,6 +24,7 @@ MICRO_PARAMS = {
     "lora": {"rank": 2, "alpha": 4.0},
     "teachers": {"steps": 30, "batch_size": 16, "checkpoints_per_task": 2, "checkpoint_interval": 10,
                  "min_accuracy": 0.0},
+    "diagnostics": {"multitask_steps": 40, "multitask_batch_size": 16},
     "generator": {"chunk_width": 16, "prompts_per_sample": 4, "feature_dim": 32, "channels": [8]},
     "train": {"steps": 40, "batch_size": 4, "delta_batch_size": 2, "learning_rate": 0.003, "warmup_steps": 5,
               "lambda_warmup_steps": 10, "save_interval": 10, "log_interval": 5},
@@ -46,7 +47,7 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("micro")
     cfg = micro_config()
     tasks = make_tasks(cfg.tasks)
-    prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks), root / "base")
+    prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks, cfg.base), root / "base")
     summary = train_all_teachers(root / "base", tasks, cfg, root / "teachers")
     return {"cfg": cfg, "tasks": tasks, "base": root / "base", "teachers": root / "teachers",
             "summary": summary, "root": root}

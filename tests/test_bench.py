@@ -21,3 +21,12 @@ def test_bench_train_reports_every_objective() -> None:
     assert set(result["seconds_per_step"]) == set(arms) and all(v > 0 for v in result["seconds_per_step"].values())
     for arm in arms[1:]:
         assert result["over_weight_only"][arm] == result["seconds_per_step"][arm] / result["seconds_per_step"]["weight_only"]
+
+
+def test_bench_teachers_reports_both_paths() -> None:
+    from llgbm.bench import bench_teachers
+
+    result = bench_teachers(micro_config(), task_count=2, steps=3)
+    assert result["tasks"] == 2 and result["steps"] == 3
+    assert result["together_seconds"] > 0 and result["one_after_another_seconds"] > 0
+    assert result["together_over_one_after_another"] == result["together_seconds"] / result["one_after_another_seconds"]

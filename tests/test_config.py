@@ -50,3 +50,40 @@ def test_delta_variants_are_accepted() -> None:
 def test_missing_params_file(tmp_path) -> None:
     with pytest.raises(LlgbmError, match="params file not found"):
         load_config(tmp_path / "params.yaml")
+
+
+COMPOSITIONAL_HELDOUT = ["smallest_plus_two", "smallest_minus_four", "second_smallest_mirror", "median_plus_five",
+                         "median_minus_one", "second_largest_plus_one", "second_largest_plus_four", "largest_minus_three"]
+
+
+def test_compositional_family_with_supported_heldout_pairs() -> None:
+    from llgbm.config import builtin_task_names, compositional_pairs, unsupported_heldout
+
+    cfg = config_from_dict({"tasks": {"family": "compositional"}, "heldout_tasks": COMPOSITIONAL_HELDOUT,
+                            "base": {"pretrain_primitive_share": 0.5}})
+    assert len(builtin_task_names(cfg.tasks)) == 50
+    pairs = compositional_pairs(["first", "last"], ["same", "mirror"])
+    assert pairs == {"first_same": ("first", "same"), "first_mirror": ("first", "mirror"),
+                     "last_same": ("last", "same"), "last_mirror": ("last", "mirror")}
+    assert unsupported_heldout(pairs, ["first_same"]) == []
+    # Holding out both pairs of 'first' leaves the selector unseen in training.
+    assert unsupported_heldout(pairs, ["first_same", "first_mirror"]) == ["first_same", "first_mirror"]
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"tasks": {"family": "nine"}}, "'tasks.family' is 'nine'"),
+    ({"tasks": {"family": "compositional", "selectors": ["first", "middle"]}, "heldout_tasks": []},
+     "'tasks.selectors' is 'middle'"),
+    ({"tasks": {"family": "compositional"}, "heldout_tasks": ["third"]}, "'heldout_tasks' names ['third']"),
+    ({"tasks": {"family": "compositional", "selectors": ["first", "last"], "transforms": ["same", "mirror"]},
+      "heldout_tasks": ["first_same", "first_mirror"]}, "'heldout_tasks' ['first_same', 'first_mirror'] lack compositional support"),
+    ({"base": {"pretrain_primitive_share": 0.5}}, "'base.pretrain_primitive_share' needs tasks.family 'compositional'"),
+    ({"tasks": {"family": "compositional"}, "heldout_tasks": [], "base": {"pretrain_primitive_share": 1.5}},
+     "'base.pretrain_primitive_share' must be in [0, 1]"),
+])
+def test_bad_family_params_name_the_key(raw: dict, fragment: str) -> None:
+    import re
+
+    with pytest.raises(LlgbmError, match=re.escape(fragment)) as info:
+        config_from_dict(raw, "params.yaml")
+    assert "\n" not in str(info.value)

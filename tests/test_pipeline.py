@@ -50,7 +50,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_builds_every_output(project: Path) -> None:
     for path in ("data/tasks.json", "models/base/config.json", "models/teachers/index.json",
-                 "cache/deltas/manifest.json", "cache/deltas/probes.json", "cache/deltas/base_state.safetensors"):
+                 "cache/deltas/manifest.json", "cache/deltas/probes.json", "cache/deltas/base_state.safetensors",
+                 "results/diagnostics/metrics.json", "models/diagnostics/multitask/adapter_config.json"):
         assert (project / path).is_file(), path
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)
     shown = json.dumps(metrics)

@@ -84,3 +84,114 @@ def test_bad_task_files(tmp_path, content: str, fragment: str) -> None:
 def test_missing_task_file(tmp_path) -> None:
     with pytest.raises(LlgbmError, match="task file not found"):
         load_task_file(tmp_path / "absent.jsonl", 0.2, 0)
+
+
+# --- The compositional family. ---
+
+COMPOSITIONAL = TasksConfig(family="compositional", train_per_task=64, test_per_task=30)
+
+
+def _items(prompt: str) -> list[int]:
+    from llgbm.tasks import WORDS
+
+    return [WORDS.index(w) for w in prompt.split("items: ")[1].split(" answer:")[0].split()]
+
+
+def test_compositional_family_is_deterministic_balanced_and_follows_its_rule() -> None:
+    from llgbm.tasks import WORDS, apply_selector, apply_transform
+
+    tasks = builtin_tasks(COMPOSITIONAL, 0)
+    assert tasks == builtin_tasks(COMPOSITIONAL, 0) and tasks != builtin_tasks(COMPOSITIONAL, 1)
+    assert len(tasks) == 50 and len({t.name for t in tasks}) == 50
+    for task in tasks:
+        selector, transform = next((s, t) for s in COMPOSITIONAL.selectors for t in COMPOSITIONAL.transforms
+                                   if task.name == f"{s}_{t}")
+        for split in (task.train, task.test):
+            counts = Counter(r.response for r in split)
+            assert set(counts) == set(task.options)
+            assert max(counts.values()) - min(counts.values()) <= 1  # a constant predictor scores chance
+        assert not {r.prompt for r in task.train} & {r.prompt for r in task.test}
+        for record in (*task.train, *task.test):
+            items = _items(record.prompt)
+            assert len(set(items)) == len(items) == COMPOSITIONAL.sequence_length
+            assert WORDS[apply_transform(transform, apply_selector(selector, items))] == record.response, record
+
+
+def test_compositional_cue_names_both_parts_and_options_set_chance() -> None:
+    tasks = {t.name: t for t in builtin_tasks(COMPOSITIONAL, 0)}
+    assert {r.prompt.split(" items:")[0] for r in tasks["largest_plus_two"].train} == {"task: largest plus two"}
+    # largest of 5 distinct digits is 4..9, plus two (mod 10) gives 6, 7, 8, 9, 0, 1.
+    assert tasks["largest_plus_two"].options == ("zero", "one", "six", "seven", "eight", "nine")
+    assert tasks["largest_plus_two"].chance == pytest.approx(1 / 6)
+    assert tasks["smallest_mirror"].options == ("four", "five", "six", "seven", "eight", "nine")
+    assert tasks["median_minus_one"].options == ("one", "two", "three", "four", "five", "six")
+
+
+def test_transforms_are_bijections_with_their_inverse() -> None:
+    from llgbm.config import TRANSFORMS
+    from llgbm.tasks import apply_transform, invert_transform
+
+    for transform in TRANSFORMS:
+        assert sorted(apply_transform(transform, d) for d in range(10)) == list(range(10))
+        assert all(invert_transform(transform, apply_transform(transform, d)) == d for d in range(10))
+    assert [apply_transform("mirror", d) for d in (0, 3, 9)] == [9, 6, 0]
+    assert [apply_transform("minus_two", d) for d in (0, 1, 5)] == [8, 9, 3]
+
+
+def test_primitive_texts_never_compose() -> None:
+    from llgbm.tasks import SELECTOR_CUES, TRANSFORM_CUES, WORDS, apply_selector, apply_transform, primitive_texts
+
+    texts = primitive_texts(COMPOSITIONAL, 300, 0)
+    assert texts == primitive_texts(COMPOSITIONAL, 300, 0)
+    by_cue = {SELECTOR_CUES[s]: ("selector", s) for s in COMPOSITIONAL.selectors}
+    by_cue.update({TRANSFORM_CUES[t]: ("transform", t) for t in COMPOSITIONAL.transforms})
+    kinds = Counter()
+    for prompt, answer in texts:
+        cue = prompt.split("task: ")[1].split(" items:")[0]
+        kind, name = by_cue[cue]  # a KeyError would be a composed or unknown cue
+        kinds[kind] += 1
+        items = _items(prompt)
+        if kind == "selector":
+            assert len(items) == COMPOSITIONAL.sequence_length and apply_selector(name, items) == WORDS.index(answer)
+        else:
+            assert len(items) == 1 and apply_transform(name, items[0]) == WORDS.index(answer)
+    assert kinds == {"selector": 100, "transform": 200}  # 5 selectors and 10 transforms take turns
+
+
+def test_pretraining_mix_follows_the_share() -> None:
+    from llgbm.config import BaseConfig
+    from llgbm.tasks import pretraining_texts
+
+    texts = pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=200, pretrain_primitive_share=0.25))
+    assert len(texts) == 200
+    assert sum(prompt.startswith("task:") for prompt, _ in texts) == 50  # primitives: scored on the answer
+    assert sum(prompt == "" for prompt, _ in texts) == 150  # generic text: scored whole
+    assert all(prompt == "" for prompt, _ in pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=50)))
+
+
+def test_primitive_tasks_measure_each_part_alone() -> None:
+    from llgbm.tasks import primitive_tasks
+
+    tasks = {t.name: t for t in primitive_tasks(COMPOSITIONAL, 20, 0)}
+    assert len(tasks) == 15
+    assert tasks["selector:largest"].options == ("four", "five", "six", "seven", "eight", "nine")
+    assert Counter(r.response for r in tasks["selector:median"].test) == Counter(
+        {w: 3 for w in ("two", "three", "four", "five", "six", "seven")} | {"two": 4, "three": 4})
+    assert [r.prompt for r in tasks["transform:mirror"].test][:1] == ["task: mirror items: zero answer:"]
+    assert [r.response for r in tasks["transform:mirror"].test][:2] == ["nine", "eight"]
+
+
+def test_every_selector_picks_the_value_it_was_drawn_for() -> None:
+    import random
+
+    from llgbm.config import SELECTORS
+    from llgbm.tasks import apply_selector, selector_items, selector_options
+
+    for length in (4, 5, 7):
+        for selector in SELECTORS:
+            options = selector_options(selector, length)
+            for value in options:
+                items = selector_items(selector, value, length, random.Random(value))
+                assert len(set(items)) == length and apply_selector(selector, items) == value
+    assert selector_options("median", 5) == [2, 3, 4, 5, 6, 7]  # two digits below, two above
+    assert selector_options("second_largest", 4) == [2, 3, 4, 5, 6, 7, 8]

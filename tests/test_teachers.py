@@ -39,3 +39,36 @@ def test_bar_names_the_weakest_task() -> None:
     check_bar(summary, 0.8)
     with pytest.raises(LlgbmError, match="task 'b' has a checkpoint at held-out accuracy 0.850"):
         check_bar(summary, 0.9)
+
+
+def test_teachers_trained_together_equal_each_trained_alone(micro, tmp_path) -> None:
+    """Step for step: the batched trajectory of each task equals its lone PEFT trajectory (same init,
+    same per-task data order, per-adapter Adam state), and each snapshot loads with PeftModel."""
+    import torch
+    from peft import PeftModel, get_peft_model_state_dict
+
+    from llgbm.lora import load_adapter_tensors, shared_initialisation, layout_of_model
+    from llgbm.models import load_base, load_tokenizer
+    from llgbm.teachers import train_teacher, train_teachers_together
+
+    cfg, tasks = micro["cfg"], micro["tasks"]
+    tokenizer = load_tokenizer(micro["base"])
+    init = shared_initialisation(load_base(micro["base"]), cfg.lora, cfg.teachers.seed)
+    together = train_teachers_together(micro["base"], tokenizer, tasks, [0, 1, 2], init, cfg, tmp_path / "together")
+    layout = layout_of_model(load_base(micro["base"]), cfg.lora)
+    for index in (0, 2):
+        alone = train_teacher(micro["base"], tokenizer, tasks[index], init, cfg, tmp_path / "alone" / tasks[index].name, index)
+        assert [c["step"] for c in alone] == [c["step"] for c in together[tasks[index].name]] == [20, 30]
+        for lone, batched in zip(alone, together[tasks[index].name]):
+            assert batched["train_loss"] == pytest.approx(lone["train_loss"], rel=1e-4)
+            assert batched["test_accuracy"] == lone["test_accuracy"]
+            a = load_adapter_tensors(lone["path"], layout, cfg.lora)
+            b = load_adapter_tensors(batched["path"], layout, cfg.lora)
+            for name in a:
+                for x, y in zip(a[name], b[name]):
+                    torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-5)
+            assert any(bool(b[name][1].abs().sum() > 0) for name in b)  # B starts at zero: the teacher trained
+    loaded = PeftModel.from_pretrained(load_base(micro["base"]), together["largest"][-1]["path"])
+    state = get_peft_model_state_dict(loaded)
+    saved = load_adapter_tensors(together["largest"][-1]["path"], layout, cfg.lora)
+    torch.testing.assert_close(state[layout[0].peft_a_key], saved[layout[0].name][0])

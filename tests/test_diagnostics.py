@@ -1,0 +1,118 @@
+import pytest
+
+from llgbm.diagnostics import headroom, headroom_summary, mean_above_chance, split_tasks
+from llgbm.errors import LlgbmError
+from llgbm.tasks import Record, Task
+
+from .conftest import micro_config
+
+
+def _task(name: str, options: int) -> Task:
+    return Task(name, tuple(str(i) for i in range(options)), (Record("p", "0"),), (Record("q", "0"),))
+
+
+def test_mean_above_chance_is_exact() -> None:
+    tasks = [_task("a", 10), _task("b", 4)]
+    assert mean_above_chance({"a": 0.3, "b": 0.25}, tasks) == pytest.approx((0.2 + 0.0) / 2)
+
+
+def test_split_needs_known_heldout_tasks() -> None:
+    tasks = [_task("first", 10), _task("last", 10), _task("largest", 6)]
+    training, heldout = split_tasks(micro_config(), tasks)
+    assert [t.name for t in training] == ["first", "last"] and [t.name for t in heldout] == ["largest"]
+    with pytest.raises(LlgbmError, match="heldout_tasks"):
+        split_tasks(micro_config(), tasks[:2])
+
+
+def test_headroom_trains_the_multitask_reference_and_measures_it_through_peft(micro, tmp_path) -> None:
+    from peft import PeftModel
+
+    from llgbm.models import load_base
+
+    cfg = micro["cfg"]
+    result = headroom(cfg, micro["tasks"], micro["base"], tmp_path)
+    assert set(result["multitask"]["heldout"]) == {"largest"} and set(result["multitask"]["seen"]) == {"first", "last"}
+    assert result["multitask"]["loss_final"] < result["multitask"]["loss_first"]
+    assert "primitives" not in result["base"]  # the eight family has none
+    PeftModel.from_pretrained(load_base(micro["base"]), str(tmp_path / "multitask"))
+    summary = headroom_summary(result, micro["tasks"], cfg)
+    chance = result["chance"]["largest"]
+    assert summary["multitask_heldout_above_chance"] == pytest.approx(result["multitask"]["heldout"]["largest"] - chance)
+    assert summary["base_heldout_max_distance_from_chance"] == pytest.approx(abs(result["base"]["heldout"]["largest"] - chance))
+
+
+def test_lstsq_r2_and_nearest_cosine_are_exact() -> None:
+    import torch
+
+    from llgbm.diagnostics import lstsq_r2, max_cosine
+
+    e1, e2, e3 = torch.eye(3)
+    assert lstsq_r2(2 * e1 - e2, [e1, e2]) == pytest.approx(1.0)
+    assert lstsq_r2(e3, [e1, e2]) == pytest.approx(0.0)
+    assert lstsq_r2(e1 + e3, [e1, e2]) == pytest.approx(0.5)
+    assert max_cosine(e1 + e2, [e1, e3]) == pytest.approx(2 ** -0.5)
+
+
+def test_ridge_probe_names_the_part_shared_with_training_tasks() -> None:
+    import torch
+
+    from llgbm.diagnostics import leave_one_task_out, probe_scores
+
+    # Embedding = selector direction + transform direction: a held-out pair is a sum of seen parts.
+    s = {"a": torch.tensor([1.0, 0, 0, 0]), "b": torch.tensor([0, 1.0, 0, 0])}
+    t = {"x": torch.tensor([0, 0, 1.0, 0]), "y": torch.tensor([0, 0, 0, 1.0])}
+    embed = {f"{i}_{j}": (s[i] + t[j]).repeat(3, 1) for i in s for j in t}
+    selector = {name: name.split("_")[0] for name in embed}
+    fit = {n: e for n, e in embed.items() if n != "b_y"}
+    assert probe_scores(fit, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 1.0}
+    only_a = {n: e for n, e in embed.items() if n.startswith("a")}
+    assert probe_scores(only_a, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 0.0}  # 'b' unseen: unpredictable
+    assert leave_one_task_out(embed, selector, 1e-3) == {name: 1.0 for name in embed}
+
+
+def test_structure_of_the_micro_teachers(micro_train_inputs) -> None:
+    from llgbm.diagnostics import structure, structure_summary
+
+    m = micro_train_inputs
+    result = structure(m["cfg"], m["tasks"], m["base"], m["teachers"], m["embeddings"])
+    assert set(result["weight_space"]) == {"largest"} and "recover_selector" not in result  # eight family
+    summary = structure_summary(result)
+    assert 0.0 <= summary["weight_r2_heldout_mean"] <= 1.0
+    assert -1.0 <= summary["weight_nearest_cosine_heldout_mean"] <= 1.0
+
+
+def test_combined_updates_are_exact() -> None:
+    import torch
+
+    from llgbm.diagnostics import combine_updates
+
+    gen = torch.Generator().manual_seed(0)
+    adapters = [{"m": (torch.randn(2, 5, generator=gen), torch.randn(4, 2, generator=gen))} for _ in range(3)]
+    combined = combine_updates(adapters, [1.0, 1.0, -1.0])
+    a, b = combined["m"]
+    assert a.shape == (6, 5) and b.shape == (4, 6)
+    expected = sum(w * (x["m"][1] @ x["m"][0]) for x, w in zip(adapters, [1.0, 1.0, -1.0]))
+    torch.testing.assert_close(b @ a, expected)
+
+
+def test_task_arithmetic_uses_seen_pairs_only() -> None:
+    from llgbm.config import compositional_pairs
+    from llgbm.diagnostics import arithmetic_pairs
+
+    pairs = compositional_pairs(["first", "last", "largest"], ["plus_one", "mirror"])
+    training = [n for n in pairs if n not in ("first_mirror", "last_plus_one")]
+    assert arithmetic_pairs(pairs, training, "first_mirror") == ("first_plus_one", "largest_mirror", "largest_plus_one")
+    assert arithmetic_pairs(pairs, ["first_plus_one", "last_mirror"], "first_mirror") is None
+
+
+def test_teacher_baselines_are_measured_through_peft(micro_train_inputs, tmp_path) -> None:
+    from llgbm.diagnostics import baselines_summary, teacher_baselines
+
+    m = micro_train_inputs
+    result = teacher_baselines(m["cfg"], m["tasks"], m["base"], m["teachers"], m["embeddings"], tmp_path)
+    assert set(result) == {"largest"}
+    assert set(result["largest"]) == {"mean_teacher", "nearest_teacher", "knearest_teachers"}  # no arithmetic: eight family
+    assert (tmp_path / "largest" / "knearest_teachers" / "adapter_config.json").is_file()
+    summary = baselines_summary(result, m["tasks"])
+    chance = next(t.chance for t in m["tasks"] if t.name == "largest")
+    assert summary["nearest_teacher_heldout_above_chance"] == pytest.approx(result["largest"]["nearest_teacher"] - chance)
