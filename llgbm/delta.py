@@ -217,3 +217,28 @@ class DeltaComputer:
     def __call__(self, adapters: AdapterBatch) -> torch.Tensor:
         """(B, *spec.shape) deltas in fp32; differentiable with respect to the adapter tensors."""
         return reduce_delta(self._states(adapters), self.base_states, self.spec)
+
+    def answer_log_probs(self, adapters: AdapterBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         top_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Each adapter's next-token log-distribution after each of its own prompts, (B, K, T) right-padded,
+        in one batched forward of the base with its LM head: (B, K, vocab) in fp32, or over the bins of
+        `top_ids` (B, K, k) plus one for the rest of the vocabulary (see `binned_log_probs`)."""
+        n, k = input_ids.shape[:2]
+        ids, mask = input_ids.flatten(0, 1).to(self.probe_ids.device), attention_mask.flatten(0, 1).to(self.probe_ids.device)
+        autocast = (torch.autocast(ids.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                    else contextlib.nullcontext())
+        with autocast, apply_adapters(self.model, self.layout, adapters, self.scaling,
+                                      checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled()):
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=0).logits
+        last = mask.sum(-1) - 1
+        log_probs = torch.log_softmax(logits[torch.arange(ids.shape[0], device=ids.device), last].float(), dim=-1)
+        log_probs = log_probs.view(n, k, -1)
+        return log_probs if top_ids is None else binned_log_probs(log_probs, top_ids.to(log_probs.device))
+
+
+def binned_log_probs(log_probs: torch.Tensor, top_ids: torch.Tensor) -> torch.Tensor:
+    """(..., vocab) log-probabilities -> (..., k + 1): those of the `top_ids` tokens, then the log of the
+    rest of the mass, so a large vocabulary's distribution is kept as top-k plus remainder."""
+    top = log_probs.gather(-1, top_ids)
+    rest = torch.log1p(-top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-6))
+    return torch.cat([top, rest], dim=-1)

@@ -22,27 +22,30 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
 from .config import Config
-from .delta import DeltaComputer, DeltaSpec, delta_spec, stack_adapters
-from .errors import LlgbmError
+from .delta import DeltaComputer, DeltaSpec, binned_log_probs, delta_spec, stack_adapters
+from .errors import LlgbmError, first_line
 from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
 from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
-from .probes import ProbeSet, build_probe_set, generic_length, tokenize_probes
+from .probes import AnswerPrompts, ProbeSet, answer_prompts, build_probe_set, generic_length, tokenize_probes
 from .provenance import code_fingerprint, library_versions
 from .tasks import Task, training_tasks
 
 MANIFEST = "manifest.json"
 PROBES = "probes.json"
 BASE_STATE = "base_state.safetensors"
-FORMAT = 3
+ANSWERS = "answer_prompts.json"  # the KL reference's prompts per task
+FORMAT = 4
 
 
-def delta_definition(dtype: str, precision: str, scaling: float, spec: DeltaSpec) -> dict:
-    """What a cached delta means beyond its adapter, probes and base model. `precision` is the resolved
+def delta_definition(dtype: str, precision: str, scaling: float, spec: DeltaSpec, answers: AnswerPrompts) -> dict:
+    """What a cached entry means beyond its adapter, probes and base model. `precision` is the resolved
     train.mixed_precision: the cache is computed in training's precision, so a teacher's own weights give
-    L_delta = 0 in training on every device. `spec` is the delta variant (reduction, layers)."""
+    L_delta = 0 in training on every device. `spec` is the delta variant (reduction, layers); `answers`
+    the prompts and top-k of the KL reference's targets."""
     return {"format": FORMAT, "code": code_fingerprint(__name__), "libraries": library_versions(),
-            "dtype": dtype, "precision": precision, "scaling": scaling, "variant": spec.identity()}
+            "dtype": dtype, "precision": precision, "scaling": scaling, "variant": spec.identity(),
+            "kl": answers.fingerprint()}
 
 
 def entry_key(adapter_sha256: str, probes_fingerprint: str, base_fingerprint: str, definition: dict) -> str:
@@ -54,11 +57,11 @@ def _definition_change(old: dict, new: dict) -> str:
     return ", ".join("library code" if k == "code" else k for k in changed)
 
 
-def _save_tensor_atomic(path: Path, tensor: torch.Tensor) -> None:
+def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({"delta": tensor.detach().float().cpu().contiguous()}, tmp)
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -127,10 +130,24 @@ class DeltaCache:
 
     def _valid(self, key: str, entry: dict) -> bool:
         try:
-            delta = load_file(str(self.root / entry["file"]))["delta"]
-        except (SafetensorError, OSError, KeyError, ValueError):
+            self._read(key, entry)
+        except LlgbmError:
             return False
-        return tuple(delta.shape) == self.delta_shape and bool(torch.isfinite(delta).all())
+        return True
+
+    def _read(self, key: str, entry: dict) -> dict[str, torch.Tensor]:
+        """An entry's tensors, checked: the delta's shape, the KL target, all finite."""
+        path = self.root / str(entry.get("file"))
+        try:
+            # Copies: safetensors may map the file, and the tensors must not change if the file does.
+            tensors = {k: v.clone() for k, v in load_file(str(path)).items()}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise LlgbmError(f"{path}: unreadable delta cache entry ({first_line(exc)}); rerun the deltas stage") from None
+        if (tuple(tensors.get("delta", torch.empty(0)).shape) != self.delta_shape or "kl_log_probs" not in tensors
+                or not all(torch.isfinite(v.float()).all() for v in tensors.values())):
+            raise LlgbmError(f"{path}: delta cache entry of another shape, incomplete or with NaN/Inf; rerun the "
+                             "deltas stage")
+        return tensors
 
     def __contains__(self, key: str) -> bool:
         return key in self.entries
@@ -138,30 +155,35 @@ class DeltaCache:
     def key_for(self, adapter_sha256: str) -> str:
         return entry_key(adapter_sha256, self.probes.fingerprint(), self.base_fingerprint, self.definition)
 
-    def put(self, key: str, delta: torch.Tensor, meta: dict) -> None:
-        if tuple(delta.shape) != self.delta_shape or not torch.isfinite(delta).all():
+    def put(self, key: str, delta: torch.Tensor, kl_log_probs: torch.Tensor, kl_top_ids: torch.Tensor | None,
+            meta: dict) -> None:
+        """An adapter's delta and its answer distributions (KL target: (K, vocab), or (K, k + 1) bins
+        with the top-k token ids)."""
+        if tuple(delta.shape) != self.delta_shape or not torch.isfinite(delta).all() or not torch.isfinite(kl_log_probs).all():
             raise LlgbmError(f"delta cache: refusing a delta of shape {tuple(delta.shape)} or with NaN/Inf for {meta}")
         rel = f"entries/{key}.safetensors"
-        _save_tensor_atomic(self.root / rel, delta)
+        tensors = {"delta": delta.float(), "kl_log_probs": kl_log_probs.float()}
+        if kl_top_ids is not None:
+            tensors["kl_top_ids"] = kl_top_ids
+        _save_tensors_atomic(self.root / rel, tensors)
         self.entries[key] = {**meta, "file": rel}
 
-    def get(self, key: str) -> torch.Tensor:
+    def _entry(self, key: str) -> dict[str, torch.Tensor]:
         if key not in self.entries:
             raise LlgbmError(f"{self.root}: no delta for key {key[:12]}; rerun the deltas stage")
-        path = self.root / str(self.entries[key].get("file"))
-        try:
-            # A copy: safetensors may map the file, and the tensor must not change if the file does.
-            delta = load_file(str(path))["delta"].clone()
-        except (SafetensorError, OSError, KeyError, ValueError) as exc:
-            raise LlgbmError(f"{path}: unreadable delta cache entry ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                             "rerun the deltas stage") from None
-        if tuple(delta.shape) != self.delta_shape or not torch.isfinite(delta).all():
-            raise LlgbmError(f"{path}: delta cache entry of shape {tuple(delta.shape)} or with NaN/Inf; rerun the deltas stage")
-        return delta
+        return self._read(key, self.entries[key])
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._entry(key)["delta"]
+
+    def get_kl(self, key: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's answer log-distributions and, with kl.top_k, the ids of their top-k bins."""
+        tensors = self._entry(key)
+        return tensors["kl_log_probs"], tensors.get("kl_top_ids")
 
     def save_base_state(self, base_states: torch.Tensor) -> None:
         """The base model's probe states (P, layers, hidden) that every delta is taken against."""
-        _save_tensor_atomic(self.root / BASE_STATE, base_states)
+        _save_tensors_atomic(self.root / BASE_STATE, {"base_states": base_states.float()})
 
     def flush(self) -> None:
         write_json_atomic(self.root / MANIFEST, {
@@ -196,8 +218,9 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
     layout = lora_layout(model_config, cfg.lora)
     spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, model_config.num_hidden_layers)
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
+    answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
     cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), spec.shape(len(probes.texts), model_config.hidden_size),
-                            delta_definition(cfg.base.dtype, precision, lora_scaling(cfg.lora), spec))
+                            delta_definition(cfg.base.dtype, precision, lora_scaling(cfg.lora), spec, answers))
     checkpoints = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
     for c in checkpoints:
         c["adapter_sha256"] = sha256_file(Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS)
@@ -206,17 +229,22 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
     computer = DeltaComputer(load_base(base_dir, cfg.base.dtype), layout, lora_scaling(cfg.lora),
                              *tokenize_probes(probes, tokenizer), autocast_dtype=autocast_dtype(precision), spec=spec)
     cache.save_base_state(computer.base_states)
+    answers.save(Path(cache_dir) / ANSWERS)
     per_batch = cfg.deltas.adapters_per_batch
     device = computer.probe_ids.device
     for first in range(0, len(todo), per_batch):
         chunk = todo[first : first + per_batch]
         tensors = [load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora) for c in chunk]
         batch = {k: (a.to(device), b.to(device)) for k, (a, b) in stack_adapters(tensors).items()}
+        ids, mask = answers.batch([c["task"] for c in chunk], tokenizer)
         with torch.no_grad():
             deltas = computer(batch).cpu()
-        for c, delta in zip(chunk, deltas):
-            cache.put(c["key"], delta, {"task": c["task"], "step": c["step"], "adapter": c["path"],
-                                        "adapter_sha256": c["adapter_sha256"]})
+            kl_log_probs = computer.answer_log_probs(batch, ids, mask).cpu()
+        for c, delta, log_probs in zip(chunk, deltas, kl_log_probs):
+            top_ids = log_probs.topk(answers.top_k, dim=-1).indices if answers.top_k else None
+            target = log_probs if top_ids is None else binned_log_probs(log_probs, top_ids)
+            cache.put(c["key"], delta, target, top_ids, {"task": c["task"], "step": c["step"], "adapter": c["path"],
+                                                         "adapter_sha256": c["adapter_sha256"]})
         cache.flush()
     cache.prune({c["key"] for c in checkpoints})
     deltas = torch.stack([cache.get(c["key"]) for c in checkpoints])

@@ -15,10 +15,11 @@ SINGLE_AXES: dict[str, list[Any]] = {
     "delta_reduce": ["mean", "per_probe"],
     "delta_layers": ["last", "all"],
     "loss_balance": ["none", "grad_norm"],
+    "behaviour_loss": ["delta", "kl"],
 }
 INTERACTION = {"lambda_delta": [0.1, 1.0], "delta_loss_type": ["mse", "cosine"]}
 ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
-            "loss_balance")
+            "loss_balance", "behaviour_loss")
 # What the comparison reports: held-out accuracy and gain share of generated adapters, delta cosine.
 KEY_METRICS = {
     "heldout_accuracy": "heldout.accuracy.generated",

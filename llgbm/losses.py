@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
+from .config import BEHAVIOUR_LOSSES, DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
 
 
 def weight_token_loss(pred_tokens: torch.Tensor, pred_scales: torch.Tensor, target_tokens: torch.Tensor,
@@ -42,6 +42,19 @@ class DeltaLoss(nn.Module):
         return cosine if self.loss_type == "cosine" else mse + cosine
 
 
+def kl_divergence(target_log_probs: torch.Tensor, pred_log_probs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || generated) = sum_v p_t(v) (log p_t(v) - log p_g(v)) over the last axis, averaged over
+    the rest (adapters and prompts); both arguments are log-probabilities over the same bins."""
+    return (target_log_probs.exp() * (target_log_probs - pred_log_probs)).sum(-1).mean()
+
+
+class KLLoss(nn.Module):
+    """The full-behaviour reference objective (behaviour_loss: kl)."""
+
+    def forward(self, pred_log_probs: torch.Tensor, target_log_probs: torch.Tensor) -> torch.Tensor:
+        return kl_divergence(target_log_probs, pred_log_probs)
+
+
 def scheduled_lambda(step: int, schedule: str, warmup_steps: int, max_lambda: float) -> float:
     """lambda(t): constant is 0 until warmup ends; linear and cosine ramp from 0 to max over warmup."""
     if schedule not in LAMBDA_SCHEDULES:
@@ -74,10 +87,13 @@ class MultiTaskLoss(nn.Module):
 
     def __init__(self, lambda_delta: float = 1.0, lambda_schedule: str = "constant", warmup_steps: int = 0,
                  max_lambda: float | None = None, delta_loss_type: str = "mse", lambda_weights: float = 1.0,
-                 normalize: bool = False, balance: str = "none"):
+                 normalize: bool = False, balance: str = "none", behaviour: str = "delta"):
         super().__init__()
         delta_coefficient(0.0, 0.0, 0.0, balance)  # reject unknown names now
+        if behaviour not in BEHAVIOUR_LOSSES:
+            raise ValueError(f"behaviour_loss '{behaviour}' is not one of {BEHAVIOUR_LOSSES}")
         self.balance = balance
+        self.behaviour = behaviour
         self.lambda_delta = lambda_delta
         # The spec's max_lambda: the value after warmup; by default lambda_delta itself.
         self.max_lambda = lambda_delta if max_lambda is None else max_lambda
@@ -85,7 +101,8 @@ class MultiTaskLoss(nn.Module):
         self.lambda_schedule = lambda_schedule
         self.warmup_steps = warmup_steps
         self.lambda_weights = lambda_weights
-        self.delta_loss_fn = DeltaLoss(delta_loss_type, normalize)
+        # The behavioural term: the delta loss, or the KL reference (whose "delta" is log-probabilities).
+        self.delta_loss_fn = DeltaLoss(delta_loss_type, normalize) if behaviour == "delta" else KLLoss()
         self.current_step = 0
 
     def get_lambda(self) -> float:
@@ -99,13 +116,14 @@ class MultiTaskLoss(nn.Module):
         if delta_pred is not None:
             loss_delta = self.delta_loss_fn(delta_pred, delta_target)
             total = total + current_lambda * loss_delta
-            with torch.no_grad():
-                metrics.update(
-                    loss_delta=loss_delta.item(),
-                    delta_cosine_sim=F.cosine_similarity(delta_pred, delta_target, dim=-1).mean().item(),
-                    delta_pred_norm=delta_pred.norm(dim=-1).mean().item(),
-                    delta_target_norm=delta_target.norm(dim=-1).mean().item(),
-                )
+            metrics["loss_delta"] = loss_delta.item()
+            if self.behaviour == "delta":  # directions and norms of log-probabilities would mean nothing
+                with torch.no_grad():
+                    metrics.update(
+                        delta_cosine_sim=F.cosine_similarity(delta_pred, delta_target, dim=-1).mean().item(),
+                        delta_pred_norm=delta_pred.norm(dim=-1).mean().item(),
+                        delta_target_norm=delta_target.norm(dim=-1).mean().item(),
+                    )
         metrics["loss_total"] = total.item()
         return total, metrics
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from .config import ProbesConfig, TasksConfig
 from .errors import LlgbmError
-from .io import sha256_json
+from .io import sha256_json, write_json_atomic
 from .tasks import Task, generic_texts
 
 
@@ -89,3 +90,40 @@ def tokenize_probes(probes: ProbeSet, tokenizer: PreTrainedTokenizerBase) -> tup
     if (encoded["attention_mask"].sum(-1) == 0).any():
         raise LlgbmError("probes: a probe text tokenizes to nothing")
     return encoded["input_ids"], encoded["attention_mask"]
+
+
+@dataclass(frozen=True)
+class AnswerPrompts:
+    """The KL reference's prompts: a fixed sample of each task's own training prompts, at whose answer
+    position the teacher's next-token distribution is the target (top_k > 0: its top k plus the rest)."""
+    prompts: dict[str, tuple[str, ...]]
+    top_k: int
+
+    def identity(self) -> dict:
+        return {"prompts": {name: list(texts) for name, texts in self.prompts.items()}, "top_k": self.top_k}
+
+    def fingerprint(self) -> str:
+        return sha256_json(self.identity())
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, self.identity())
+
+    def batch(self, task_names: list[str], tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids and attention_mask (len(task_names), K, T), right-padded to one width for every task
+        (so a task's rows do not depend on its batch companions)."""
+        names = sorted(self.prompts)
+        encoded = tokenizer([p for name in names for p in self.prompts[name]], return_tensors="pt", padding=True)
+        count = len(self.prompts[names[0]])
+        ids, mask = (encoded[k].view(len(names), count, -1) for k in ("input_ids", "attention_mask"))
+        rows = torch.tensor([names.index(name) for name in task_names])
+        return ids[rows], mask[rows]
+
+
+def answer_prompts(tasks: list[Task], count: int, top_k: int, seed: int) -> AnswerPrompts:
+    """`count` training prompts of every task, drawn once from `seed`."""
+    chosen = {}
+    for task in tasks:
+        if len(task.train) < count:
+            raise LlgbmError(f"kl.prompts: task '{task.name}' has {len(task.train)} train prompts, fewer than {count}")
+        chosen[task.name] = tuple(random.Random(f"{seed}:answers:{task.name}").sample([r.prompt for r in task.train], count))
+    return AnswerPrompts(chosen, top_k)

@@ -29,7 +29,7 @@ from .io import read_json, sha256_file, sha256_json, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, LoraSlot, load_adapter_tensors, lora_layout, lora_scaling
 from .losses import MultiTaskLoss, delta_coefficient, weight_token_loss
 from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
-from .probes import build_probe_set, generic_length, tokenize_probes
+from .probes import AnswerPrompts, answer_prompts, build_probe_set, generic_length, tokenize_probes
 from .provenance import code_fingerprint, library_versions
 from .tasks import Task, training_tasks
 from .weight_tokenizer import WeightTokenizer
@@ -68,12 +68,14 @@ def checked_probe_batch(cfg: Config, training: list[Task], cache: DeltaCache, to
 
 
 def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaCache, layout: list[LoraSlot],
-                  weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache) -> GeneratorDataset:
-    """Every checkpoint of every training task; held-out tasks' checkpoints and prompts never enter."""
+                  weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache, answers: AnswerPrompts,
+                  tokenizer) -> GeneratorDataset:
+    """Every checkpoint of every training task; held-out tasks' checkpoints and prompts never enter.
+    With behaviour_loss kl, each also carries its teacher's answer distributions and their prompts."""
     by_name = {t.name: t for t in training}
     index = read_json(paths.teachers / "index.json", "teachers index")["checkpoints"]
     chosen = [c for c in index if c["task"] in by_name]
-    tokens, scales, deltas, rows, names = [], [], [], [], []
+    tokens, scales, deltas, rows, names, kl_targets, kl_top_ids = [], [], [], [], [], [], []
     for c in chosen:
         adapter_dir = paths.teachers / c["path"]
         key = cache.key_for(sha256_file(adapter_dir / ADAPTER_WEIGHTS))
@@ -83,10 +85,20 @@ def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaC
         tokens.append(t)
         scales.append(s)
         deltas.append(cache.get(key))
+        if cfg.behaviour_loss == "kl":
+            target, top_ids = cache.get_kl(key)
+            kl_targets.append(target)
+            kl_top_ids.append(top_ids)
         rows.append(embeddings.rows([r.prompt for r in by_name[c["task"]].train]))
         names.append(f"{c['task']}/{c['step']}")
+    extras = {}
+    if kl_targets:
+        extras["kl_target"] = torch.stack(kl_targets)
+        extras["kl_ids"], extras["kl_mask"] = answers.batch([c["task"] for c in chosen], tokenizer)
+        if kl_top_ids[0] is not None:
+            extras["kl_top_ids"] = torch.stack(kl_top_ids)
     return GeneratorDataset(torch.stack(tokens), torch.stack(scales), torch.stack(deltas), rows, embeddings.embeddings,
-                            cfg.generator.prompts_per_sample, names)
+                            cfg.generator.prompts_per_sample, names, extras)
 
 
 def _checkpoints(directory: Path) -> list[Path]:
@@ -136,12 +148,13 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     spec = delta_spec_of(cfg, paths.base)
     cache = DeltaCache.load(paths.deltas)
     # The targets must be computed exactly as training computes deltas, in its precision too.
-    cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora), spec))
+    answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
+    cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora), spec, answers))
     probe_ids, probe_mask = checked_probe_batch(cfg, training, cache, tokenizer, paths.base)
     layout = lora_layout(AutoConfig.from_pretrained(str(paths.base)), cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
     embeddings = EmbeddingCache.load(paths.embeddings)
-    dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings)
+    dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings, answers, tokenizer)
     token_mask = weight_tokenizer.mask.to(device)
 
     torch.manual_seed(cfg.seed)
@@ -153,7 +166,8 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     scheduler = get_linear_schedule_with_warmup(optimizer, tr.warmup_steps, tr.steps)
     loss_fn = MultiTaskLoss(lambda_delta=cfg.lambda_delta, lambda_schedule=cfg.lambda_schedule,
                             warmup_steps=tr.lambda_warmup_steps, delta_loss_type=cfg.delta_loss_type,
-                            lambda_weights=tr.lambda_weights, balance=cfg.loss_balance)
+                            lambda_weights=tr.lambda_weights, balance=cfg.loss_balance,
+                            behaviour=cfg.behaviour_loss)
     # Each process draws its own batches (its own stream, saved per rank in checkpoints).
     data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -275,8 +289,14 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
         # embedded default) swamped everything after clipping; the weight loss trains the scales.
         with torch.set_grad_enabled(loss_fn.get_lambda() > 0):
             adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta].detach())
-            delta_pred = computer(adapters)
-        delta_target = batch["delta"][:n_delta]
+            if loss_fn.behaviour == "kl":  # the reference: answer distributions on each task's own prompts
+                top_ids = batch["kl_top_ids"][:n_delta] if "kl_top_ids" in batch else None
+                delta_pred = computer.answer_log_probs(adapters, batch["kl_ids"][:n_delta], batch["kl_mask"][:n_delta],
+                                                       top_ids)
+                delta_target = batch["kl_target"][:n_delta]
+            else:
+                delta_pred = computer(adapters)
+                delta_target = batch["delta"][:n_delta]
     total, metrics = loss_fn(loss_weights, delta_pred, delta_target)
     if delta_pred is not None and delta_pred.requires_grad:
         # The two terms meet at the generated tokens (the delta sees the scales detached): each term's

@@ -10,7 +10,7 @@ from llgbm.errors import LlgbmError
 from llgbm.io import read_json, sha256_file
 from llgbm.lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
 from llgbm.models import load_base, load_tokenizer
-from llgbm.probes import tokenize_probes
+from llgbm.probes import answer_prompts, tokenize_probes
 
 from .conftest import checkpoint_dirs, micro_config, micro_probe_set
 
@@ -114,10 +114,13 @@ def test_definition_records_dtype_precision_and_scaling_and_is_checked(micro, tm
     scaling = lora_scaling(cfg.lora)
     assert (cache.definition["dtype"], cache.definition["precision"], cache.definition["scaling"]) == ("float32", "no", scaling)
     seed = DeltaSpec()
-    cache.check_definition(delta_definition("float32", "no", scaling, seed))
-    for other, differs in ((("bfloat16", "no", scaling, seed), "dtype"), (("float32", "bf16", scaling, seed), "precision"),
-                           (("float32", "no", 0.5, seed), "scaling"),
-                           (("float32", "no", scaling, DeltaSpec("per_probe")), "variant")):
+    answers = answer_prompts(micro["tasks"], cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
+    cache.check_definition(delta_definition("float32", "no", scaling, seed, answers))
+    for other, differs in ((("bfloat16", "no", scaling, seed, answers), "dtype"),
+                           (("float32", "bf16", scaling, seed, answers), "precision"),
+                           (("float32", "no", 0.5, seed, answers), "scaling"),
+                           (("float32", "no", scaling, DeltaSpec("per_probe"), answers), "variant"),
+                           (("float32", "no", scaling, seed, answer_prompts(micro["tasks"], 3, 0, 0)), "kl")):
         with pytest.raises(LlgbmError, match=rf"another definition \({differs} differs\)"):
             cache.check_definition(delta_definition(*other))
 
@@ -166,3 +169,60 @@ def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tm
     assert loss.item() <= 1e-6 * scale.item()
     # What the cache used to be on a GPU: fp32 targets against a bf16 training delta do not give 0.
     assert DeltaLoss("mse")(delta, target_fp32[None]).item() > 100 * loss.item()
+
+
+def test_kl_targets_are_the_teachers_answer_distributions_through_peft(micro, tmp_path) -> None:
+    """The cached KL target of a checkpoint is its PEFT-loaded model's next-token distribution after each
+    of its task's answer prompts; with kl.top_k, the top k of it plus the rest's mass."""
+    from llgbm.delta import binned_log_probs
+    from llgbm.lora import load_peft_model
+
+    cfg = micro["cfg"]
+    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "full")
+    top = micro_config(kl={"top_k": 3})
+    fill_cache(top, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "top")
+    full_cache, top_cache = DeltaCache.load(tmp_path / "full"), DeltaCache.load(tmp_path / "top")
+    tokenizer = load_tokenizer(micro["base"])
+    answers = answer_prompts(micro["tasks"], cfg.kl.prompts, 0, cfg.kl.seed)
+    directory = checkpoint_dirs(micro["teachers"])[0]
+    task = directory.parent.name
+    ids, mask = answers.batch([task], tokenizer)
+    model = load_peft_model(load_base(micro["base"]), directory)
+    with torch.no_grad():
+        logits = model(input_ids=ids[0], attention_mask=mask[0]).logits
+    expected = torch.log_softmax(logits[torch.arange(len(ids[0])), mask[0].sum(-1) - 1].float(), dim=-1)
+    sha = sha256_file(directory / ADAPTER_WEIGHTS)
+    target, top_ids = full_cache.get_kl(full_cache.key_for(sha))
+    assert top_ids is None and target.shape == expected.shape
+    torch.testing.assert_close(target, expected, rtol=1e-5, atol=1e-5)
+    binned, top_ids = top_cache.get_kl(top_cache.key_for(sha))
+    assert top_ids.shape == (cfg.kl.prompts, 3) and binned.shape == (cfg.kl.prompts, 4)
+    torch.testing.assert_close(top_ids, expected.topk(3, dim=-1).indices)
+    torch.testing.assert_close(binned, binned_log_probs(expected, top_ids), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(binned.exp().sum(-1), torch.ones(cfg.kl.prompts))
+
+
+def test_kl_at_a_teachers_own_tokens_is_zero(micro, tmp_path) -> None:
+    """Training's KL path (batched hooks, each adapter its own prompts) at a teacher's own weight tokens
+    reproduces the cached target: KL(teacher || generated) = 0, full and top-k."""
+    from llgbm.losses import kl_divergence
+    from llgbm.weight_tokenizer import WeightTokenizer
+
+    for name, cfg in (("full", micro["cfg"]), ("top", micro_config(kl={"top_k": 3}))):
+        fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / name)
+        cache = DeltaCache.load(tmp_path / name)
+        tokenizer = load_tokenizer(micro["base"])
+        layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
+        weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
+        computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora),
+                                 *tokenize_probes(cache.probes, tokenizer), gradient_checkpointing=True)
+        answers = answer_prompts(micro["tasks"], cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
+        directories = checkpoint_dirs(micro["teachers"])[:2]
+        tokens, scales = weight_tokenizer.tokenize(stack_adapters([load_adapter_tensors(d, layout, cfg.lora)
+                                                                    for d in directories]))
+        targets = [cache.get_kl(cache.key_for(sha256_file(d / ADAPTER_WEIGHTS))) for d in directories]
+        ids, mask = answers.batch([d.parent.name for d in directories], tokenizer)
+        top_ids = torch.stack([t[1] for t in targets]) if cfg.kl.top_k else None
+        predicted = computer.answer_log_probs(weight_tokenizer.detokenize(tokens.requires_grad_(True), scales),
+                                              ids, mask, top_ids)
+        assert kl_divergence(torch.stack([t[0] for t in targets]), predicted).item() < 1e-6, name

@@ -3,7 +3,7 @@ import pytest
 from llgbm.experiments import comparison_report, grid_arms, mean_ci, queue_commands
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
-            "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "none"}
+            "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "none", "behaviour_loss": "delta"}
 
 
 def test_grid_covers_the_spec_once_each() -> None:
@@ -19,7 +19,8 @@ def test_grid_covers_the_spec_once_each() -> None:
     assert {a["delta_reduce"] for a in arms} == {"mean", "per_probe"}
     assert {a["delta_layers"] for a in arms} == {"last", "all"}
     assert {a["loss_balance"] for a in arms} == {"none", "grad_norm"}
-    assert len(arms) == 15
+    assert {a["behaviour_loss"] for a in arms} == {"delta", "kl"}
+    assert len(arms) == 16
     command = queue_commands(arms[:1], [0, 1, 2])[0]
     assert command[:4] == ["dvc", "exp", "run", "--queue"] and command[-1] == "seed=0,1,2"
 

@@ -77,3 +77,15 @@ def test_delta_coefficient_balances_gradient_norms() -> None:
     assert delta_coefficient(1.0, 2.0, 0.0, "grad_norm") == 0.0  # no delta gradient: nothing to scale
     with pytest.raises(ValueError, match="loss_balance"):
         delta_coefficient(1.0, 1.0, 1.0, "adaptive")
+
+
+def test_kl_divergence_on_a_hand_made_case() -> None:
+    from llgbm.delta import binned_log_probs
+    from llgbm.losses import kl_divergence
+
+    p = torch.tensor([[0.5, 0.5, 0.0]]).clamp(min=1e-30).log()
+    q = torch.tensor([[0.25, 0.25, 0.5]]).log()
+    assert kl_divergence(p, q).item() == pytest.approx(math.log(2.0), rel=1e-5)  # 0.5 log 2 + 0.5 log 2
+    assert kl_divergence(q, q).item() == pytest.approx(0.0, abs=1e-7)
+    binned = binned_log_probs(q, torch.tensor([[2]]))  # token 2, then the rest
+    torch.testing.assert_close(binned.exp(), torch.tensor([[0.5, 0.5]]))

@@ -230,3 +230,16 @@ def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() 
                              computer, MultiTaskLoss(lambda_delta=0.7, balance="grad_norm"), torch.device("cpu"), 1)
     assert balanced["delta_coefficient"] * balanced["grad_norm_delta"] == pytest.approx(
         0.7 * balanced["grad_norm_weights"], rel=1e-6)
+
+
+def test_the_kl_reference_trains(micro_train_inputs, tmp_path) -> None:
+    from llgbm.delta_cache import fill_cache
+
+    train = {**micro_config().train.__dict__, "steps": 12, "save_interval": 100, "lambda_warmup_steps": 2}
+    cfg = micro_config(behaviour_loss="kl", kl={"top_k": 4}, train=train)
+    fill_cache(cfg, micro_train_inputs["tasks"], micro_train_inputs["base"], micro_train_inputs["teachers"],
+               tmp_path / "deltas")
+    run = tmp_path / "run"
+    metrics = train_generator(cfg, micro_train_inputs["tasks"], _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, run))
+    assert metrics["loss_delta"] > 0 and math.isfinite(metrics["grad_norm_delta"])
+    assert not (run / "live" / "plots" / "metrics" / "delta_cosine_sim.tsv").exists()  # no cosine of log-probs
