@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from .errors import LlgbmError
+from .io import read_text
 
 BUILTIN_TASKS = (
     "first", "second", "third", "last", "largest", "smallest", "after_first", "before_last",
@@ -400,10 +401,9 @@ def config_from_dict(raw: dict, source: str = "params.yaml") -> Config:
 
 def load_config(path: str | Path = "params.yaml") -> Config:
     path = Path(path)
-    if not path.is_file():
-        raise LlgbmError(f"{path}: params file not found")
+    text = read_text(path, "params file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise LlgbmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return config_from_dict(raw or {}, str(path))

@@ -82,12 +82,10 @@ class DeltaCache:
     @classmethod
     def open(cls, root: Path, probes: ProbeSet, base_fingerprint: str, delta_shape: tuple[int, ...],
              definition: dict) -> "DeltaCache":
-        """Open for writing: keep the entries that are valid for these probes, this base model and this
-        delta definition; anything else is recomputed (and pruned once the new entries are in)."""
+        """Open for writing (nothing is written before `begin_writing`): keep the entries that are valid for
+        these probes, this base model and this delta definition; anything else is recomputed (and pruned
+        once the new entries are in)."""
         cache = cls(root, probes, base_fingerprint, delta_shape, definition)
-        (cache.root / "entries").mkdir(parents=True, exist_ok=True)
-        for stale in cache.root.rglob(".*.tmp"):
-            stale.unlink()
         manifest_path = cache.root / MANIFEST
         if manifest_path.is_file():
             try:
@@ -102,8 +100,14 @@ class DeltaCache:
                     and manifest.get("base_fingerprint") == base_fingerprint
                     and isinstance(manifest.get("entries"), dict)):
                 cache.entries = {k: v for k, v in manifest["entries"].items() if cache._valid(k, v)}
-        write_json_atomic(cache.root / PROBES, probes.identity())
         return cache
+
+    def begin_writing(self) -> None:
+        """The first write: the entries directory, no leftovers of a killed run, the probe set."""
+        (self.root / "entries").mkdir(parents=True, exist_ok=True)
+        for stale in self.root.rglob(".*.tmp"):
+            stale.unlink()
+        write_json_atomic(self.root / PROBES, self.probes.identity())
 
     @classmethod
     def load(cls, root: Path) -> "DeltaCache":
@@ -223,9 +227,15 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
                             delta_definition(cfg.base.dtype, precision, lora_scaling(cfg.lora), spec, answers))
     checkpoints = read_json(Path(teachers_dir) / "index.json", "teachers index")["checkpoints"]
     for c in checkpoints:
-        c["adapter_sha256"] = sha256_file(Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS)
+        weights = Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise LlgbmError(f"{weights}: adapter weights not found; rerun the teachers stage")
+        c["adapter_sha256"] = sha256_file(weights)
         c["key"] = cache.key_for(c["adapter_sha256"])
     todo = [c for c in checkpoints if c["key"] not in cache]
+    for c in todo:  # a damaged adapter stops the stage before anything is written
+        load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora)
+    cache.begin_writing()
     computer = DeltaComputer(load_base(base_dir, cfg.base.dtype), layout, lora_scaling(cfg.lora),
                              *tokenize_probes(probes, tokenizer), autocast_dtype=autocast_dtype(precision), spec=spec)
     cache.save_base_state(computer.base_states)

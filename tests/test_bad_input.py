@@ -142,24 +142,62 @@ def broken_adapter(d: Path, w: dict, name: str, content: bytes | None) -> list[s
     return stage("deltas")
 
 
-FILL_CACHE_WRITES_FIRST = pytest.mark.xfail(
-    strict=True, reason="delta_cache.fill_cache writes base_state.safetensors (and creates cache/deltas) before it "
-                        "reads the teacher adapters; it should read/check them first (the error itself is right)")
-PARAMS_NOT_UTF8 = pytest.mark.xfail(
-    strict=True, reason="config.load_config reads params with path.read_text(): a non-UTF-8 file raises "
-                        "UnicodeDecodeError; it should read through io.read_text(path, 'params file')")
+# --- train stage (reads the delta cache and its own checkpoints) ----------------------------------------
+
+def train_workspace(d: Path, w: dict, **overrides: object) -> Path:
+    params(d, **overrides)
+    save_tasks(w["tasks"], d / "data" / "tasks.json")
+    shutil.copytree(w["base"], d / "models" / "base")
+    shutil.copytree(w["teachers"], d / "models" / "teachers")
+    shutil.copytree(w["deltas"], d / "cache" / "deltas")
+    shutil.copytree(w["embeddings"], d / "cache" / "embeddings")
+    return d
+
+
+def truncated_cache_entry(d: Path, w: dict) -> list[str]:
+    entry = sorted((train_workspace(d, w) / "cache" / "deltas" / "entries").glob("*.safetensors"))[0]
+    entry.write_bytes(entry.read_bytes()[:40])
+    return stage("train")
+
+
+def cache_of_another_definition(d: Path, w: dict) -> list[str]:
+    manifest = train_workspace(d, w) / "cache" / "deltas" / "manifest.json"
+    content = json.loads(manifest.read_text())
+    content["definition"]["scaling"] = 99.0
+    manifest.write_text(json.dumps(content))
+    return stage("train")
+
+
+def truncated_checkpoint(d: Path, w: dict) -> list[str]:
+    train_workspace(d, w)
+    write(d / "checkpoints" / "train" / "step-000010.pt", b"PK\x03\x04 not a whole checkpoint")
+    return stage("train")
+
 
 NOT_UTF8 = b"task: \xff\xfe first\n"
 
 CASES = [
     # params.yaml
     Case("params-not-utf8", lambda d, w: (write(d / "params.yaml", b"seed: \xff\n"), stage("tasks"))[1],
-         ("params.yaml", "UTF-8"), marks=[PARAMS_NOT_UTF8]),
+         ("params.yaml", "UTF-8")),
     Case("params-not-a-mapping", lambda d, w: (write(d / "params.yaml", "- 1\n- 2\n"), stage("tasks"))[1],
          ("params.yaml", "must be a mapping")),
     Case("params-not-yaml", lambda d, w: (write(d / "params.yaml", "seed: [1\n"), stage("tasks"))[1],
          ("params.yaml", "not valid YAML")),
     Case("params-unknown-key", lambda d, w: (params(d, sed=1), stage("tasks"))[1], ("params.yaml", "'sed'")),
+    Case("params-max-grad-norm-zero", lambda d, w: (params(d, train={**MICRO_PARAMS["train"], "max_grad_norm": 0}),
+                                                    stage("train"))[1], ("params.yaml", "'train.max_grad_norm'")),
+    Case("params-fp16", lambda d, w: (params(d, train={**MICRO_PARAMS["train"], "mixed_precision": "fp16"}),
+                                      stage("train"))[1], ("params.yaml", "'train.mixed_precision'", "fp16")),
+    Case("params-delta-layers", lambda d, w: (params(d, delta_layers="middle"), stage("deltas"))[1],
+         ("params.yaml", "'delta_layers'")),
+    # training state: the delta cache and checkpoints
+    Case("train-cache-entry-truncated", truncated_cache_entry, ("cache/deltas/entries", "unreadable delta cache entry"),
+         needs="micro_train_inputs"),
+    Case("train-cache-other-definition", cache_of_another_definition, ("cache/deltas", "scaling differs"),
+         needs="micro_train_inputs"),
+    Case("train-checkpoint-truncated", truncated_checkpoint,
+         ("checkpoints/train/step-000010.pt", "unreadable training checkpoint"), needs="micro_train_inputs"),
     # user task files (tasks stage)
     Case("task-file-missing", lambda d, w: (params(d, tasks={"source": "files", "files": ["nope.jsonl"]},
                                                    heldout_tasks=[]), stage("tasks"))[1],
@@ -263,15 +301,15 @@ CASES = [
          needs="micro_generator"),
     # teacher adapters, read by the deltas stage
     Case("adapter-weights-truncated", lambda d, w: broken_adapter(d, w, "adapter_model.safetensors", None),
-         ("adapter_model.safetensors", "cannot read"), needs="micro", marks=[FILL_CACHE_WRITES_FIRST]),
+         ("adapter_model.safetensors", "cannot read"), needs="micro"),
     Case("adapter-weights-garbled", lambda d, w: broken_adapter(d, w, "adapter_model.safetensors", b"\x08" * 64),
-         ("adapter_model.safetensors", "cannot read"), needs="micro", marks=[FILL_CACHE_WRITES_FIRST]),
+         ("adapter_model.safetensors", "cannot read"), needs="micro"),
     Case("adapter-config-garbled", lambda d, w: broken_adapter(d, w, "adapter_config.json", b'{"r": '),
-         ("adapter_config.json", "not valid JSON"), needs="micro", marks=[FILL_CACHE_WRITES_FIRST]),
+         ("adapter_config.json", "not valid JSON"), needs="micro"),
     Case("adapter-config-not-utf8", lambda d, w: broken_adapter(d, w, "adapter_config.json", b'{"r": "\xff"}'),
-         ("adapter_config.json", "UTF-8"), needs="micro", marks=[FILL_CACHE_WRITES_FIRST]),
+         ("adapter_config.json", "UTF-8"), needs="micro"),
     Case("adapter-config-not-object", lambda d, w: broken_adapter(d, w, "adapter_config.json", b"[4]"),
-         ("adapter_config.json", "JSON object"), needs="micro", marks=[FILL_CACHE_WRITES_FIRST]),
+         ("adapter_config.json", "JSON object"), needs="micro"),
 ]
 
 
