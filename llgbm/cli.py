@@ -1,4 +1,7 @@
-"""The `llgbm` command: benchmarks and tools around the pipeline (the stages run under dvc repro)."""
+"""The `llgbm` command: benchmarks and tools around the pipeline (the stages run under dvc repro).
+
+Each subcommand imports its module when it runs (not to dodge an import cycle: there is none), so that
+`llgbm --help` or a usage error answers without loading torch, transformers and DVC."""
 from __future__ import annotations
 
 import argparse

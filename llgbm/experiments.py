@@ -6,6 +6,8 @@ import statistics
 import subprocess
 from typing import Any
 
+import dvc.api
+
 # The spec's ablations: one knob at a time (others at params.yaml's values), plus one interaction.
 SINGLE_AXES: dict[str, list[Any]] = {
     "lambda_delta": [0.0, 0.1, 0.5, 1.0, 2.0],
@@ -161,6 +163,4 @@ def comparison_report(rows: list[dict]) -> str:
 
 
 def exp_rows(repo: str = ".") -> list[dict]:
-    import dvc.api
-
     return dvc.api.exp_show(repo=repo)

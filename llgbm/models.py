@@ -10,7 +10,10 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
+from transformers.utils import logging
 
 from .config import BaseConfig
 from .data import completion_batch
@@ -22,8 +25,6 @@ PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
 
 def build_tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:
     """A word-level tokenizer over the task world's vocabulary, saved and loaded like any HF tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
     vocab = {token: i for i, token in enumerate([PAD, UNK, EOS, *words])}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -58,8 +59,6 @@ def make_tokenizer_auto_loadable(directory: Path) -> None:
 
 
 def build_tiny_model(cfg: BaseConfig, vocab_size: int, seed: int) -> PreTrainedModel:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     tiny = cfg.tiny
     config = Qwen2Config(
         vocab_size=vocab_size, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
@@ -95,8 +94,6 @@ def pretrain_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
 
 
 def quiet_transformers() -> None:
-    from transformers.utils import logging
-
     logging.disable_progress_bar()
     logging.set_verbosity_error()
 
