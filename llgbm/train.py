@@ -35,6 +35,8 @@ from .tasks import Task, training_tasks
 from .weight_tokenizer import WeightTokenizer
 
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
+# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta (whatever loss_balance does to
+# the gradient); loss_delta is the behavioural term (the delta loss, or the KL with behaviour_loss kl).
 # grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
 # weight tokens (logged on steps where the delta is differentiated); delta_coefficient: the factor its
 # gradient entered with (lambda(t) itself unless loss_balance rescales it).
@@ -147,8 +149,8 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     training = training_tasks(tasks, cfg.heldout_tasks)
     spec = delta_spec_of(cfg, paths.base)
     cache = DeltaCache.load(paths.deltas)
-    # The targets must be computed exactly as training computes deltas, in its precision too.
     answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
+    # The targets must be computed exactly as training computes deltas, in its precision too.
     cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora), spec, answers))
     probe_ids, probe_mask = checked_probe_batch(cfg, training, cache, tokenizer, paths.base)
     layout = lora_layout(AutoConfig.from_pretrained(str(paths.base)), cfg.lora)
