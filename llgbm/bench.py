@@ -201,7 +201,7 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
 
 def bench_train(cfg: Config, steps: int) -> dict:
     """Seconds per optimizer step of the training recipe for each objective (weight-only; the seed's delta;
-    the delta variants; the gradient-balanced sum), measured in turn in one process on the embedded
+    the delta variants; the gradient-balanced sum; the KL reference), measured in turn in one process on the embedded
     default's shapes (random base, teachers and prompts), each arm's ratio to weight-only beside it."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -216,7 +216,12 @@ def bench_train(cfg: Config, steps: int) -> dict:
     lam = max(cfg.lambda_delta, 1.0)
     all_layers = tuple(range(base.config.num_hidden_layers))
     specs = {"weight_only": DeltaSpec(), "delta": DeltaSpec(), "delta_per_probe": DeltaSpec("per_probe"),
-             "delta_all_layers": DeltaSpec("mean", all_layers, normalise=True), "delta_grad_norm": DeltaSpec()}
+             "delta_all_layers": DeltaSpec("mean", all_layers, normalise=True), "delta_grad_norm": DeltaSpec(),
+             "kl": DeltaSpec()}
+    # The KL reference's inputs: each checkpoint's answer prompts (kl.prompts of 12 tokens) and targets.
+    answer_ids, answer_mask = random_probes(32, cfg.kl.prompts, 12, generator)
+    kl_extras = {"kl_ids": answer_ids.expand(n_checkpoints, -1, -1), "kl_mask": answer_mask.expand(n_checkpoints, -1, -1),
+                 "kl_target": torch.log_softmax(torch.randn(n_checkpoints, cfg.kl.prompts, 32, generator=generator), -1)}
     arms = {}
     for name, spec in specs.items():
         computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *probes, spec=spec)
@@ -224,13 +229,15 @@ def bench_train(cfg: Config, steps: int) -> dict:
         dataset = GeneratorDataset(tokens, scales, torch.randn(n_checkpoints, *shape, generator=generator),
                                    [torch.arange(n_prompts)] * n_checkpoints,
                                    torch.randn(n_prompts, embed_dim, generator=generator),
-                                   cfg.generator.prompts_per_sample, [str(i) for i in range(n_checkpoints)])
+                                   cfg.generator.prompts_per_sample, [str(i) for i in range(n_checkpoints)],
+                                   kl_extras if name == "kl" else None)
         if name == "weight_only":
             loss_fn = MultiTaskLoss(lambda_delta=0.0)
             train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "delta_batch_size": 0})
         else:
             loss_fn = MultiTaskLoss(lambda_delta=lam, delta_loss_type=cfg.delta_loss_type,
-                                    balance="grad_norm" if name == "delta_grad_norm" else "none")
+                                    balance="grad_norm" if name == "delta_grad_norm" else "none",
+                                    behaviour="kl" if name == "kl" else "delta")
             train_cfg = cfg.train
         arms[name] = (loss_fn, train_cfg, computer, dataset)
     times: dict[str, list[float]] = {name: [] for name in arms}
