@@ -240,13 +240,14 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
                              *tokenize_probes(probes, tokenizer), autocast_dtype=autocast_dtype(precision), spec=spec)
     cache.save_base_state(computer.base_states)
     answers.save(Path(cache_dir) / ANSWERS)
+    answer_ids, answer_mask = answers.batch([c["task"] for c in todo], tokenizer) if todo else (None, None)
     per_batch = cfg.deltas.adapters_per_batch
     device = computer.probe_ids.device
     for first in range(0, len(todo), per_batch):
         chunk = todo[first : first + per_batch]
         tensors = [load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora) for c in chunk]
         batch = {k: (a.to(device), b.to(device)) for k, (a, b) in stack_adapters(tensors).items()}
-        ids, mask = answers.batch([c["task"] for c in chunk], tokenizer)
+        ids, mask = answer_ids[first : first + per_batch], answer_mask[first : first + per_batch]
         with torch.no_grad():
             deltas = computer(batch).cpu()
             kl_log_probs = computer.answer_log_probs(batch, ids, mask).cpu()
