@@ -154,8 +154,15 @@ def train_workspace(d: Path, w: dict, **overrides: object) -> Path:
     return d
 
 
+def training_cache_entry(deltas: Path) -> Path:
+    """A cache entry that training reads: one of a training task's checkpoints (not a held-out one's)."""
+    entries = json.loads((deltas / "manifest.json").read_text())["entries"].values()
+    return deltas / next(e["file"] for e in sorted(entries, key=lambda e: e["file"])
+                         if e["task"] not in MICRO_PARAMS["heldout_tasks"])
+
+
 def truncated_cache_entry(d: Path, w: dict) -> list[str]:
-    entry = sorted((train_workspace(d, w) / "cache" / "deltas" / "entries").glob("*.safetensors"))[0]
+    entry = training_cache_entry(train_workspace(d, w) / "cache" / "deltas")
     entry.write_bytes(entry.read_bytes()[:40])
     return stage("train")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -130,7 +131,9 @@ def test_unreadable_checkpoint_is_an_error_naming_it(micro_train_inputs, tmp_pat
 def test_truncated_delta_cache_entry_is_an_error_naming_it(micro_train_inputs, tmp_path) -> None:
     deltas = tmp_path / "deltas"
     shutil.copytree(micro_train_inputs["deltas"], deltas)
-    entry = sorted((deltas / "entries").glob("*.safetensors"))[0]
+    # An entry training reads: a training task's checkpoint (the held-out task's are never read).
+    entries = json.loads((deltas / "manifest.json").read_text())["entries"].values()
+    entry = deltas / next(e["file"] for e in sorted(entries, key=lambda e: e["file"]) if e["task"] != "largest")
     entry.write_bytes(entry.read_bytes()[:30])
     paths = _paths({**micro_train_inputs, "deltas": deltas}, tmp_path / "run")
     with pytest.raises(LlgbmError, match="unreadable delta cache entry") as info:
