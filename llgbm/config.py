@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from .errors import LlgbmError
+from .errors import LlgbmError, first_line
 from .io import read_text
 
 BUILTIN_TASKS = (
@@ -405,7 +405,7 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise LlgbmError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise LlgbmError(f"{path}: not valid YAML ({first_line(exc)})") from None
     return config_from_dict(raw or {}, str(path))
 
 

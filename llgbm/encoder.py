@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 from .config import EncoderConfig
-from .errors import LlgbmError
+from .errors import LlgbmError, first_line
 from .io import read_json, write_json_atomic
 from .models import quiet_transformers
 
@@ -31,7 +31,7 @@ def load_encoder(cfg: EncoderConfig, device: str | torch.device = "cpu") -> Sent
     try:
         return SentenceTransformer(path, device=str(device))
     except OSError as exc:
-        raise LlgbmError(f"encoder.model: cannot load '{cfg.model}' ({str(exc).splitlines()[0]})") from None
+        raise LlgbmError(f"encoder.model: cannot load '{cfg.model}' ({first_line(exc)})") from None
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import GeneratorConfig
-from .errors import LlgbmError
+from .errors import LlgbmError, first_line
 from .io import atomic_dir, read_json, write_json_atomic
 
 GENERATOR_WEIGHTS = "generator.safetensors"
@@ -95,5 +95,5 @@ def load_generator(directory: Path) -> tuple[LoraGenerator, dict]:
     try:
         model.load_state_dict(load_file(str(weights_path)))
     except (SafetensorError, OSError, RuntimeError, ValueError) as exc:
-        raise LlgbmError(f"{weights_path}: cannot load generator weights ({str(exc).splitlines()[0]})") from None
+        raise LlgbmError(f"{weights_path}: cannot load generator weights ({first_line(exc)})") from None
     return model.eval(), meta

@@ -17,7 +17,7 @@ from transformers.utils import logging
 
 from .config import BaseConfig
 from .data import completion_batch
-from .errors import LlgbmError
+from .errors import LlgbmError, first_line
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PAD, UNK, EOS = "<pad>", "<unk>", "<eos>"
@@ -124,7 +124,7 @@ def load_base(path: str | Path, dtype: str = "float32", device: str | torch.devi
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     except OSError as exc:
-        raise LlgbmError(f"{path}: cannot load base model ({str(exc).splitlines()[0]})") from None
+        raise LlgbmError(f"{path}: cannot load base model ({first_line(exc)})") from None
     model.to(device).eval()
     model.requires_grad_(False)
     return model
@@ -136,7 +136,7 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
     except OSError as exc:
-        raise LlgbmError(f"{path}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+        raise LlgbmError(f"{path}: cannot load tokenizer ({first_line(exc)})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Right padding: a sequence's last real token sits at (length - 1), and causal attention keeps
