@@ -6,6 +6,8 @@ wrong types and unknown option names are rejected at load time with the key name
 from __future__ import annotations
 
 import dataclasses
+import random
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +203,10 @@ class Config:
     # by the base model's state scale there and concatenated.
     delta_layers: Any = "last"
     seed: int = 0  # the generator's initialisation and data order (teachers have their own seeds)
+    # Train on this many of the non-held-out tasks (None: all): a fixed subset that keeps compositional
+    # support, nested across counts (see tasks.training_tasks), so held-out accuracy can be measured
+    # against the number of training tasks.
+    max_training_tasks: int | None = None
     heldout_tasks: list[str] = field(default_factory=lambda: ["third", "before_last"])
     tasks: TasksConfig = field(default_factory=TasksConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
@@ -236,6 +242,9 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key, source)
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: null in YAML, else an X
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return None if value is None else _coerce(inner, value, key, source)
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, list):
@@ -280,6 +289,64 @@ def unsupported_heldout(pairs: dict[str, tuple[str, str]], heldout: list[str]) -
     training = [pair for name, pair in pairs.items() if name not in heldout]
     seen_selectors, seen_transforms = {s for s, _ in training}, {t for _, t in training}
     return [name for name in heldout if pairs[name][0] not in seen_selectors or pairs[name][1] not in seen_transforms]
+
+
+def task_pairs(tasks: TasksConfig) -> dict[str, tuple[str, str]] | None:
+    """Each built-in compositional task's (selector, transform); None for a family without parts."""
+    if tasks.source == "builtin" and tasks.family == "compositional":
+        return compositional_pairs(tasks.selectors, tasks.transforms)
+    return None
+
+
+def support_cover(order: list[str], pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
+    """A smallest set of training tasks in which every selector and transform of a held-out pair occurs:
+    a maximum matching of the missing selectors to the missing transforms through training pairs (each
+    matched pair covers two parts), then one pair for each part left. Ties go by `order`."""
+    selectors = list(dict.fromkeys(pairs[h][0] for h in heldout))
+    transforms = list(dict.fromkeys(pairs[h][1] for h in heldout))
+    edges = {s: [n for n in order if pairs[n][0] == s and pairs[n][1] in transforms] for s in selectors}
+    matched: dict[str, str] = {}  # transform -> the pair that covers it with its selector
+
+    def augment(selector: str, visited: set[str]) -> bool:
+        for name in edges[selector]:
+            transform = pairs[name][1]
+            if transform not in visited:
+                visited.add(transform)
+                if transform not in matched or augment(pairs[matched[transform]][0], visited):
+                    matched[transform] = name
+                    return True
+        return False
+
+    for selector in selectors:
+        augment(selector, set())
+    cover = list(matched.values())
+    covered_selectors = {pairs[n][0] for n in cover}
+    for selector in selectors:
+        if selector not in covered_selectors:
+            cover += [n for n in order if pairs[n][0] == selector][:1]
+    for transform in transforms:
+        if transform not in matched:
+            cover += [n for n in order if pairs[n][1] == transform][:1]
+    return list(dict.fromkeys(cover))
+
+
+def select_training_names(names: list[str], heldout: list[str], count: int | None,
+                          pairs: dict[str, tuple[str, str]] | None, seed: int) -> list[str]:
+    """The training tasks: every non-held-out name (count None), or `count` of them chosen by `seed`. With
+    compositional pairs, first a cover of the held-out pairs' selectors and transforms, then the rest
+    in a seeded order, so a smaller count's tasks are a subset of a larger count's. Kept in `names` order."""
+    pool = [n for n in names if n not in heldout]
+    if count is None:
+        return pool
+    order = random.Random(f"{seed}:training-tasks").sample(pool, len(pool))
+    cover = support_cover(order, pairs, heldout) if pairs is not None else []
+    if count < len(cover):
+        raise LlgbmError(f"max_training_tasks: {count} training tasks cannot keep the compositional support of "
+                         f"heldout_tasks; this selection needs at least {len(cover)}")
+    if count > len(pool):
+        raise LlgbmError(f"max_training_tasks: {count} asked for, only {len(pool)} tasks are not held out")
+    chosen = set(cover + [n for n in order if n not in cover][: count - len(cover)])
+    return [n for n in pool if n in chosen]
 
 
 def validate(cfg: Config, source: str = "params.yaml") -> Config:
@@ -351,6 +418,8 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_choice(cfg.probes.template, PROBE_TEMPLATES, "probes.template", source)
     _check_positive(cfg.probes.max_length, "probes.max_length", source)
     _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
+    if cfg.max_training_tasks is not None:
+        _check_positive(cfg.max_training_tasks, "max_training_tasks", source)
     if cfg.tasks.source == "builtin":
         names = builtin_task_names(cfg.tasks)
         unknown = [t for t in cfg.heldout_tasks if t not in names]
@@ -365,6 +434,12 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
             if unsupported:
                 raise LlgbmError(f"{source}: 'heldout_tasks' {unsupported} lack compositional support: a selector "
                                  f"or transform of theirs occurs in no training pair")
+        if cfg.max_training_tasks is not None:
+            try:
+                select_training_names(names, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks),
+                                      cfg.tasks.seed)
+            except LlgbmError as exc:
+                raise LlgbmError(f"{source}: {exc}") from None
     _check_positive(cfg.encoder.batch_size, "encoder.batch_size", source)
     g = cfg.generator
     for key in ("chunk_width", "prompts_per_sample", "feature_dim"):

@@ -9,11 +9,16 @@ from transformers import PreTrainedTokenizerBase
 from .tasks import Record
 
 
+def completion_token_ids(tokenizer: PreTrainedTokenizerBase, completion: str) -> list[int]:
+    """A completion's token ids as they follow a prompt (tokenised on their own, after a space); none for
+    an empty completion."""
+    return tokenizer(" " + completion, add_special_tokens=False)["input_ids"] if completion else []
+
+
 def encode_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str) -> tuple[list[int], int]:
     """Token ids of prompt + completion, and how many of them belong to the prompt."""
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    completion_ids = tokenizer(" " + completion, add_special_tokens=False)["input_ids"]
-    return prompt_ids + completion_ids, len(prompt_ids)
+    return prompt_ids + completion_token_ids(tokenizer, completion), len(prompt_ids)
 
 
 def completion_batch(tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:

@@ -216,7 +216,7 @@ def fill_cache(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Pat
     """Compute (or reuse) the delta of every teacher checkpoint; returns the stage's metrics."""
     start = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
-    training = training_tasks(tasks, cfg.heldout_tasks)
+    training = training_tasks(tasks, cfg)
     probes = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
     model_config = AutoConfig.from_pretrained(str(base_dir))
     layout = lora_layout(model_config, cfg.lora)

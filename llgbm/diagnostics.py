@@ -19,7 +19,7 @@ from .scoring import task_accuracy
 from .io import read_json
 from .lora import load_adapter_tensors, lora_layout, peft_config, save_adapter, save_peft_model, shared_initialisation
 from .models import load_base, load_tokenizer
-from .tasks import Task, primitive_tasks
+from .tasks import Task, primitive_tasks, training_tasks
 
 
 def train_multitask_lora(base_dir: Path, tokenizer: PreTrainedTokenizerBase, tasks: list[Task],
@@ -60,15 +60,12 @@ def mean_above_chance(accuracy: dict[str, float], tasks: list[Task]) -> float:
 
 
 def split_tasks(cfg: Config, tasks: list[Task]) -> tuple[list[Task], list[Task]]:
-    """(training, held-out) tasks; held-out names must be tasks of the tasks file."""
-    names = {t.name for t in tasks}
-    unknown = [n for n in cfg.heldout_tasks if n not in names]
-    if unknown:
-        raise LlgbmError(f"heldout_tasks: {unknown} are not tasks of data/tasks.json")
-    training = [t for t in tasks if t.name not in cfg.heldout_tasks]
+    """(training, held-out) tasks: training as the generator's (`max_training_tasks` included), so the
+    references see what the generator sees."""
+    training = training_tasks(tasks, cfg)
     heldout = [t for t in tasks if t.name in cfg.heldout_tasks]
-    if not training or not heldout:
-        raise LlgbmError("heldout_tasks: diagnostics need at least one training and one held-out task")
+    if not heldout:
+        raise LlgbmError("heldout_tasks: diagnostics need at least one held-out task")
     return training, heldout
 
 

@@ -81,7 +81,7 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     adapters_dir = Path(adapters_dir)
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
-    training = training_tasks(tasks, cfg.heldout_tasks)
+    training = training_tasks(tasks, cfg)
     spec = delta_spec_of(cfg, paths.base)
     probe_ids, probe_mask = checked_probe_batch(cfg, training, cache, tokenizer, paths.base)
     loaded = open_generator(paths.generator, paths.base)

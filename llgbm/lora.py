@@ -176,11 +176,18 @@ def save_adapter(base: PreTrainedModel, tensors: dict[str, tuple[torch.Tensor, t
     """Write tensors as a PEFT directory through PEFT's own API and return the PEFT model that wrote
     them. `base` must be a fresh model: PEFT injects its layers into it."""
     model = get_peft_model(base, peft_config(lora))
+    write_adapter(model, tensors, layout, out_dir)
+    return model
+
+
+def write_adapter(model: PeftModel, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                  layout: list[LoraSlot], out_dir: Path) -> None:
+    """Load tensors into a PEFT model's adapter (replacing all of it) and save it through PEFT, so one
+    PEFT model can write many adapters of one layout."""
     result = set_peft_model_state_dict(model, to_peft_state_dict(tensors, layout))
     if result.unexpected_keys:
         raise LlgbmError(f"{out_dir}: PEFT rejected tensors {result.unexpected_keys[:3]}")
     save_peft_model(model, out_dir)
-    return model
 
 
 def load_peft_model(base: PreTrainedModel, adapter_dir: Path) -> PeftModel:

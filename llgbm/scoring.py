@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .data import completion_batch
+from .data import completion_batch, completion_token_ids
 from .tasks import Task
 
 
@@ -26,10 +26,36 @@ def completion_log_likelihoods(model: PreTrainedModel, tokenizer: PreTrainedToke
     return torch.cat(scores)
 
 
+@torch.no_grad()
+def next_token_log_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                         batch_size: int = 512) -> torch.Tensor:
+    """log p(next token | prompt) at each prompt's last token, (len(prompts), vocab); prompts tokenised
+    as `encode_completion` tokenises them."""
+    out = []
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        batch = {k: v.to(device) for k, v in completion_batch(tokenizer, [(p, "") for p in prompts[start : start + batch_size]]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        last = batch["attention_mask"].sum(-1) - 1
+        out.append(torch.log_softmax(logits[torch.arange(len(last)), last], dim=-1).cpu())
+    return torch.cat(out)
+
+
+def option_scores(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                  options: tuple[str, ...]) -> torch.Tensor:
+    """Summed log-probability of every option as the completion of every prompt, (prompts, options).
+    When every option is one token (the built-in tasks' answers), its log-likelihood is the next-token
+    log-probability after the prompt, so one forward per prompt replaces one per (prompt, option)."""
+    option_ids = [completion_token_ids(tokenizer, option) for option in options]
+    if all(len(ids) == 1 for ids in option_ids):
+        return next_token_log_probs(model, tokenizer, prompts)[:, [ids[0] for ids in option_ids]]
+    pairs = [(p, option) for p in prompts for option in options]
+    return completion_log_likelihoods(model, tokenizer, pairs).view(len(prompts), len(options))
+
+
 def task_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, split: str = "test") -> float:
     """Share of the split's records whose response has the highest likelihood among the task's options."""
     records = getattr(task, split)
-    pairs = [(r.prompt, option) for r in records for option in task.options]
-    scores = completion_log_likelihoods(model, tokenizer, pairs).view(len(records), len(task.options))
+    scores = option_scores(model, tokenizer, [r.prompt for r in records], task.options)
     gold = torch.tensor([task.options.index(r.response) for r in records])
     return (scores.argmax(-1) == gold).float().mean().item()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import BaseConfig, TasksConfig, compositional_pairs
+from .config import BaseConfig, Config, TasksConfig, compositional_pairs, select_training_names, task_pairs
 from .errors import LlgbmError
 from .io import read_json, read_jsonl_lines, write_json_atomic
 
@@ -397,13 +397,14 @@ def pretraining_texts(cfg: TasksConfig, tasks: list[Task], base: BaseConfig) -> 
     return texts
 
 
-def training_tasks(tasks: list[Task], heldout: list[str]) -> list[Task]:
-    """The tasks training may see: every task not held out (held-out names must be tasks)."""
-    names = {t.name for t in tasks}
-    unknown = [n for n in heldout if n not in names]
+def training_tasks(tasks: list[Task], cfg: Config) -> list[Task]:
+    """The tasks training may see: every task not held out, or the `max_training_tasks` of them that
+    `select_training_names` chooses (held-out names must be tasks)."""
+    names = [t.name for t in tasks]
+    unknown = [n for n in cfg.heldout_tasks if n not in names]
     if unknown:
         raise LlgbmError(f"heldout_tasks: {unknown} are not tasks of the tasks file")
-    kept = [t for t in tasks if t.name not in heldout]
-    if not kept:
+    chosen = select_training_names(names, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed)
+    if not chosen:
         raise LlgbmError("heldout_tasks: every task is held out; nothing is left to train on")
-    return kept
+    return [t for t in tasks if t.name in chosen]

@@ -22,8 +22,8 @@ from .delta import apply_adapters
 from .errors import LlgbmError
 from .scoring import task_accuracy
 from .io import write_json_atomic
-from .lora import (from_peft_state_dict, layout_of_model, lora_scaling, peft_config, save_adapter, save_peft_model,
-                   shared_initialisation)
+from .lora import (from_peft_state_dict, layout_of_model, lora_scaling, peft_config, save_peft_model, shared_initialisation,
+                   write_adapter)
 from .models import load_base, load_tokenizer
 from .tasks import Task
 
@@ -104,6 +104,8 @@ def train_teachers_together(base_dir: Path, tokenizer: PreTrainedTokenizerBase, 
     snapshots = set(snapshot_steps(t.steps, t.checkpoints_per_task, t.checkpoint_interval))
     scaling = lora_scaling(cfg.lora)
     results: dict[str, list[dict]] = {task.name: [] for task in tasks}
+    # One PEFT model writes (and is scored as) every snapshot: each save replaces all of its adapter.
+    writer = get_peft_model(load_base(base_dir, cfg.base.dtype), peft_config(cfg.lora)).eval()
     for step in range(1, t.steps + 1):
         rows = [torch.randint(0, len(task.train), (t.batch_size,), generator=g).to(device)
                 for task, g in zip(tasks, generators)]
@@ -121,9 +123,9 @@ def train_teachers_together(base_dir: Path, tokenizer: PreTrainedTokenizerBase, 
             for j, task in enumerate(tasks):
                 checkpoint = out_dir / task.name / f"step-{step:05d}"
                 tensors = {name: (a[j].detach().cpu(), b[j].detach().cpu()) for name, (a, b) in adapters.items()}
-                peft_model = save_adapter(load_base(base_dir, cfg.base.dtype), tensors, layout, cfg.lora, checkpoint)
+                write_adapter(writer, tensors, layout, checkpoint)
                 metrics = {"task": task.name, "step": step, "train_loss": losses[j].item(),
-                           "test_accuracy": task_accuracy(peft_model.eval(), tokenizer, task, "test")}
+                           "test_accuracy": task_accuracy(writer, tokenizer, task, "test")}
                 write_json_atomic(checkpoint / "prompts.json", [r.prompt for r in task.train])
                 write_json_atomic(checkpoint / "metrics.json", metrics)
                 results[task.name].append({**metrics, "path": str(checkpoint)})

@@ -146,7 +146,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
                               cpu=not torch.cuda.is_available())
     device = accelerator.device
     tokenizer = load_tokenizer(paths.base)
-    training = training_tasks(tasks, cfg.heldout_tasks)
+    training = training_tasks(tasks, cfg)
     spec = delta_spec_of(cfg, paths.base)
     cache = DeltaCache.load(paths.deltas)
     answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)

@@ -68,7 +68,7 @@ def micro_train_inputs(micro: dict) -> dict:
 
 def micro_probe_set(cfg: Config, tasks: list, tokenizer) -> ProbeSet:
     """The probe set the deltas stage builds for `cfg`."""
-    return build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg.heldout_tasks),
+    return build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg),
                            generic_length(cfg.tasks), tokenizer)
 
 

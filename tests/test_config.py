@@ -1,4 +1,7 @@
 import re
+from pathlib import Path
+
+import yaml
 
 import pytest
 
@@ -87,3 +90,44 @@ def test_bad_family_params_name_the_key(raw: dict, fragment: str) -> None:
     with pytest.raises(LlgbmError, match=re.escape(fragment)) as info:
         config_from_dict(raw, "params.yaml")
     assert "\n" not in str(info.value)
+
+
+def test_training_subsets_keep_support_and_nest() -> None:
+    from llgbm.config import compositional_pairs, select_training_names
+
+    pairs = compositional_pairs(["smallest", "median", "largest"], ["plus_one", "plus_two", "minus_one", "mirror"])
+    names = list(pairs)
+    heldout = ["smallest_plus_one", "median_mirror", "largest_minus_one"]
+    previous: set[str] = set()
+    for count in (3, 5, 7, 9):
+        chosen = select_training_names(names, heldout, count, pairs, seed=0)
+        assert len(chosen) == count and not set(chosen) & set(heldout)
+        assert chosen == [n for n in names if n in chosen]  # in the tasks' own order
+        assert {pairs[n][0] for n in chosen} >= {pairs[h][0] for h in heldout}
+        assert {pairs[n][1] for n in chosen} >= {pairs[h][1] for h in heldout}
+        assert previous <= set(chosen)  # a larger count keeps every task of a smaller one
+        previous = set(chosen)
+    assert select_training_names(names, heldout, 5, pairs, seed=0) == select_training_names(names, heldout, 5, pairs, seed=0)
+    assert select_training_names(names, heldout, 5, pairs, seed=0) != select_training_names(names, heldout, 5, pairs, seed=1)
+    assert select_training_names(names, heldout, None, pairs, seed=0) == [n for n in names if n not in heldout]
+    with pytest.raises(LlgbmError, match="max_training_tasks: 2 training tasks cannot keep"):
+        select_training_names(names, heldout, 2, pairs, seed=0)
+    with pytest.raises(LlgbmError, match="max_training_tasks: 10 asked for, only 9"):
+        select_training_names(names, heldout, 10, pairs, seed=0)
+
+
+def test_max_training_tasks_is_checked_against_the_family(tmp_path) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params.update(max_training_tasks=1)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    cfg = load_config(path)  # the eight family: no parts to keep
+    assert cfg.max_training_tasks == 1
+    params.update(max_training_tasks=0)
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(LlgbmError, match="'max_training_tasks' must be > 0"):
+        load_config(path)
+    params.update(max_training_tasks="six")
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(LlgbmError, match="'max_training_tasks' must be int"):
+        load_config(path)

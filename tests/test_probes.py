@@ -25,7 +25,7 @@ def _source(text: str, tasks) -> str | None:
 
 def test_the_seeds_probe_set_counts_probe_count(world) -> None:
     cfg, tasks, tokenizer = world
-    training = training_tasks(tasks, cfg.heldout_tasks)
+    training = training_tasks(tasks, cfg)
     probes = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
     assert len(probes.texts) == cfg.probe_count == 4
     assert [_source(t, tasks) is None for t in probes.texts] == [True, False, True, False]  # generic, task, ...
@@ -34,7 +34,7 @@ def test_the_seeds_probe_set_counts_probe_count(world) -> None:
 def test_per_task_probes_come_from_every_training_task_and_no_heldout_one(world) -> None:
     cfg, tasks, tokenizer = world
     settings = micro_config(probes={"per_task": True}).probes
-    training = training_tasks(tasks, cfg.heldout_tasks)
+    training = training_tasks(tasks, cfg)
     probes = build_probe_set(settings, 3, training, generic_length(cfg.tasks), tokenizer)
     sources = [_source(t, tasks) for t in probes.texts]
     assert len(probes.texts) == 3 * len(training) * 2  # per task, per probe type

@@ -1,7 +1,8 @@
 import torch
 
-from llgbm.scoring import completion_log_likelihoods, task_accuracy
-from llgbm.models import build_tiny_tokenizer
+from llgbm.config import BaseConfig
+from llgbm.models import build_tiny_model, build_tiny_tokenizer
+from llgbm.scoring import completion_log_likelihoods, option_scores, task_accuracy
 from llgbm.tasks import Record, Task
 
 
@@ -36,3 +37,23 @@ def test_multiple_choice_picks_the_likeliest_option() -> None:
     assert scores[0] == 0.0 and scores[1] == -1e4
     # Record 3 ("c" -> "b") is wrong under the successor rule; the rest are right.
     assert task_accuracy(model, tokenizer, task) == 0.75
+
+
+def test_one_token_options_score_as_their_pairwise_log_likelihoods() -> None:
+    """The one-forward-per-prompt path equals the (prompt, option) path on a real model with random
+    weights, including prompts of different lengths (padding)."""
+
+    words = ["a", "b", "c", "d", "e"]
+    tokenizer = build_tiny_tokenizer(words)
+    tokenizer.padding_side = "right"
+    torch.manual_seed(0)
+    model = build_tiny_model(BaseConfig(), len(tokenizer), seed=0).eval()
+    prompts = ["a b", "c", "d e a b c", "e"]
+    options = ("b", "c", "e")
+    pairwise = completion_log_likelihoods(model, tokenizer, [(p, o) for p in prompts for o in options]).view(4, 3)
+    fast = option_scores(model, tokenizer, prompts, options)
+    assert torch.allclose(fast, pairwise, atol=1e-5)
+    assert fast.std() > 0.01  # a random model: the scores differ, so the comparison means something
+    # A two-token option takes the pairwise path and sums both tokens' log-probabilities.
+    two = option_scores(model, tokenizer, prompts, ("b c", "d"))
+    assert torch.allclose(two[:, 0], completion_log_likelihoods(model, tokenizer, [(p, "b c") for p in prompts]))
