@@ -67,6 +67,7 @@ STUDY_TASK_COUNTS = (8, 12, 24, None)
 TASK_COUNT_OBJECTIVES = ("weight-only", "delta", "KL")
 STUDIES = ("objectives", "lambdas", "task_counts", "all", "ablations")
 
+PARAMS = "params.yaml"
 EVALUATION = "results/evaluate/metrics.json"
 DIAGNOSTICS = "results/diagnostics/metrics.json"
 # Report columns: (header, the evaluation's metric).
@@ -255,10 +256,10 @@ def collect_runs(rows: list[dict]) -> list[Run]:
         if row.get("Experiment") is None:
             continue
         metrics = {name: _number(_lookup(row, metric, EVALUATION)) for name, (_, metric) in KEY_METRICS.items()}
-        seed = _param("seed", _lookup(row, "seed"))
+        seed = _param("seed", _lookup(row, "seed", PARAMS))
         if metrics["heldout_accuracy"] is None or not isinstance(seed, int):
             continue
-        arm = tuple((k, _param(k, _lookup(row, k))) for k in ARM_KEYS)
+        arm = tuple((k, _param(k, _lookup(row, k, PARAMS))) for k in ARM_KEYS)
         if (arm, seed) in seen:
             continue
         seen.add((arm, seed))

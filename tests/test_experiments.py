@@ -232,6 +232,10 @@ def test_params_read_back_from_exp_show() -> None:
     assert {r.baseline for r in runs} == {"master"}
     # three seeds of the delta arm, one of its probe_count=10 variant
     assert sum(objective_of(dict(r.arm)) == "delta" and dict(r.arm)["max_training_tasks"] is None for r in runs) == 4
+    # a param name a metrics file shares: exp_show prefixes both, and the param is read from params.yaml
+    row = {k: v for k, v in _row("x", 0, 0.1).items() if k != "seed"}
+    (run,) = collect_runs([{**row, "results/train/metrics.json:seed": 9.0, "params.yaml:seed": 4.0}])
+    assert run.seed == 4
 
 
 # --- README and plot --------------------------------------------------------------------------------
