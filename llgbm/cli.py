@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -45,21 +47,59 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _grid(args: argparse.Namespace) -> None:
     from .config import to_dict
-    from .experiments import ARM_KEYS, grid_arms, queue_grid
+    from .experiments import knob_defaults, queue_grid, study_arms
 
-    defaults = {k: v for k, v in to_dict(load_config(args.params)).items() if k in ARM_KEYS}
-    for line in queue_grid(args.seeds, args.dry_run, grid_arms(defaults)):
+    defaults = knob_defaults(to_dict(load_config(args.params)), args.params)
+    for line in queue_grid(args.seeds, args.dry_run, study_arms(defaults, args.study, args.params)):
         print(line)
 
 
-def _compare(args: argparse.Namespace) -> None:
-    from .experiments import comparison_report, exp_rows
+def _compare_command(args: argparse.Namespace) -> str:
+    """The command line that regenerates what this `llgbm compare` writes."""
+    words = ["llgbm", "compare"]
+    if args.repo != ".":
+        words += ["--repo", args.repo]
+    if args.rev:
+        words += ["--rev", *args.rev]
+    for option in ("out", "readme", "plot"):
+        if getattr(args, option):
+            words += [f"--{option}", str(getattr(args, option))]
+    return shlex.join(words)
 
-    report = comparison_report(exp_rows(args.repo))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report)
+
+def _compare(args: argparse.Namespace) -> None:
+    from .experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, comparison_report, exp_rows,
+                              experiment_commits, heldout_vs_tasks, machine_description, readme_block,
+                              replace_marked, study_seeds, write_plot)
+    from .io import read_json, read_text, write_bytes_atomic
+
+    readme = Path(args.readme) if args.readme else None
+    readme_text = read_text(readme, "README") if readme else None
+    if readme_text is not None:
+        replace_marked(readme_text, "", str(readme))  # no markers: stop before the slow part
+    rows = exp_rows(args.repo, args.rev)
+    workspace_diagnostics = Path(args.repo) / DIAGNOSTICS
+    fallback = read_json(workspace_diagnostics, "diagnostics metrics") if workspace_diagnostics.is_file() else None
+    report = comparison_report(rows, fallback)
     print(report, end="")
+    if args.out:
+        write_bytes_atomic(Path(args.out), report.encode())
+    plot = Path(args.plot) if args.plot else (readme.parent / DEFAULT_PLOT if readme else None)
+    plotted = False
+    if plot is not None:
+        series = heldout_vs_tasks(rows)
+        if series:
+            write_plot(series, chance_level(rows, fallback), plot)
+            plotted = True
+            print(f"wrote {plot}")
+        else:
+            print(f"no plot: no finished run with a known number of training tasks (not written: {plot})")
+    if readme is not None and readme_text is not None:
+        block = readme_block(report, machine=machine_description(), seeds=study_seeds(rows),
+                             commits=experiment_commits(args.repo, rows), command=_compare_command(args),
+                             plot=Path(os.path.relpath(plot, readme.parent)).as_posix() if plotted and plot else None)
+        write_bytes_atomic(readme, replace_marked(readme_text, block, str(readme)).encode())
+        print(f"wrote the results between the markers of {readme}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,14 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
                           help="replace --out if it holds an adapter llgbm wrote (never anything else)")
     generate.add_argument("--base", default=None, help="base model directory (default: the one it was trained on)")
     generate.set_defaults(run=_generate)
-    grid = commands.add_parser("grid", help="queue the spec's ablation grid as DVC experiments")
+    grid = commands.add_parser(
+        "grid", help="queue issue 11's study (or the old ablation grid) as DVC experiments",
+        description="Queue one `dvc exp run --queue` per arm, swept over --seeds; other knobs at --params' values. "
+                    "objectives: weight-only, delta, per-probe delta, multi-layer delta, KL, delta-only, KL-only "
+                    "(the -only arms: train.lambda_weights=0 with loss_balance=none); lambdas: lambda_delta "
+                    "0.1, 1, 5 of the delta objective; task_counts: max_training_tasks 8, 12, 24 and all (null) "
+                    "for weight-only, delta and KL (8 is the smallest: 8 held-out pairs over 8 transforms need "
+                    "their selectors and transforms in training); all: the three, each arm once; ablations: the "
+                    "spec's one-knob-at-a-time grid.")
     grid.add_argument("--params", default="params.yaml")
-    grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    grid.add_argument("--study", choices=["objectives", "lambdas", "task_counts", "all", "ablations"], default="all")
+    grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     grid.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
     grid.set_defaults(run=_grid)
-    compare = commands.add_parser("compare", help="report each grid arm against the weight-only baseline")
+    compare = commands.add_parser(
+        "compare", help="report each arm against the weight-only arm, paired by seed",
+        description="Finished DVC experiments grouped by arm: mean ± 95% t interval over seeds, the paired "
+                    "difference from the weight-only arm of the same max_training_tasks, the testbed's "
+                    "diagnostics baselines as extra rows.")
     compare.add_argument("--repo", default=".")
+    compare.add_argument("--rev", nargs="+", default=None,
+                         help="the commits whose experiments to compare (default: HEAD's)")
     compare.add_argument("--out", default=None, help="also write the markdown report here")
+    compare.add_argument("--readme", default=None,
+                         help="replace what lies between the '<!-- compare:begin -->' and '<!-- compare:end -->' "
+                              "lines of this file with the report, machine, seeds, commits and the plot")
+    compare.add_argument("--plot", default=None,
+                         help="write held-out accuracy against training tasks here (PNG; default with --readme: "
+                              "results/compare/heldout_vs_tasks.png beside it)")
     compare.set_defaults(run=_compare)
     bench = commands.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)

@@ -1,14 +1,40 @@
-"""The ablation grid as queued DVC experiments, and the comparison it exists to make."""
+"""The study as queued DVC experiments, and the comparison it exists to make (issue 11).
+
+`llgbm grid` queues arms (one `dvc exp run --queue` per arm, swept over seeds); `llgbm compare` reads the
+finished experiments back through `dvc.api.exp_show`, names each arm by its objective, and compares it with
+the weight-only arm of the same training-task count by per-seed differences (llgbm.stats)."""
 from __future__ import annotations
 
+import ast
+import io
 import math
-import statistics
+import os
+import platform
+import shlex
 import subprocess
-from typing import Any
+from collections import Counter
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
 
 import dvc.api
+from dvc.exceptions import DvcException
+from matplotlib.figure import Figure
 
-# The spec's ablations: one knob at a time (others at params.yaml's values), plus one interaction.
+from .errors import LlgbmError, first_line
+from .io import write_bytes_atomic
+from .stats import mean_ci, paired_difference
+
+# The knobs an arm is made of: top-level params, and `train.lambda_weights` (exp_show and `-S` both name a
+# nested param by its dotted path).
+ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
+            "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights")
+# exp_show gives every number as a float; these knobs are integers.
+INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed")
+
+# The spec's ablations (`--study ablations`): one knob at a time (others at params.yaml's values), plus one
+# interaction.
 SINGLE_AXES: dict[str, list[Any]] = {
     "lambda_delta": [0.0, 0.1, 0.5, 1.0, 2.0],
     "delta_loss_type": ["mse", "cosine", "combined"],
@@ -20,27 +46,76 @@ SINGLE_AXES: dict[str, list[Any]] = {
     "behaviour_loss": ["delta", "kl"],
 }
 INTERACTION = {"lambda_delta": [0.1, 1.0], "delta_loss_type": ["mse", "cosine"]}
-ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
-            "loss_balance", "behaviour_loss")
-# What the comparison reports: held-out accuracy and gain share of generated adapters, delta cosine.
-KEY_METRICS = {
-    "heldout_accuracy": "heldout.accuracy.generated",
-    "heldout_gain_share": "heldout.gain_share.generated",
-    "heldout_delta_cosine": "heldout.delta_cosine_mean.generated",
-    "seen_accuracy": "seen.accuracy.generated",
+
+# The study's objectives: the knobs that define each, others at params.yaml's values. Training on the
+# behaviour term alone (train.lambda_weights = 0) needs the plain sum: grad_norm balancing scales the
+# behaviour term by the weight term's gradient norm, which is then zero (the config rejects the pair).
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "weight-only": {"lambda_delta": 0.0},
+    "delta": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last"},
+    "per-probe delta": {"behaviour_loss": "delta", "delta_reduce": "per_probe", "delta_layers": "last"},
+    "multi-layer delta": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "all"},
+    "KL": {"behaviour_loss": "kl"},
+    "delta-only": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last",
+                   "train.lambda_weights": 0.0, "loss_balance": "none"},
+    "KL-only": {"behaviour_loss": "kl", "train.lambda_weights": 0.0, "loss_balance": "none"},
 }
-# t(0.975, n - 1) for the 95% confidence interval of a mean over n seeds.
-T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}
+STUDY_LAMBDAS = (0.1, 1.0, 5.0)  # lambda_delta of the delta objective
+# Training-task counts (None: every training task). The held-out set is fixed; the smallest count is 8
+# because 8 held-out pairs over 8 transforms need each of their selectors and transforms seen in training.
+STUDY_TASK_COUNTS = (8, 12, 24, None)
+TASK_COUNT_OBJECTIVES = ("weight-only", "delta", "KL")
+STUDIES = ("objectives", "lambdas", "task_counts", "all", "ablations")
+
+PARAMS = "params.yaml"
+EVALUATION = "results/evaluate/metrics.json"
+DIAGNOSTICS = "results/diagnostics/metrics.json"
+# Report columns: (header, the evaluation's metric).
+KEY_METRICS: dict[str, tuple[str, str]] = {
+    "heldout_accuracy": ("held-out accuracy", "heldout.accuracy.generated"),
+    "seen_accuracy": ("seen accuracy", "seen.accuracy.generated"),
+    "heldout_gain_share": ("held-out gain share", "heldout.gain_share.generated"),
+    "heldout_cosine": ("held-out delta cosine (eval probes)", "heldout.delta_cosine_eval.generated"),
+    "heldout_cosine_centred": ("held-out delta cosine, centred", "heldout.delta_cosine_eval_centred.generated"),
+}
+PAIRED_METRICS = ("heldout_accuracy", "seen_accuracy")
+COUNT_METRICS = {"heldout_tasks": "heldout.tasks", "seen_tasks": "seen.tasks",
+                 "gain_defined": "heldout.defined.gain_share.generated"}
+TRAIN_TASKS_METRIC = "train_tasks"  # the number of training tasks, where a stage writes it
+# The testbed's baselines (results/diagnostics/metrics.json): row name -> (held-out, seen) accuracy metric.
+DIAGNOSTIC_BASELINES: dict[str, tuple[str, str | None]] = {
+    "chance": ("heldout_chance_mean", None),
+    "base model": ("base_heldout_accuracy_mean", None),
+    "mean of training teachers": ("mean_teacher_heldout_accuracy_mean", None),
+    "nearest training teacher": ("nearest_teacher_heldout_accuracy_mean", None),
+    "k nearest training teachers": ("knearest_teachers_heldout_accuracy_mean", None),
+    "task arithmetic": ("task_arithmetic_heldout_accuracy_mean", None),
+    "multi-task LoRA": ("multitask_heldout_accuracy_mean", "multitask_seen_accuracy_mean"),
+}
+README_BEGIN = "<!-- compare:begin -->"
+README_END = "<!-- compare:end -->"
+DEFAULT_PLOT = Path("results/compare/heldout_vs_tasks.png")
+
+Arm = tuple[tuple[str, Any], ...]
 
 
-def grid_arms(defaults: dict[str, Any]) -> list[dict[str, Any]]:
-    """The grid's arms with every knob spelled out (others at `defaults`, params.yaml's values); an arm
-    equal to another (e.g. delta_loss_type=mse when mse is the default) is queued once."""
-    overrides: list[dict[str, Any]] = []
-    for key, values in SINGLE_AXES.items():
-        overrides += [{key: v} for v in values]
-    overrides += [{"lambda_delta": ld, "delta_loss_type": lt} for ld in INTERACTION["lambda_delta"]
-                  for lt in INTERACTION["delta_loss_type"]]
+# --- the grid ---------------------------------------------------------------------------------------
+
+def knob_defaults(params: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Every knob of ARM_KEYS at its value in `params` (a nested dict of params.yaml's values)."""
+    defaults = {}
+    for key in ARM_KEYS:
+        node: Any = params
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                raise LlgbmError(f"{source}: no '{key}' (a knob of llgbm grid)")
+            node = node[part]
+        defaults[key] = node
+    return defaults
+
+
+def _arms(defaults: Mapping[str, Any], overrides: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each override with every other knob at `defaults`; an arm equal to an earlier one is dropped."""
     arms: list[dict[str, Any]] = []
     for override in overrides:
         arm = {k: override.get(k, defaults[k]) for k in ARM_KEYS}
@@ -49,118 +124,458 @@ def grid_arms(defaults: dict[str, Any]) -> list[dict[str, Any]]:
     return arms
 
 
+def grid_arms(defaults: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The spec's ablation grid with every knob spelled out (an arm equal to another is queued once)."""
+    overrides: list[dict[str, Any]] = []
+    for key, values in SINGLE_AXES.items():
+        overrides += [{key: v} for v in values]
+    overrides += [{"lambda_delta": ld, "delta_loss_type": lt} for ld in INTERACTION["lambda_delta"]
+                  for lt in INTERACTION["delta_loss_type"]]
+    return _arms(defaults, overrides)
+
+
+def study_arms(defaults: Mapping[str, Any], study: str, source: str = "params.yaml") -> list[dict[str, Any]]:
+    """The arms of one part of issue 11's study ("objectives", "lambdas", "task_counts"), of all three
+    ("all", each arm once), or the old ablation grid ("ablations"); `defaults` come from `source`."""
+    if study not in STUDIES:
+        raise ValueError(f"study '{study}' is not one of {STUDIES}")
+    if study == "ablations":
+        return grid_arms(defaults)
+    if not defaults["lambda_delta"]:
+        raise LlgbmError(f"{source}: 'lambda_delta' is 0, so every behavioural objective of the study would be "
+                         "weight-only; set it to the study's value (e.g. 1.0)")
+    overrides: list[dict[str, Any]] = []
+    if study in ("objectives", "all"):
+        overrides += list(OBJECTIVES.values())
+    if study in ("lambdas", "all"):
+        overrides += [{**OBJECTIVES["delta"], "lambda_delta": value} for value in STUDY_LAMBDAS]
+    if study in ("task_counts", "all"):
+        overrides += [{**OBJECTIVES[name], "max_training_tasks": count}
+                      for count in STUDY_TASK_COUNTS for name in TASK_COUNT_OBJECTIVES]
+    return _arms(defaults, overrides)
+
+
+def override_value(value: Any) -> str:
+    """A param value as `dvc exp run -S key=value` parses it (YAML-like: null, true, [1,2])."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    return str(value)
+
+
 def queue_commands(arms: list[dict[str, Any]], seeds: list[int]) -> list[list[str]]:
+    """One `dvc exp run --queue` per arm; `-S seed=0,1,2` makes DVC queue one experiment per seed."""
     seed_values = ",".join(str(s) for s in seeds)
-    return [["dvc", "exp", "run", "--queue", *[a for k, v in arm.items() for a in ("-S", f"{k}={v}")],
+    return [["dvc", "exp", "run", "--queue", *[a for k, v in arm.items() for a in ("-S", f"{k}={override_value(v)}")],
              "-S", f"seed={seed_values}"] for arm in arms]
 
 
 def queue_grid(seeds: list[int], dry_run: bool, arms: list[dict[str, Any]]) -> list[str]:
     lines = []
     for command in queue_commands(arms, seeds):
-        lines.append(" ".join(command))
+        lines.append(shlex.join(command))
         if not dry_run:
             subprocess.run(command, check=True)
     return lines
 
 
-def mean_ci(values: list[float]) -> tuple[float, float | None]:
-    """Mean and half-width of its 95% confidence interval (t distribution; None for one seed)."""
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, None
-    t = T_975.get(len(values), 1.96)
-    return mean, t * statistics.stdev(values) / math.sqrt(len(values))
+# --- reading finished experiments -------------------------------------------------------------------
+
+def exp_rows(repo: str = ".", revs: list[str] | None = None) -> list[dict]:
+    try:
+        return dvc.api.exp_show(repo=repo, revs=revs)
+    except DvcException as exc:
+        raise LlgbmError(f"{repo}: dvc exp show failed ({first_line(exc)})") from None
 
 
-def _lookup(row: dict, name: str) -> Any:
-    """A param or metric of a dvc.api.exp_show row, with or without its file prefix."""
+def _lookup(row: Mapping[str, Any], name: str, file: str | None = None) -> Any:
+    """A param or metric of an exp_show row. exp_show prefixes a name with its file ("path:name") only when
+    two files share it, so: the bare name, else `file`'s, else (no file given) any file's."""
     if name in row:
         return row[name]
-    for key, value in row.items():
-        if key.endswith(f":{name}") or key.endswith(f".yaml:{name}"):
-            return value
-    return None
+    if file is not None:
+        return row.get(f"{file}:{name}")
+    return next((value for key, value in row.items() if key.endswith(f":{name}")), None)
 
 
-def group_runs(rows: list[dict]) -> dict[tuple, dict[str, list[float]]]:
-    """Finished experiments grouped by arm (the grid's knobs), metrics listed over seeds. Baseline rows
-    (the workspace and its commit) are left out, and one run counts once per (arm, seed)."""
-    groups: dict[tuple, dict[str, list[float]]] = {}
+def _param(key: str, value: Any) -> Any:
+    """A param as written in params.yaml. exp_show prints what is not a number: null reads back as the
+    string "None" and a list as its repr; every number comes back a float."""
+    if isinstance(value, str):
+        if value == "None":
+            return None
+        if value.startswith("["):
+            value = ast.literal_eval(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) if isinstance(v, float) and v.is_integer() else v for v in value)
+    if key in INTEGER_KNOBS and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A metric's value; None for an absent, null (exp_show: "None") or non-finite one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _count(value: Any) -> int | None:
+    number = _number(value)
+    return int(number) if number is not None else None
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished experiment: its arm, seed, the reported metrics and counts, the testbed diagnostics it
+    carries, and the baseline commit it ran on (as exp_show names it)."""
+    arm: Arm
+    seed: int
+    metrics: dict[str, float | None]
+    counts: dict[str, int | None]
+    train_tasks: int | None
+    diagnostics: dict[str, float]
+    baseline: str | None
+
+
+def collect_runs(rows: list[dict]) -> list[Run]:
+    """Finished experiments of exp_show rows. Baseline rows (the workspace and commits) are left out, but an
+    experiment row follows its baseline commit's row, which names the commit. Rows without held-out accuracy
+    (queued, running, failed) are left out, and one (arm, seed) counts once."""
+    runs: list[Run] = []
+    seen: set[tuple[Arm, int]] = set()
+    baseline = None
     for row in rows:
-        if row.get("Experiment") is None or row.get("typ") == "baseline":
+        if row.get("typ") == "baseline":
+            if row.get("rev") != "workspace":
+                baseline = row.get("rev")
             continue
-        values = {name: _lookup(row, path) for name, path in KEY_METRICS.items()}
-        if not isinstance(values["heldout_accuracy"], (int, float)):
-            continue  # queued, running or failed
-        arm = tuple((k, _plain(_lookup(row, k)) if k in ("probe_count", "delta_layers") else _lookup(row, k))
-                    for k in ARM_KEYS)
-        bucket = groups.setdefault(arm, {name: [] for name in KEY_METRICS} | {"seed": []})
-        seed = _plain(_lookup(row, "seed"))
-        if seed in bucket["seed"]:
+        if row.get("Experiment") is None:
             continue
-        bucket["seed"].append(seed)
-        for name, value in values.items():
-            if isinstance(value, (int, float)):
-                bucket[name].append(float(value))
+        metrics = {name: _number(_lookup(row, metric, EVALUATION)) for name, (_, metric) in KEY_METRICS.items()}
+        seed = _param("seed", _lookup(row, "seed", PARAMS))
+        if metrics["heldout_accuracy"] is None or not isinstance(seed, int):
+            continue
+        arm = tuple((k, _param(k, _lookup(row, k, PARAMS))) for k in ARM_KEYS)
+        if (arm, seed) in seen:
+            continue
+        seen.add((arm, seed))
+        diagnostics = {}
+        for heldout, seen_metric in DIAGNOSTIC_BASELINES.values():
+            for metric in (heldout, seen_metric):
+                value = _number(_lookup(row, metric, DIAGNOSTICS)) if metric else None
+                if value is not None:
+                    diagnostics[metric] = value
+        runs.append(Run(arm=arm, seed=seed, metrics=metrics,
+                        counts={name: _count(_lookup(row, metric, EVALUATION)) for name, metric in COUNT_METRICS.items()},
+                        train_tasks=_count(_lookup(row, TRAIN_TASKS_METRIC)), diagnostics=diagnostics,
+                        baseline=baseline))
+    return runs
+
+
+def group_runs(runs: list[Run]) -> dict[Arm, dict[int, Run]]:
+    groups: dict[Arm, dict[int, Run]] = {}
+    for run in runs:
+        groups.setdefault(run.arm, {})[run.seed] = run
     return groups
 
 
-def _plain(value: Any) -> Any:
-    """exp_show gives every number as a float; an integer param (probe count, seed, a layer) reads back as
-    one, and a list (delta_layers) as a tuple, so that an arm is hashable."""
-    if isinstance(value, list):
-        return tuple(_plain(v) for v in value)
-    return int(value) if isinstance(value, float) and value.is_integer() and not isinstance(value, bool) else value
+# --- naming and pairing arms ------------------------------------------------------------------------
+
+def objective_of(arm: Mapping[str, Any]) -> str:
+    """An arm's objective in words: weight-only, delta (with its variants), KL, and their "-only" forms."""
+    if not arm.get("lambda_delta"):
+        return "weight-only"
+    only = "-only" if arm.get("train.lambda_weights") == 0 else ""
+    if arm.get("behaviour_loss") == "kl":
+        return f"KL{only}"
+    words = ["per-probe"] if arm.get("delta_reduce") == "per_probe" else []
+    layers = arm.get("delta_layers")
+    if layers == "all":
+        words.append("multi-layer")
+    name = " ".join(words + [f"delta{only}"])
+    if layers not in (None, "last", "all"):
+        name += " at layers " + ", ".join(str(layer) for layer in layers)
+    return name
 
 
-def comparison_report(rows: list[dict]) -> str:
-    """Each arm against the weight-only baseline (lambda_delta = 0, other knobs equal), per metric."""
-    groups = group_runs(rows)
-    if not groups:
-        return "No finished experiments with evaluation metrics.\n"
+# Knobs the objective's name says (or, for the task count, a column of its own).
+_NAMED_KNOBS = ("behaviour_loss", "delta_reduce", "delta_layers", "max_training_tasks")
 
-    def fmt(values: list[float]) -> str:
+
+def arm_knobs(arms: list[Arm]) -> dict[Arm, str]:
+    """Per arm, the knobs its name does not say that differ from the most common value among `arms`."""
+    common = {key: Counter(dict(a)[key] for a in arms).most_common(1)[0][0] for key in ARM_KEYS} if arms else {}
+    knobs = {}
+    for arm in arms:
+        values = dict(arm)
+        objective = objective_of(values)
+        implied = set(_NAMED_KNOBS)
+        if objective == "weight-only":
+            implied.add("lambda_delta")
+        if objective.endswith("-only") or "-only " in objective:
+            implied |= {"train.lambda_weights", "loss_balance"}
+        knobs[arm] = ", ".join(f"{k}={_text(v)}" for k, v in arm if k not in implied and v != common[k])
+    return knobs
+
+
+def _text(value: Any) -> str:
+    return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, tuple) else str(value)
+
+
+def reference_of(arm: Arm, arms: list[Arm]) -> Arm | None:
+    """The weight-only arm with the same max_training_tasks and otherwise the most knobs equal to `arm`'s
+    (with lambda_delta = 0 the behaviour knobs do not train)."""
+    task_count = dict(arm)["max_training_tasks"]
+    candidates = sorted((a for a in arms if objective_of(dict(a)) == "weight-only"
+                         and dict(a)["max_training_tasks"] == task_count), key=str)
+    return max(candidates, key=lambda a: sum(x == y for x, y in zip(a, arm)), default=None)
+
+
+def _arm_order(arm: Arm) -> tuple:
+    """Rows by training-task count (all last), then objective in the study's order, then knobs."""
+    values = dict(arm)
+    count = values["max_training_tasks"]
+    objective = objective_of(values)
+    rank = list(OBJECTIVES).index(objective) if objective in OBJECTIVES else len(OBJECTIVES)
+    return (count is None, count or 0, rank, objective, str(arm))
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+def _mean_cell(values: list[float], seeds: int) -> str:
+    if not values:
+        return "—"
+    mean, half = mean_ci(values)
+    text = f"{mean:.3f} ± {half:.3f}" if half is not None else f"{mean:.3f} (1 seed, no CI)"
+    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
+
+
+def _paired_cell(bucket: dict[int, Run], reference: dict[int, Run], metric: str) -> str:
+    values = {s: r.metrics[metric] for s, r in bucket.items() if r.metrics[metric] is not None}
+    base = {s: r.metrics[metric] for s, r in reference.items() if r.metrics[metric] is not None}
+    result = paired_difference(values, base)
+    if result is None:
+        return "no common seed"
+    mean, half, n = result
+    if half is None:
+        return f"{mean:+.3f} (1 seed, no CI)"
+    return f"{mean:+.3f} ± {half:.3f} ({n} seeds)"
+
+
+def _counts_cell(values: list[int | None]) -> str:
+    """A count over seeds: the one value, a range where seeds differ, "?" where a run did not record it."""
+    if not values or any(v is None for v in values):
+        return "?"
+    low, high = min(values), max(values)  # type: ignore[type-var]
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _task_count_text(count: int | None) -> str:
+    return "all" if count is None else str(count)
+
+
+def _diagnostic_rows(runs: list[Run], fallback: Mapping[str, Any] | None, width: int) -> list[str]:
+    """The testbed's baselines as extra rows: per max_training_tasks where the diagnostics differ between
+    counts, once ("any") where they do not; from `fallback` (the workspace's diagnostics) if no run has them."""
+    by_count: dict[int | None, dict[str, list[float]]] = {}
+    for run in runs:
+        for metric, value in run.diagnostics.items():
+            by_count.setdefault(dict(run.arm)["max_training_tasks"], {}).setdefault(metric, []).append(value)
+    if by_count:
+        tables = {_task_count_text(c): v for c, v in sorted(by_count.items(), key=lambda i: (i[0] is None, i[0] or 0))}
+        distinct = {str(sorted((k, sorted(set(v))) for k, v in table.items())) for table in tables.values()}
+        if len(distinct) == 1:
+            tables = {"any": next(iter(tables.values()))}
+    elif fallback:
+        tables = {"workspace": {k: [float(v)] for k, v in fallback.items() if _number(v) is not None}}
+    else:
+        return []
+
+    def cell(values: list[float] | None) -> str:
         if not values:
             return "—"
-        mean, ci = mean_ci(values)
-        return f"{mean:.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
+        low, high = min(values), max(values)
+        return f"{low:.3f}" if low == high else f"{low:.3f}–{high:.3f}"
 
-    def baseline_of(arm: tuple) -> tuple | None:
-        """The weight-only arm closest to `arm` (with lambda_delta = 0 the other knobs do not train)."""
-        weight_only = [a for a in groups if not dict(a)["lambda_delta"]]
-        return max(weight_only, key=lambda a: sum(x == y for x, y in zip(a, arm)), default=None)
+    lines = []
+    for count, table in tables.items():
+        for name, (heldout, seen_metric) in DIAGNOSTIC_BASELINES.items():
+            if heldout not in table:
+                continue
+            cells = [f"baseline: {name}", "testbed diagnostics", count, "—", "—",
+                     cell(table.get(heldout)), cell(table.get(seen_metric) if seen_metric else None)]
+            lines.append("| " + " | ".join(cells + ["—"] * (width - len(cells))) + " |")
+    return lines
 
-    compared = ("heldout_accuracy", "seen_accuracy")
 
-    def difference(values: list[float], base_values: list[float]) -> str:
-        if not values or not base_values:
-            return "—"
-        text = f"{statistics.fmean(values) - statistics.fmean(base_values):+.3f}"
-        if len(values) > 1 and len(base_values) > 1:
-            se = math.sqrt(statistics.variance(values) / len(values) + statistics.variance(base_values) / len(base_values))
-            text += f" ± {1.96 * se:.3f}"
-        return text
-
-    header = ["arm", "seeds", *KEY_METRICS, *(f"Δ {m} vs weight-only" for m in compared)]
+def comparison_report(rows: list[dict], diagnostics_fallback: Mapping[str, Any] | None = None) -> str:
+    """The markdown table: each arm's metrics over seeds and its paired difference from the weight-only arm
+    of its training-task count, then the testbed's baselines as extra rows, then how to read it."""
+    runs = collect_runs(rows)
+    groups = group_runs(runs)
+    if not groups:
+        return "No finished experiments with evaluation metrics.\n"
+    arms = sorted(groups, key=_arm_order)
+    knobs = arm_knobs(arms)
+    header = ["arm", "knobs", "max training tasks", "seeds", "tasks (held-out / seen)",
+              *(KEY_METRICS[m][0] for m in ("heldout_accuracy", "seen_accuracy", "heldout_gain_share")),
+              "gain share defined (per seed)", *(KEY_METRICS[m][0] for m in ("heldout_cosine", "heldout_cosine_centred")),
+              *(f"Δ {KEY_METRICS[m][0]} vs weight-only (paired)" for m in PAIRED_METRICS)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for arm in sorted(groups, key=str):
+    for arm in arms:
         bucket = groups[arm]
-        base_arm = baseline_of(arm)
-        base = groups[base_arm] if base_arm is not None else None
-        if base is None:
-            diffs = ["no weight-only run"] * len(compared)
-        elif base is bucket:
-            diffs = ["baseline"] * len(compared)
+        reference = reference_of(arm, arms)
+        if reference is None:
+            diffs = ["no weight-only run"] * len(PAIRED_METRICS)
+        elif reference == arm:
+            diffs = ["reference"] * len(PAIRED_METRICS)
         else:
-            diffs = [difference(bucket[m], base[m]) for m in compared]
-        label = ", ".join(f"{k}={v}" for k, v in arm)
-        lines.append(f"| {label} | {len(bucket['seed'])} | " + " | ".join(fmt(bucket[m]) for m in KEY_METRICS)
-                     + " | " + " | ".join(diffs) + " |")
-    notes = ["", "Mean ± 95% confidence half-width over seeds (t distribution); the difference column uses a normal "
-             "approximation. Training curves side by side: `dvc plots diff <experiment names>`."]
+            diffs = [_paired_cell(bucket, groups[reference], m) for m in PAIRED_METRICS]
+        n = len(bucket)
+        metric_cells = {m: _mean_cell([r.metrics[m] for r in bucket.values() if r.metrics[m] is not None], n)
+                        for m in KEY_METRICS}
+        counts = {c: [r.counts[c] for r in bucket.values()] for c in COUNT_METRICS}
+        cells = [objective_of(dict(arm)), knobs[arm] or "—", _task_count_text(dict(arm)["max_training_tasks"]), str(n),
+                 f"{_counts_cell(counts['heldout_tasks'])} / {_counts_cell(counts['seen_tasks'])}",
+                 metric_cells["heldout_accuracy"], metric_cells["seen_accuracy"], metric_cells["heldout_gain_share"],
+                 _counts_cell(counts["gain_defined"]), metric_cells["heldout_cosine"],
+                 metric_cells["heldout_cosine_centred"], *diffs]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += _diagnostic_rows(runs, diagnostics_fallback, len(header))
+    notes = ["",
+             "Each cell: mean ± half-width of the 95% Student's t interval over seeds (df = seeds - 1). The Δ columns "
+             "pair each arm with the weight-only arm of the same max training tasks by seed: only seeds present in "
+             "both count (their number shown), and the interval is that of the mean per-seed difference. Tasks: "
+             "the held-out and seen tasks each mean covers, from the evaluation's `heldout.tasks` / `seen.tasks` "
+             "(? where a run did not record them). Delta cosine on the evaluation probe set, raw and centred on "
+             "the mean training-teacher delta. Baseline rows: the testbed's diagnostics "
+             "(`results/diagnostics/metrics.json`; no seed, so no interval; a range where runs differ). "
+             "Training curves side by side: `dvc plots diff <experiment names>`."]
     return "\n".join(lines + notes) + "\n"
 
 
-def exp_rows(repo: str = ".") -> list[dict]:
-    return dvc.api.exp_show(repo=repo)
+def study_seeds(rows: list[dict]) -> list[int]:
+    return sorted({run.seed for run in collect_runs(rows)})
+
+
+def baseline_revs(rows: list[dict]) -> list[str]:
+    """The baseline commits (as exp_show names them: a branch or a short hash) of the finished runs."""
+    return sorted({run.baseline for run in collect_runs(rows) if run.baseline is not None})
+
+
+def resolve_commit(repo: str, rev: str) -> str | None:
+    """A revision's short commit hash in `repo`; None where git cannot resolve it."""
+    result = subprocess.run(["git", "-C", repo, "rev-parse", "--short", f"{rev}^{{commit}}"],
+                            capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
+
+
+def experiment_commits(repo: str, rows: list[dict]) -> list[str]:
+    """The commits the finished experiments ran on; where the rows name none, HEAD of `repo`, said so."""
+    revs = baseline_revs(rows)
+    if not revs:
+        head = resolve_commit(repo, "HEAD")
+        return [f"{head} (HEAD of {repo}: the experiments name no baseline)" if head else "unknown (no git commit)"]
+    commits = []
+    for rev in revs:
+        commit = resolve_commit(repo, rev)
+        commits.append(rev if commit is None or commit == rev else f"{commit} ({rev})")
+    return commits
+
+
+def machine_description() -> str:
+    return f"{platform.platform()}, {os.cpu_count()} CPUs, torch {metadata.version('torch')}"
+
+
+def readme_block(report: str, *, machine: str, seeds: list[int], commits: list[str], command: str,
+                 plot: str | None) -> str:
+    """What goes between README's markers: provenance, the table and the plot."""
+    lines = [f"_Written by `{command}`; edit the command, not this text._", "",
+             f"- machine: {machine}",
+             f"- seeds: {', '.join(str(s) for s in seeds) or 'none'}",
+             f"- experiments ran on commit {', '.join(commits)}", "", report.rstrip("\n")]
+    if plot is not None:
+        lines += ["", f"![held-out accuracy against the number of training tasks, per objective]({plot})"]
+    return "\n".join(lines)
+
+
+def replace_marked(text: str, block: str, path: str) -> str:
+    """`text` with what lies between README_BEGIN and README_END replaced by `block`."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < 0 or end < begin or text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+        raise LlgbmError(f"{path}: needs one '{README_BEGIN}' line and, after it, one '{README_END}' line "
+                         "around the generated results")
+    start = begin + len(README_BEGIN)
+    return text[:start] + "\n" + block + "\n" + text[end:]
+
+
+# --- the plot ---------------------------------------------------------------------------------------
+
+def training_task_count(runs: list[Run]) -> int | None:
+    """How many tasks an arm trained on: the `train_tasks` metric where a stage writes it, else
+    max_training_tasks, else (every task) the evaluation's `seen.tasks`, which scores each training task;
+    the most common value over seeds; None where no run says."""
+    counts = []
+    for run in runs:
+        count = run.train_tasks
+        if count is None:
+            count = dict(run.arm)["max_training_tasks"]
+        if count is None:
+            count = run.counts["seen_tasks"]
+        if count is not None:
+            counts.append(count)
+    return Counter(counts).most_common(1)[0][0] if counts else None
+
+
+def heldout_vs_tasks(rows: list[dict]) -> dict[str, list[tuple[int, float, float | None]]]:
+    """Per line of the plot (an objective with its knobs, task count aside): (training tasks, mean held-out
+    accuracy, t half-width or None) by training-task count. Arms whose task count is unknown are left out."""
+    groups = group_runs(collect_runs(rows))
+    arms = sorted(groups, key=_arm_order)
+    knobs = arm_knobs(arms)
+    series: dict[str, list[tuple[int, float, float | None]]] = {}
+    for arm in arms:
+        count = training_task_count(list(groups[arm].values()))
+        values = [r.metrics["heldout_accuracy"] for r in groups[arm].values()]
+        if count is None or not values:
+            continue
+        label = objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs[arm] else "")
+        series.setdefault(label, []).append((count, *mean_ci(values)))
+    return {label: sorted(points) for label, points in series.items()}
+
+
+def chance_level(rows: list[dict], fallback: Mapping[str, Any] | None = None) -> float | None:
+    for run in collect_runs(rows):
+        if "heldout_chance_mean" in run.diagnostics:
+            return run.diagnostics["heldout_chance_mean"]
+    return _number((fallback or {}).get("heldout_chance_mean"))
+
+
+def write_plot(series: Mapping[str, list[tuple[int, float, float | None]]], chance: float | None,
+               path: Path) -> None:
+    """Held-out accuracy (mean and 95% t interval over seeds) against training tasks, a line per objective,
+    as a PNG (matplotlib's Agg canvas: no display needed)."""
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    ticks: set[int] = set()
+    for label, points in series.items():
+        xs = [p[0] for p in points]
+        ticks.update(xs)
+        axes.errorbar(xs, [p[1] for p in points], yerr=[p[2] or 0.0 for p in points], marker="o", capsize=3,
+                      label=label)
+    if chance is not None:
+        axes.axhline(chance, linestyle="--", color="grey", label="chance")
+    axes.set_xticks(sorted(ticks))
+    axes.set_xlabel("training tasks")
+    axes.set_ylabel("held-out accuracy (generated adapters)")
+    axes.set_title("Mean and 95% t interval over seeds (no bar: one seed)", fontsize=9)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    write_bytes_atomic(path, buffer.getvalue())

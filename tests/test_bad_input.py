@@ -317,6 +317,12 @@ CASES = [
          ("adapter_config.json", "UTF-8"), needs="micro"),
     Case("adapter-config-not-object", lambda d, w: broken_adapter(d, w, "adapter_config.json", b"[4]"),
          ("adapter_config.json", "JSON object"), needs="micro"),
+    # llgbm compare
+    Case("compare-readme-no-markers", lambda d, w: (write(d / "README.md", "# results\n"),
+                                                    cli("compare", "--readme", "README.md"))[1],
+         ("README.md", "<!-- compare:begin -->")),
+    Case("compare-readme-missing", lambda d, w: cli("compare", "--readme", "nope.md"), ("nope.md", "not found")),
+    Case("compare-not-a-repository", lambda d, w: cli("compare", "--repo", "."), (".", "dvc exp show failed")),
 ]
 
 

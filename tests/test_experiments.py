@@ -1,13 +1,75 @@
+import math
+import statistics
+from pathlib import Path
+
 import pytest
 
-from llgbm.experiments import comparison_report, grid_arms, mean_ci, queue_commands
+import llgbm.experiments as experiments
+from llgbm.cli import main
+from llgbm.errors import LlgbmError
+from llgbm.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, grid_arms, heldout_vs_tasks,
+                               knob_defaults, objective_of, queue_commands, queue_grid, replace_marked, study_arms,
+                               training_task_count, write_plot)
+from llgbm.stats import mean_ci, paired_difference, t_cdf, t_quantile_975
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
-            "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "none", "behaviour_loss": "delta"}
+            "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",
+            "max_training_tasks": None, "train.lambda_weights": 1.0}
 
 
-def test_grid_covers_the_spec_once_each() -> None:
-    arms = grid_arms(DEFAULTS)
+# --- statistics -------------------------------------------------------------------------------------
+
+def test_t_quantiles() -> None:
+    # Closed forms: df = 1 is the Cauchy distribution, df = 2 has t = (2p - 1) sqrt(2 / (4 p (1 - p))).
+    assert t_quantile_975(1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-10)
+    assert t_quantile_975(2) == pytest.approx(0.95 * math.sqrt(2 / (4 * 0.975 * 0.025)), rel=1e-10)
+    # Tables (R's qt(0.975, df)).
+    for df, value in [(1, 12.7062047362), (2, 4.30265272975), (4, 2.77644510520), (9, 2.26215716280),
+                      (29, 2.04522964213), (1000, 1.96233908083)]:
+        assert t_quantile_975(df) == pytest.approx(value, rel=1e-9), df
+    assert t_cdf(0.0, 3) == 0.5 and t_cdf(-2.0, 5) + t_cdf(2.0, 5) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        t_quantile_975(0)
+
+
+def test_mean_and_confidence_interval() -> None:
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.30265272975 / 3**0.5)
+    assert mean_ci([0.5]) == (0.5, None)
+
+
+def test_paired_difference_by_hand_and_pairing_narrows() -> None:
+    reference = {0: 0.10, 1: 0.20, 2: 0.30}
+    arm = {0: 0.15, 1: 0.24, 2: 0.37}  # tracks the reference seed by seed
+    mean, half, n = paired_difference(arm, reference)
+    # Per-seed differences 0.05, 0.04, 0.07: mean 0.16 / 3; squared deviations from it sum to 14/30000, so
+    # the variance is 7/30000 and the half-width t(0.975, 2) * sqrt(7/30000 / 3) = 4.30265 * 0.0088192.
+    assert n == 3
+    assert mean == pytest.approx(0.16 / 3)
+    assert half == pytest.approx(4.30265272975 * math.sqrt(7 / 30000 / 3))
+    assert half == pytest.approx(0.037946, abs=1e-6)
+    # Unpaired, the seed-to-seed spread of both arms enters: ten times wider.
+    unpaired = t_quantile_975(2) * math.sqrt(statistics.variance(arm.values()) / 3
+                                             + statistics.variance(reference.values()) / 3)
+    assert unpaired == pytest.approx(0.3704, abs=1e-4)
+    assert half < unpaired / 5
+
+
+def test_seeds_are_matched_not_positionally() -> None:
+    arm = {3: 0.5, 0: 0.4, 2: 0.6}
+    reference = {0: 0.1, 1: 0.9, 2: 0.2}
+    mean, half, n = paired_difference(arm, reference)  # seeds 0 and 2 only: differences 0.3 and 0.4
+    assert n == 2 and mean == pytest.approx(0.35)
+    assert half == pytest.approx(12.7062047362 * statistics.stdev([0.3, 0.4]) / math.sqrt(2))
+    assert paired_difference({0: 0.5}, {0: 0.2})[1] is None
+    assert paired_difference({5: 0.5}, {0: 0.2}) is None
+
+
+# --- the grid ---------------------------------------------------------------------------------------
+
+def test_ablation_grid_covers_the_spec_once_each() -> None:
+    arms = study_arms(DEFAULTS, "ablations")
+    assert arms == grid_arms(DEFAULTS)
     assert len(arms) == len({tuple(sorted(a.items())) for a in arms})
     assert {a["lambda_delta"] for a in arms} == {0.0, 0.1, 0.5, 1.0, 2.0}
     assert {a["delta_loss_type"] for a in arms} == {"mse", "cosine", "combined"}
@@ -25,30 +87,225 @@ def test_grid_covers_the_spec_once_each() -> None:
     assert command[:4] == ["dvc", "exp", "run", "--queue"] and command[-1] == "seed=0,1,2"
 
 
-def test_mean_and_confidence_interval() -> None:
-    mean, half = mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.303 * 1.0 / 3**0.5)
-    assert mean_ci([0.5]) == (0.5, None)
+@pytest.fixture
+def no_dvc(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a dry run called a subprocess")
+    monkeypatch.setattr(experiments.subprocess, "run", refuse)
 
 
-def _row(name: str, lambda_delta: float, seed: int, accuracy: float) -> dict:
-    return {"Experiment": name, "rev": name, "lambda_delta": lambda_delta, "delta_loss_type": "mse",
-            "probe_count": 5, "lambda_schedule": "linear", "seed": seed,
-            "heldout.accuracy.generated": accuracy, "heldout.gain_share.generated": accuracy / 2,
-            "heldout.delta_cosine_mean.generated": 0.9, "seen.accuracy.generated": 0.5}
+def _queued(study: str) -> list[str]:
+    lines = queue_grid([0, 1, 2, 3, 4], True, study_arms(DEFAULTS, study))
+    for line in lines:
+        assert line.startswith("dvc exp run --queue -S ") and line.endswith(" -S seed=0,1,2,3,4")
+    return lines
 
 
-def test_report_compares_each_arm_with_weight_only() -> None:
-    rows = [_row("a0", 0.0, 0, 0.10), _row("a1", 0.0, 1, 0.20), _row("a2", 0.0, 2, 0.30),
-            _row("b0", 1.0, 0, 0.40), _row("b1", 1.0, 1, 0.50), _row("b2", 1.0, 2, 0.60),
-            {**_row("q", 2.0, 0, 0.0), "heldout.accuracy.generated": None},  # queued: no metrics yet
-            {**_row("main", 1.0, 0, 0.9), "Experiment": None, "typ": "baseline"},  # the workspace's commit
-            {**_row("b0-again", 1.0, 0, 0.9)},  # the same arm and seed twice counts once
-            {**_row("layers", 1.0, 0, 0.7), "delta_layers": [0.0, 1.0]}]  # a list param, as exp_show gives it
-    report = comparison_report(rows)
+def test_study_objectives_queue(no_dvc: None) -> None:
+    lines = _queued("objectives")
+    arms = study_arms(DEFAULTS, "objectives")
+    assert [objective_of(a) for a in arms] == ["weight-only", "delta", "per-probe delta", "multi-layer delta", "KL",
+                                               "delta-only", "KL-only"]
+    assert "-S lambda_delta=0.0" in lines[0] and "-S delta_reduce=per_probe" in lines[2]
+    assert "-S delta_layers=all" in lines[3] and "-S behaviour_loss=kl" in lines[4]
+    for line in lines[5:]:  # behaviour term alone: lambda_weights 0 needs the plain sum
+        assert "-S train.lambda_weights=0.0" in line and "-S loss_balance=none" in line
+    assert all("-S max_training_tasks=null" in line for line in lines)
+
+
+def test_study_lambdas_and_task_counts_queue(no_dvc: None) -> None:
+    lambdas = _queued("lambdas")
+    assert [line.split("-S lambda_delta=")[1].split()[0] for line in lambdas] == ["0.1", "1.0", "5.0"]
+    counts = _queued("task_counts")
+    assert len(counts) == 12
+    for count in ("8", "12", "24", "null"):
+        chosen = [line for line in counts if f"-S max_training_tasks={count} " in line]
+        assert len(chosen) == 3
+        assert {"-S lambda_delta=0.0" in line for line in chosen} == {True, False}
+        assert sum("-S behaviour_loss=kl" in line for line in chosen) == 1
+    every = study_arms(DEFAULTS, "all")  # objectives + 2 new lambdas + 3 objectives x 3 new counts
+    assert len(every) == 7 + 2 + 9 and len({str(a) for a in every}) == len(every)
+    assert "delta_layers=[0,1]" in queue_commands([{**DEFAULTS, "delta_layers": [0, 1]}], [0])[0]
+
+
+def test_study_needs_every_knob_and_a_behaviour_weight() -> None:
+    params = {k: v for k, v in DEFAULTS.items() if "." not in k} | {"train": {"lambda_weights": 1.0, "steps": 9}}
+    assert knob_defaults(params, "p.yaml") == DEFAULTS
+    with pytest.raises(LlgbmError, match="p.yaml: no 'train.lambda_weights'"):
+        knob_defaults({**params, "train": {}}, "p.yaml")
+    with pytest.raises(LlgbmError, match="p.yaml: no 'max_training_tasks'"):
+        knob_defaults({k: v for k, v in params.items() if k != "max_training_tasks"}, "p.yaml")
+    with pytest.raises(LlgbmError, match="p.yaml: 'lambda_delta' is 0"):
+        study_arms({**DEFAULTS, "lambda_delta": 0.0}, "objectives", "p.yaml")
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+def _shown(value: object) -> object:
+    """A param as dvc.api.exp_show gives it: numbers as floats, null as "None", a list as its repr."""
+    if value is None:
+        return "None"
+    if isinstance(value, list):
+        return str(value)
+    return float(value) if isinstance(value, (int, float)) else value
+
+
+def _row(name: str, seed: int, heldout: float | None, seen: float = 0.9, tasks: tuple = (8.0, 42.0),
+         **knobs: object) -> dict:
+    params = {**DEFAULTS, **knobs}
+    row = {"Experiment": name, "rev": f"{abs(hash(name)) % 10**7:07d}", "typ": "branch_commit", "seed": float(seed),
+           # a name two metrics files share gets its file's prefix; the diagnostics' one must not be read
+           "results/diagnostics/metrics.json:heldout.tasks": 99.0,
+           "heldout.accuracy.generated": "None" if heldout is None else heldout, "seen.accuracy.generated": seen,
+           "heldout.gain_share.generated": 0.05, "heldout.defined.gain_share.generated": 6.0,
+           "heldout.delta_cosine_eval.generated": 0.4, "heldout.delta_cosine_eval_centred.generated": 0.1,
+           "results/evaluate/metrics.json:heldout.tasks": tasks[0], "seen.tasks": tasks[1],
+           "mean_teacher_heldout_accuracy_mean": 0.11, "heldout_chance_mean": 0.1,
+           "multitask_heldout_accuracy_mean": 0.12, "multitask_seen_accuracy_mean": 0.8}
+    row.update({k: _shown(v) for k, v in params.items()})
+    return row
+
+
+def _study_rows() -> list[dict]:
+    return [
+        {**_row("ws", 0, 0.9), "Experiment": None, "typ": "baseline", "rev": "workspace"},
+        {**_row("main", 0, 0.9), "Experiment": None, "typ": "baseline", "rev": "master"},
+        _row("w0", 0, 0.10, lambda_delta=0.0), _row("w1", 1, 0.20, lambda_delta=0.0),
+        _row("w2", 2, 0.30, lambda_delta=0.0),
+        # the delta arm's rows in another order than the reference's: pairing is by seed
+        _row("d2", 2, 0.37, seen=0.7), _row("d0", 0, 0.15, seen=0.8), _row("d1", 1, 0.24, seen=0.9),
+        _row("d0-again", 0, 0.99),  # the same arm and seed twice counts once
+        _row("kl0", 0, 0.50, behaviour_loss="kl"),
+        _row("only0", 0, 0.0, **{"train.lambda_weights": 0.0, "loss_balance": "none"}),  # 0.0 is a value
+        _row("t8", 0, 0.20, tasks=("None", 8.0), max_training_tasks=8),
+        _row("q", 0, None, lambda_delta=2.0),  # queued: no metrics yet
+        _row("layers", 1, 0.7, delta_layers=[0, 1]),
+        _row("p7", 7, 0.3, probe_count=10),  # no seed in common with weight-only
+    ]
+
+
+def _line(report: str, start: str) -> str:
+    return next(line for line in report.splitlines() if line.startswith(start))
+
+
+def test_report_pairs_arms_and_shows_seeds_and_tasks() -> None:
+    report = comparison_report(_study_rows())
     assert "lambda_delta=2.0" not in report
-    assert "delta_layers=(0, 1)" in report
-    baseline = next(line for line in report.splitlines() if "lambda_delta=0.0" in line)
-    delta_arm = next(line for line in report.splitlines() if "lambda_delta=1.0" in line and "(0, 1)" not in line)
-    assert "| 3 | 0.200 ± 0.248" in baseline and baseline.endswith("| baseline | baseline |")
-    assert "| 3 | 0.500 ± 0.248" in delta_arm and delta_arm.endswith("| +0.300 ± 0.160 | +0.000 ± 0.000 |")
+    weight_only = _line(report, "| weight-only | — | all |")
+    delta = _line(report, "| delta | — | all |")
+    assert weight_only.endswith("| reference | reference |")
+    assert "| 3 | 8 / 42 | 0.200 ± 0.248 |" in weight_only
+    # held-out: per-seed differences 0.05, 0.04, 0.07 (the hand example); seen: -0.1, 0, -0.2
+    assert "| 3 | 8 / 42 | 0.253 ± 0.275 | 0.800 ± 0.248 | 0.050 ± 0.000 | 6 | 0.400 ± 0.000 | 0.100 ± 0.000 |" in delta
+    assert delta.endswith("| +0.053 ± 0.038 (3 seeds) | -0.100 ± 0.248 (3 seeds) |")
+    kl = _line(report, "| KL | — | all |")
+    assert "| 1 | 8 / 42 | 0.500 (1 seed, no CI) |" in kl and kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) |")
+    only = _line(report, "| delta-only | — | all |")  # the knobs its name says are not repeated
+    assert "| 1 | 8 / 42 | 0.000 (1 seed, no CI) |" in only
+    eight = _line(report, "| delta | — | 8 |")
+    assert "| 1 | ? / 8 |" in eight and eight.endswith("| no weight-only run | no weight-only run |")
+    layers = _line(report, "| delta at layers 0, 1 | — | all | 1 |")  # seed 1, paired with weight-only's seed 1
+    assert layers.endswith("| +0.500 (1 seed, no CI) | +0.000 (1 seed, no CI) |")
+    assert _line(report, "| delta | probe_count=10 | all | 1 |").endswith("| no common seed | no common seed |")
+    assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | any | — | — | 0.110 | — |")
+    assert _line(report, "| baseline: multi-task LoRA | testbed diagnostics | any | — | — | 0.120 | 0.800 |")
+    assert _line(report, "| baseline: chance |")
+    assert "task arithmetic" not in report  # absent from the diagnostics: no row, no guess
+
+
+def test_report_diagnostics_per_task_count_where_they_differ() -> None:
+    rows = [_row("w0", 0, 0.1, lambda_delta=0.0), {**_row("e0", 0, 0.2, max_training_tasks=8), "mean_teacher_heldout_accuracy_mean": 0.3}]
+    report = comparison_report(rows)
+    assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | 8 | — | — | 0.300 |")
+    assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | all | — | — | 0.110 |")
+    bare = [{k: v for k, v in _row("w0", 0, 0.1).items() if "." in k or not k.endswith("_mean")}]
+    fallback = comparison_report(bare, {"nearest_teacher_heldout_accuracy_mean": 0.0125})
+    assert _line(fallback, "| baseline: nearest training teacher | testbed diagnostics | workspace | — | — | 0.013 |")
+
+
+def test_params_read_back_from_exp_show() -> None:
+    runs = collect_runs(_study_rows())
+    layers = next(r for r in runs if dict(r.arm)["delta_layers"] != "last")
+    assert dict(layers.arm)["delta_layers"] == (0, 1) and layers.seed == 1
+    eight = next(r for r in runs if dict(r.arm)["max_training_tasks"] is not None)
+    assert dict(eight.arm)["max_training_tasks"] == 8 and eight.counts["heldout_tasks"] is None
+    assert {r.baseline for r in runs} == {"master"}
+    # three seeds of the delta arm, one of its probe_count=10 variant
+    assert sum(objective_of(dict(r.arm)) == "delta" and dict(r.arm)["max_training_tasks"] is None for r in runs) == 4
+    # a param name a metrics file shares: exp_show prefixes both, and the param is read from params.yaml
+    row = {k: v for k, v in _row("x", 0, 0.1).items() if k != "seed"}
+    (run,) = collect_runs([{**row, "results/train/metrics.json:seed": 9.0, "params.yaml:seed": 4.0}])
+    assert run.seed == 4
+
+
+# --- README and plot --------------------------------------------------------------------------------
+
+def test_readme_markers_replaced_and_required() -> None:
+    text = f"# title\n\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n"
+    new = replace_marked(text, "new table", "README.md")
+    assert new == f"# title\n\nbefore\n{README_BEGIN}\nnew table\n{README_END}\nafter\n"
+    assert replace_marked(new, "new table", "README.md") == new
+    for broken in ("no markers\n", f"{README_BEGIN}\nonly the start\n", f"{README_END}\n{README_BEGIN}\n",
+                   f"{README_BEGIN}\n{README_END}\n{README_BEGIN}\n{README_END}\n"):
+        with pytest.raises(LlgbmError, match="^docs/README.md: needs one"):
+            replace_marked(broken, "x", "docs/README.md")
+
+
+def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# results\n{README_BEGIN}\nstale\n{README_END}\nkept\n")
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: _study_rows())
+    main(["compare", "--repo", str(tmp_path), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith(f"# results\n{README_BEGIN}\n") and text.endswith(f"{README_END}\nkept\n")
+    assert f"`llgbm compare --repo {tmp_path} --readme {readme}`" in text
+    assert "- seeds: 0, 1, 2, 7\n" in text and "- experiments ran on commit master\n" in text  # not a git repo
+    assert "CPUs, torch " in text and "| delta | — | all | 3 |" in text
+    assert "![held-out accuracy against the number of training tasks, per objective]" \
+           "(results/compare/heldout_vs_tasks.png)" in text
+    png = tmp_path / "results/compare/heldout_vs_tasks.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote the results between the markers" in capsys.readouterr().out
+
+
+def test_compare_without_markers_fails_before_reading_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# results\nno markers\n")
+
+    def refuse(repo: str, revs: object) -> list:
+        raise AssertionError("read experiments before checking the README")
+    monkeypatch.setattr(experiments, "exp_rows", refuse)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--readme", str(readme)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {readme}: needs one '{README_BEGIN}'")
+    assert readme.read_text() == "# results\nno markers\n" and not (tmp_path / "results").exists()
+
+
+def test_plot_points_and_file(tmp_path: Path) -> None:
+    rows = _study_rows() + [_row("w8", 0, 0.12, lambda_delta=0.0, max_training_tasks=8),
+                            _row("w8b", 1, 0.16, lambda_delta=0.0, max_training_tasks=8),
+                            _row("t8b", 1, 0.30, max_training_tasks=8)]
+    series = heldout_vs_tasks(rows)
+    weight_only = series["weight-only"]
+    assert [p[0] for p in weight_only] == [8, 42]  # "all": the evaluation's seen.tasks
+    assert weight_only[0][1] == pytest.approx(0.14) and weight_only[0][2] == pytest.approx(
+        12.7062047362 * statistics.stdev([0.12, 0.16]) / math.sqrt(2))
+    assert weight_only[1][1:] == pytest.approx(mean_ci([0.1, 0.2, 0.3]))
+    assert series["delta"][0][0] == 8 and series["KL"] == [(42, 0.5, None)]
+    path = tmp_path / "plots" / "p.png"
+    write_plot(series, 0.1, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_training_task_count_sources() -> None:
+    runs = {r.seed: r for r in collect_runs([
+        _row("a", 0, 0.1), _row("b", 1, 0.1, max_training_tasks=12),
+        {**_row("c", 2, 0.1), "train_tasks": 30.0}, _row("d", 3, 0.1, tasks=(8.0, "None"))])}
+    assert training_task_count([runs[0]]) == 42  # every task: the evaluation's seen tasks
+    assert training_task_count([runs[1]]) == 12  # max_training_tasks
+    assert training_task_count([runs[2]]) == 30  # a stage's own count first
+    assert training_task_count([runs[3]]) is None  # nothing says: left out of the plot
+    assert training_task_count([runs[0], runs[0], runs[2]]) == 42

@@ -159,4 +159,4 @@ def test_queued_experiments_differ_in_lambda(project: Path) -> None:
     assert found["lambda-0-0"][0] == 0.0 and found["lambda-1-0"][0] == 1.0
     assert found["lambda-0-0"][1] != found["lambda-1-0"][1]
     report = run([sys.executable, "-m", "llgbm.cli", "compare"], project).stdout
-    assert "lambda_delta=0.0" in report and "lambda_delta=1.0" in report and "baseline" in report
+    assert "| weight-only |" in report and "| delta |" in report and "| reference | reference |" in report
