@@ -183,6 +183,11 @@ class TrainConfig:
 @dataclass
 class EvaluateConfig:
     prompt_batches: int = 3  # generated adapters per task, each from its own batch of test prompts
+    # The evaluation probe set: test-split prompts of every task (held-out ones first), never a train
+    # prompt of any task, formatted as probes.template / probes.max_length say. Its own seed, so arms that
+    # differ in the training probes are measured on the same evaluation probes.
+    probe_count: int = 16
+    probe_seed: int = 0
 
 
 @dataclass
@@ -462,6 +467,7 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
                          "checkpointed); use bf16 or no")
     _check_choice(tr.mixed_precision, MIXED_PRECISION, "train.mixed_precision", source)
     _check_positive(cfg.evaluate.prompt_batches, "evaluate.prompt_batches", source)
+    _check_positive(cfg.evaluate.probe_count, "evaluate.probe_count", source)
     if tr.lambda_weights == 0 and cfg.loss_balance == "grad_norm":
         raise LlgbmError(f"{source}: 'loss_balance' grad_norm scales the delta term to the weight term's gradient, "
                          "which train.lambda_weights 0 removes; use loss_balance none for delta-only training")

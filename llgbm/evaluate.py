@@ -2,6 +2,7 @@
 task's teacher, and the mean and nearest training teachers; every adapter loaded through PEFT."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from .generate import open_generator
 from .io import read_json, sha256_file
 from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, load_peft_model
 from .models import load_base, load_tokenizer
+from .probes import ProbeSet, assert_disjoint, build_evaluation_probe_set, tokenize_probes, training_texts
 from .scoring import task_accuracy
 from .tasks import Task, training_tasks
 from .train import Paths, checked_probe_batch, delta_spec_of
@@ -35,30 +37,65 @@ def nearest_task(batch_embeddings: torch.Tensor, task_embeddings: dict[str, torc
     return max(scores, key=scores.get)
 
 
-def delta_alignment(deltas: list[torch.Tensor], target: torch.Tensor) -> dict:
-    """Cosine (mean, std, min, max), MSE and norm ratio of deltas against the teacher's delta (of any
-    variant's shape, compared as flat vectors). A zero delta (the base model) has no direction: its cosine
-    is None, not a number."""
-    deltas, target = [d.flatten() for d in deltas], target.flatten()
-    norms = [float(d.norm()) for d in deltas]
-    cosines = [float(torch.nn.functional.cosine_similarity(d, target, dim=0)) if n > 0 else None
-               for d, n in zip(deltas, norms)]
-    defined = [c for c in cosines if c is not None]
+# Accuracies are multiples of 1 / (test records): a gap this small only guards against float equality.
+MIN_GAIN_GAP = 1e-6
+# Per-task metrics that can be undefined (a zero delta has no direction; a teacher at the floor leaves no
+# gain to share): the summary counts the tasks where each is defined instead of silently dropping them.
+DEFINABLE = ("gain_share", "delta_cosine_train_probes", "delta_cosine_eval", "delta_cosine_eval_centred",
+             "delta_norm_ratio_eval")
+SUMMARISED = ("accuracy", "gain_share", "delta_cosine_eval", "delta_cosine_eval_centred", "delta_cosine_train_probes",
+              "delta_mse_eval", "delta_norm_ratio_eval")
+# The two probe sets a delta is measured on: the delta cache's (training's, so in-sample) and the
+# evaluation probes (test-split prompts no training step saw).
+PROBE_SETS = ("train_probes", "eval")
+
+
+def cosine_or_none(delta: torch.Tensor, target: torch.Tensor) -> float | None:
+    """The cosine of two deltas as flat vectors; None when either is zero (it has no direction)."""
+    delta, target = delta.flatten(), target.flatten()
+    if float(delta.norm()) == 0 or float(target.norm()) == 0:
+        return None
+    return float(torch.nn.functional.cosine_similarity(delta, target, dim=0))
+
+
+def cosine_stats(deltas: list[torch.Tensor], target: torch.Tensor, name: str,
+                 centre: torch.Tensor | None = None) -> dict:
+    """Mean, std, min and max over deltas of their cosine to target, as `name`, `name`_std, ... (None where
+    no cosine is defined). With `centre`, it is first subtracted from every delta and from the target: the
+    centred cosine, agreement in what sets the target apart from the centre (e.g. the mean teacher)."""
+    if centre is not None:
+        deltas, target = [d - centre for d in deltas], target - centre
+    defined = [c for c in (cosine_or_none(d, target) for d in deltas) if c is not None]
     stats = torch.tensor(defined) if defined else None
     return {
-        "delta_cosine_mean": float(stats.mean()) if defined else None,
-        "delta_cosine_std": float(stats.std(unbiased=False)) if defined else None,
-        "delta_cosine_min": float(stats.min()) if defined else None,
-        "delta_cosine_max": float(stats.max()) if defined else None,
-        "delta_mse": sum(float((d - target).square().mean()) for d in deltas) / len(deltas),
-        "delta_norm_ratio": sum(norms) / len(norms) / float(target.norm()),
+        name: float(stats.mean()) if defined else None,
+        f"{name}_std": float(stats.std(unbiased=False)) if defined else None,
+        f"{name}_min": float(stats.min()) if defined else None,
+        f"{name}_max": float(stats.max()) if defined else None,
     }
 
 
-def gain_share(accuracy: float, base: float, teacher: float, min_gap: float = 1e-6) -> float | None:
-    """(acc - acc_base) / (acc_teacher - acc_base); undefined when the teacher gains nothing."""
-    gap = teacher - base
-    return (accuracy - base) / gap if gap > min_gap else None
+def delta_alignment(deltas: list[torch.Tensor], target: torch.Tensor, where: str) -> dict:
+    """Cosine statistics, MSE and norm ratio of deltas against the teacher's delta on one probe set (of
+    any variant's shape, compared as flat vectors), named delta_cosine_<where>, delta_mse_<where>,
+    delta_norm_ratio_<where>. A zero delta (the base model) has no direction: its cosine is None."""
+    deltas, target = [d.flatten() for d in deltas], target.flatten()
+    target_norm = float(target.norm())
+    return {
+        **cosine_stats(deltas, target, f"delta_cosine_{where}"),
+        f"delta_mse_{where}": sum(float((d - target).square().mean()) for d in deltas) / len(deltas),
+        f"delta_norm_ratio_{where}": (sum(float(d.norm()) for d in deltas) / len(deltas) / target_norm
+                                      if target_norm > 0 else None),
+    }
+
+
+def gain_share(accuracy: float, base: float, teacher: float, chance: float,
+               min_gap: float = MIN_GAIN_GAP) -> float | None:
+    """(acc - floor) / (acc_teacher - floor) with floor = max(acc_base, chance): a base below chance is
+    noise, not a level an adapter gains from. Undefined when the teacher is not above the floor."""
+    floor = max(base, chance)
+    gap = teacher - floor
+    return (accuracy - floor) / gap if gap > min_gap else None
 
 
 def _mean_defined(values: list[float | None]) -> float | None:
@@ -67,23 +104,43 @@ def _mean_defined(values: list[float | None]) -> float | None:
 
 
 def summarise_methods(per_task: dict[str, dict], names: list[str]) -> dict:
-    """Per method, the mean over `names` of accuracy, gain share and delta cosine."""
+    """Per method, the mean over `names` of each summarised metric (over the tasks where it is defined),
+    the number of tasks, and per metric that can be undefined the number of tasks where it is defined."""
     return {
-        key: {m: _mean_defined([per_task[t][m][key] for t in names]) for m in METHODS}
-        for key in ("accuracy", "gain_share", "delta_cosine_mean")
+        "tasks": len(names),
+        **{key: {m: _mean_defined([per_task[t][m][key] for t in names]) for m in METHODS} for key in SUMMARISED},
+        "defined": {key: {m: sum(per_task[t][m][key] is not None for t in names) for m in METHODS}
+                    for key in DEFINABLE},
     }
+
+
+def evaluation_probe_set(cfg: Config, tasks: list[Task], cache: DeltaCache, tokenizer) -> ProbeSet:
+    """The evaluation probes params define, checked against every text training can see."""
+    probes = build_evaluation_probe_set(cfg.probes, cfg.evaluate.probe_count, cfg.evaluate.probe_seed, tasks,
+                                        cfg.heldout_tasks, tokenizer)
+    assert_disjoint(probes, training_texts(tasks, cache.probes, tokenizer))
+    return probes
+
+
+@dataclass(frozen=True)
+class Measured:
+    accuracy: float  # on the evaluated task's test records
+    deltas: dict[str, torch.Tensor]  # per probe set (PROBE_SETS)
 
 
 def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: Path,
                    prompt_batches: int) -> tuple[dict, dict]:
     """Generate adapters for every task from prompt batches of its test split, save every compared adapter
-    as a PEFT directory, and measure each through `PeftModel.from_pretrained` on a fresh base."""
+    as a PEFT directory, and measure each through `PeftModel.from_pretrained` on a fresh base: accuracy,
+    and its delta on the cache's probes and on the evaluation probes (one model load for all three)."""
     adapters_dir = Path(adapters_dir)
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
     training = training_tasks(tasks, cfg)
     spec = delta_spec_of(cfg, paths.base)
-    probe_ids, probe_mask = checked_probe_batch(cfg, training, cache, tokenizer, paths.base)
+    train_probes = checked_probe_batch(cfg, training, cache, tokenizer, paths.base)
+    probe_batches = {"train_probes": train_probes,
+                     "eval": tokenize_probes(evaluation_probe_set(cfg, tasks, cache, tokenizer), tokenizer)}
     loaded = open_generator(paths.generator, paths.base)
     if sorted(loaded.meta["heldout_tasks"]) != sorted(cfg.heldout_tasks):
         raise LlgbmError(f"{paths.generator}: trained with heldout_tasks {loaded.meta['heldout_tasks']}, params say "
@@ -93,30 +150,35 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     final = {c["task"]: paths.teachers / c["path"] for c in sorted(index, key=lambda c: c["step"])}
     train_names = {t.name for t in training}
 
-    def measure(adapter_dir: Path | None, task: Task) -> tuple[float, torch.Tensor]:
+    def states(model) -> dict[str, torch.Tensor]:
+        return {where: probe_states(model, ids, mask, spec.layers) for where, (ids, mask) in probe_batches.items()}
+
+    def measure(adapter_dir: Path | None, task: Task) -> Measured:
         model = load_base(paths.base, cfg.base.dtype)
         if adapter_dir is not None:
             model = load_peft_model(model, adapter_dir)
-        delta = reduce_delta(probe_states(model, probe_ids, probe_mask, spec.layers)[None], base_states, spec)[0]
-        return task_accuracy(model, tokenizer, task, "test"), delta
+        deltas = {where: reduce_delta(adapted[None], base_states[where], spec)[0]
+                  for where, adapted in states(model).items()}
+        return Measured(task_accuracy(model, tokenizer, task, "test"), deltas)
 
-    base_states = probe_states(load_base(paths.base, cfg.base.dtype), probe_ids, probe_mask, spec.layers)
+    base_states = states(load_base(paths.base, cfg.base.dtype))
     mean_dir = adapters_dir / "mean_teacher"
     loaded.save(mean_adapter([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
                               for c in index if c["task"] in train_names]), mean_dir)
     task_embeddings = {t.name: embeddings.lookup([r.prompt for r in t.train]) for t in training}
 
     per_task: dict[str, dict] = {}
+    eval_deltas: dict[str, dict[str, list[torch.Tensor]]] = {}  # task -> method -> deltas on the evaluation probes
     for task in sorted(tasks, key=lambda t: (t.name not in cfg.heldout_tasks, t.name)):
         if len(task.test) < loaded.prompts:
             raise LlgbmError(f"task '{task.name}': {len(task.test)} test prompts, the generator takes {loaded.prompts}")
         teacher_key = cache.key_for(sha256_file(final[task.name] / ADAPTER_WEIGHTS))
         rng = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, task.name)))
-        results: dict[str, list[tuple[float, torch.Tensor]]] = {m: [] for m in METHODS}
+        results: dict[str, list[Measured]] = {m: [] for m in METHODS}
         nearest_names = []
-        measured: dict[Path | None, tuple[float, torch.Tensor]] = {}
+        measured: dict[Path | None, Measured] = {}
 
-        def measure_once(adapter_dir: Path | None) -> tuple[float, torch.Tensor]:
+        def measure_once(adapter_dir: Path | None) -> Measured:
             # The nearest teacher is often the same task's (or the same task for every batch).
             if adapter_dir not in measured:
                 measured[adapter_dir] = measure(adapter_dir, task)
@@ -133,26 +195,44 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
             results["generated"].append(measure_once(out_dir))
             nearest_names.append(nearest_task(condition, task_embeddings))
             results["nearest_teacher"].append(measure_once(final[nearest_names[-1]]))
-        teacher_delta = results["teacher"][0][1]
+        teacher = results["teacher"][0].deltas
         cached_teacher = cache.get(teacher_key)
         # The cache is in training's precision and PEFT's path in full precision: under bf16 only a
         # coarse agreement is expected (a stale cache is still far off).
         tolerance = 1e-4 if cache.definition["precision"] == "no" else 0.1
-        if (teacher_delta - cached_teacher).norm() > tolerance * cached_teacher.norm():
+        if (teacher["train_probes"] - cached_teacher).norm() > tolerance * cached_teacher.norm():
             raise LlgbmError(f"{final[task.name]}: PEFT-loaded delta disagrees with the delta cache; rerun the deltas stage")
-        accuracy = {m: sum(a for a, _ in results[m]) / len(results[m]) for m in METHODS}
+        accuracy = {m: sum(r.accuracy for r in results[m]) / len(results[m]) for m in METHODS}
         per_task[task.name] = {
             "heldout": task.name in cfg.heldout_tasks, "chance": task.chance, "nearest_tasks": nearest_names,
             **{m: {"accuracy": accuracy[m],
-                   "gain_share": gain_share(accuracy[m], accuracy["base"], accuracy["teacher"]),
-                   **delta_alignment([d for _, d in results[m]], teacher_delta)} for m in METHODS},
+                   "gain_share": gain_share(accuracy[m], accuracy["base"], accuracy["teacher"], task.chance),
+                   **{key: value for where in PROBE_SETS
+                      for key, value in delta_alignment([r.deltas[where] for r in results[m]], teacher[where],
+                                                        where).items()}}
+               for m in METHODS},
         }
+        eval_deltas[task.name] = {m: [r.deltas["eval"] for r in results[m]] for m in METHODS}
         print(f"{task.name:>12} ({'held-out' if task.name in cfg.heldout_tasks else 'seen'}): "
               + ", ".join(f"{m} {accuracy[m]:.3f}" for m in METHODS), flush=True)
+    # The mean of the training teachers' deltas (not the delta of the mean adapter): what every task's
+    # teacher shares, which a raw cosine rewards in any teacher-like adapter.
+    centre = torch.stack([eval_deltas[t.name]["teacher"][0] for t in training]).mean(0)
+    for name, row in per_task.items():
+        for m in METHODS:
+            row[m].update(cosine_stats(eval_deltas[name][m], eval_deltas[name]["teacher"][0],
+                                       "delta_cosine_eval_centred", centre))
     heldout = [t for t in per_task if per_task[t]["heldout"]]
     seen = [t for t in per_task if not per_task[t]["heldout"]]
-    summary = {"heldout": summarise_methods(per_task, heldout), "seen": summarise_methods(per_task, seen)}
+    summary = {"heldout": summarise_methods(per_task, heldout), "seen": summarise_methods(per_task, seen),
+               "train_tasks": len(training)}
     return summary, per_task
+
+
+# The report's columns after the accuracies: (metric, header), each for the generated adapters.
+REPORT_COLUMNS = (("gain_share", "gain share"), ("delta_cosine_eval", "delta cosine, eval probes"),
+                  ("delta_cosine_eval_centred", "centred delta cosine, eval probes"),
+                  ("delta_cosine_train_probes", "delta cosine, training probes"))
 
 
 def markdown_report(summary: dict, per_task: dict) -> str:
@@ -161,21 +241,28 @@ def markdown_report(summary: dict, per_task: dict) -> str:
 
     lines = ["# Evaluation", "",
              "Accuracy on each task's test records (multiple choice over the task's options); generated adapters "
-             "come from prompt batches of the test split, held-out tasks were never seen in training.", ""]
+             "come from prompt batches of the test split, held-out tasks were never seen in training. Gain share "
+             "is (acc - floor) / (teacher - floor) with floor = max(base, chance). Delta cosines compare an "
+             "adapter's delta with its task teacher's: on the evaluation probes (test-split prompts no training "
+             "step saw), also centred (the mean delta of the "
+             f"{summary['train_tasks']} training teachers subtracted from both), and on the delta cache's "
+             "training probes (in-sample). The last four columns are the generated adapters'; a mean is over the "
+             "tasks where the value is defined, their count in parentheses.", ""]
     for split in ("heldout", "seen"):
         names = [t for t, row in per_task.items() if row["heldout"] == (split == "heldout")]
         if not names:
             continue
+        means = summary[split]
         lines += [f"## {'Held-out' if split == 'heldout' else 'Seen'} tasks", "",
-                  "| task | chance | " + " | ".join(METHODS) + " | gain share (generated) | delta cosine (generated) |",
-                  "|---|---|" + "---|" * len(METHODS) + "---|---|"]
+                  "| task | chance | " + " | ".join(METHODS) + " | " + " | ".join(h for _, h in REPORT_COLUMNS) + " |",
+                  "|---|---|" + "---|" * (len(METHODS) + len(REPORT_COLUMNS))]
         for t in names:
             row = per_task[t]
             lines.append(f"| {t} | {row['chance']:.3f} | " + " | ".join(cell(row[m]["accuracy"]) for m in METHODS)
-                         + f" | {cell(row['generated']['gain_share'])} | {cell(row['generated']['delta_cosine_mean'])} |")
-        means = summary[split]
-        lines.append("| **mean** | | " + " | ".join(cell(means["accuracy"][m]) for m in METHODS)
-                     + f" | {cell(means['gain_share']['generated'])} | {cell(means['delta_cosine_mean']['generated'])} |")
+                         + " | " + " | ".join(cell(row["generated"][key]) for key, _ in REPORT_COLUMNS) + " |")
+        lines.append("| **mean** | | " + " | ".join(cell(means["accuracy"][m]) for m in METHODS) + " | "
+                     + " | ".join(f"{cell(means[key]['generated'])} ({means['defined'][key]['generated']}/{means['tasks']})"
+                                  for key, _ in REPORT_COLUMNS) + " |")
         lines.append("")
     return "\n".join(lines)
 

@@ -81,6 +81,46 @@ def build_probe_set(settings: ProbesConfig, probe_count: int, training: list[Tas
     return ProbeSet(tuple(texts), settings.template, settings.max_length)
 
 
+def _evaluation_candidates(tasks: list[Task], heldout: list[str], rng: random.Random) -> list[str]:
+    """Test prompts that are no task's train prompt (the built-in generator can draw one into both
+    splits), round-robin over the tasks: held-out tasks first, so each gives probes even when there are
+    fewer probes than tasks, then the rest in a seeded order."""
+    seen = {r.prompt for t in tasks for r in t.train}
+    rest = [t for t in tasks if t.name not in heldout]
+    ordered = [t for t in tasks if t.name in heldout] + rng.sample(rest, len(rest))
+    pools = []
+    for task in ordered:
+        prompts = list(dict.fromkeys(r.prompt for r in task.test if r.prompt not in seen))
+        pools.append(rng.sample(prompts, len(prompts)))
+    return list(dict.fromkeys(pool[i] for i in range(max(map(len, pools), default=0)) for pool in pools if i < len(pool)))
+
+
+def build_evaluation_probe_set(settings: ProbesConfig, count: int, seed: int, tasks: list[Task], heldout: list[str],
+                               tokenizer: PreTrainedTokenizerBase) -> ProbeSet:
+    """The evaluation probe set: `count` test-split prompts of every task (held-out ones included), no
+    train prompt of any task, formatted with the training probes' template and max length. Generic
+    probes are not used: they are training probes."""
+    candidates = _evaluation_candidates(tasks, heldout, random.Random(f"{seed}:evaluation-probes"))
+    if len(candidates) < count:
+        raise LlgbmError(f"evaluate.probe_count: {count} evaluation probes asked for, only {len(candidates)} test "
+                         "prompts are no task's train prompt")
+    texts = [apply_template(t, settings.template, tokenizer) for t in candidates[:count]]
+    return ProbeSet(tuple(texts), settings.template, settings.max_length)
+
+
+def training_texts(tasks: list[Task], probes: ProbeSet, tokenizer: PreTrainedTokenizerBase) -> set[str]:
+    """Every text training can see, as a probe would be formatted: the training probes and every task's
+    train prompts (which include the KL reference's answer prompts)."""
+    return {*probes.texts, *(apply_template(r.prompt, probes.template, tokenizer) for t in tasks for r in t.train)}
+
+
+def assert_disjoint(evaluation: ProbeSet, seen: set[str]) -> None:
+    """An evaluation probe that training saw would make an out-of-sample metric in-sample: an error."""
+    shared = [t for t in evaluation.texts if t in seen]
+    if shared:
+        raise LlgbmError(f"evaluate: {len(shared)} evaluation probe(s) are training texts, e.g. {shared[0]!r}")
+
+
 def tokenize_probes(probes: ProbeSet, tokenizer: PreTrainedTokenizerBase) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input_ids and attention_mask (P, T); a probe's last real token is at length - 1."""
     if tokenizer.padding_side != "right":

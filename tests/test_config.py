@@ -30,6 +30,7 @@ def test_repository_params_load() -> None:
     ({"lora": {"rank": "four"}}, "'lora.rank' must be int"),
     ({"tasks": {"names": ["first", "nonsense"]}}, "'tasks.names' is 'nonsense'"),
     ({"probe_count": 0}, "'probe_count' must be > 0"),
+    ({"evaluate": {"probe_count": 0}}, "'evaluate.probe_count' must be > 0"),
     ({"tasks": {"source": "files"}}, "'tasks.files' is empty"),
     ({"train": {"max_grad_norm": 0}}, "'train.max_grad_norm' must be > 0"),
     ({"delta_reduce": "median"}, "'delta_reduce' is 'median'"),

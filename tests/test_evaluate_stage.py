@@ -7,11 +7,12 @@ import torch
 from llgbm.delta import DeltaComputer, peft_delta, stack_adapters
 from llgbm.delta_cache import DeltaCache
 from llgbm.errors import LlgbmError
-from llgbm.evaluate import METHODS, delta_alignment, gain_share, mean_adapter, nearest_task, run_evaluation
+from llgbm.evaluate import (METHODS, cosine_or_none, cosine_stats, delta_alignment, evaluation_probe_set, gain_share,
+                            mean_adapter, nearest_task, run_evaluation, summarise_methods)
 from llgbm.generate import generate_from_file, open_generator, read_prompts
 from llgbm.lora import lora_scaling
 from llgbm.models import load_base, load_tokenizer
-from llgbm.probes import tokenize_probes
+from llgbm.probes import answer_prompts, apply_template, tokenize_probes
 
 
 def test_mean_and_nearest_baselines_on_a_hand_made_case() -> None:
@@ -24,16 +25,60 @@ def test_mean_and_nearest_baselines_on_a_hand_made_case() -> None:
     assert nearest_task(torch.tensor([[0.1, 2.0]]), tasks) == "north"
 
 
-def test_alignment_and_gain_share_on_a_hand_made_case() -> None:
+def test_alignment_on_a_hand_made_case() -> None:
     target = torch.tensor([2.0, 0.0])
-    stats = delta_alignment([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])], target)
-    assert stats["delta_cosine_mean"] == pytest.approx(0.5) and stats["delta_cosine_std"] == pytest.approx(0.5)
-    assert (stats["delta_cosine_min"], stats["delta_cosine_max"]) == (0.0, 1.0)
-    assert stats["delta_mse"] == pytest.approx(((1.0 + 0.0) / 2 + (4.0 + 9.0) / 2) / 2)
-    assert stats["delta_norm_ratio"] == pytest.approx((1.0 + 3.0) / 2 / 2.0)
-    assert delta_alignment([torch.zeros(2)], target)["delta_cosine_mean"] is None  # the base has no direction
-    assert gain_share(0.5, 0.1, 0.9) == pytest.approx(0.5)
-    assert gain_share(0.5, 0.1, 0.1) is None
+    stats = delta_alignment([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])], target, "eval")
+    assert stats["delta_cosine_eval"] == pytest.approx(0.5) and stats["delta_cosine_eval_std"] == pytest.approx(0.5)
+    assert (stats["delta_cosine_eval_min"], stats["delta_cosine_eval_max"]) == (0.0, 1.0)
+    assert stats["delta_mse_eval"] == pytest.approx(((1.0 + 0.0) / 2 + (4.0 + 9.0) / 2) / 2)
+    assert stats["delta_norm_ratio_eval"] == pytest.approx((1.0 + 3.0) / 2 / 2.0)
+    assert delta_alignment([torch.zeros(2)], target, "eval")["delta_cosine_eval"] is None  # the base has no direction
+    assert delta_alignment([target], torch.zeros(2), "x")["delta_norm_ratio_x"] is None
+
+
+def test_gain_share_is_floored_at_base_or_chance() -> None:
+    assert gain_share(0.5, 0.1, 0.9, chance=0.1) == pytest.approx(0.5)
+    assert gain_share(0.5, 0.3, 0.9, chance=0.1) == pytest.approx(0.2 / 0.6)  # base above chance: the floor
+    # A base below chance is noise: the floor is chance, so a chance-level adapter gains nothing (the
+    # unfloored share would be (0.2 - 0.05) / (0.85 - 0.05) = 0.1875).
+    assert gain_share(0.2, 0.05, 0.85, chance=0.2) == 0.0
+    assert gain_share(0.1, 0.05, 0.85, chance=0.2) == pytest.approx(-0.1 / 0.65)
+    assert gain_share(0.5, 0.05, 0.2, chance=0.2) is None  # the teacher at the floor: nothing to share
+    assert gain_share(0.5, 0.3, 0.25, chance=0.2) is None  # the teacher below the base
+    assert gain_share(0.5, 0.1, 0.1, chance=0.1) is None
+
+
+def test_centred_cosine_on_a_hand_made_case() -> None:
+    # Two deltas made of the training teachers' mean plus a part of their own: raw, both point along the
+    # mean and look aligned with the teacher; centred, only the one sharing the teacher's own part does.
+    mean = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    teacher = mean + torch.tensor([0.0, 0.0, 1.0, 0.0])
+    same, orthogonal = mean + torch.tensor([0.0, 0.0, 2.0, 0.0]), mean + torch.tensor([0.0, 0.0, 0.0, 3.0])
+    raw = cosine_stats([same, orthogonal], teacher, "c")
+    assert raw["c_min"] == pytest.approx(2 / (11 ** 0.5 * 3 ** 0.5)) and raw["c_max"] == pytest.approx(4 / (6 ** 0.5 * 3 ** 0.5))
+    centred = cosine_stats([same, orthogonal], teacher, "c", centre=mean)
+    assert (centred["c_min"], centred["c_max"], centred["c"]) == (0.0, pytest.approx(1.0), pytest.approx(0.5))
+    assert cosine_stats([mean], teacher, "c", centre=mean)["c"] is None  # the mean itself: no own direction
+    assert cosine_or_none(torch.zeros(3), torch.ones(3)) is None
+
+
+def test_summary_counts_the_tasks_where_a_value_is_defined() -> None:
+    def row(accuracy: float, share: float | None, cosine: float | None) -> dict:
+        return {m: {"accuracy": accuracy, "gain_share": share, "delta_cosine_eval": cosine,
+                    "delta_cosine_eval_centred": cosine, "delta_cosine_train_probes": cosine, "delta_mse_eval": 0.5,
+                    "delta_norm_ratio_eval": 1.0} for m in METHODS}
+
+    per_task = {"a": row(0.2, None, 0.5), "b": row(0.4, 0.3, None), "c": row(0.6, None, None), "d": row(1.0, 1.0, 1.0)}
+    summary = summarise_methods(per_task, ["a", "b", "c"])
+    assert summary["tasks"] == 3
+    assert summary["accuracy"]["generated"] == pytest.approx(0.4)
+    assert summary["gain_share"]["generated"] == pytest.approx(0.3)  # the mean of the one defined value
+    assert summary["defined"]["gain_share"]["generated"] == 1
+    assert summary["defined"]["delta_cosine_eval_centred"]["base"] == 1
+    assert summary["defined"]["delta_norm_ratio_eval"]["teacher"] == 3
+    assert "accuracy" not in summary["defined"]
+    empty = summarise_methods(per_task, [])
+    assert empty["tasks"] == 0 and empty["gain_share"]["generated"] is None and empty["defined"]["gain_share"]["generated"] == 0
 
 
 def test_generated_adapter_through_peft_matches_the_functional_delta(micro_generator, tmp_path) -> None:
@@ -59,12 +104,43 @@ def test_evaluation_on_the_micro_configuration(micro_generator, tmp_path) -> Non
     for name, row in per_task.items():
         for method in METHODS:
             assert 0.0 <= row[method]["accuracy"] <= 1.0
-        assert row["teacher"]["delta_cosine_mean"] == pytest.approx(1.0)
-        assert row["base"]["delta_cosine_mean"] is None and row["base"]["delta_norm_ratio"] == 0.0
+        for where in ("train_probes", "eval", "eval_centred"):
+            assert row["teacher"][f"delta_cosine_{where}"] == pytest.approx(1.0)
+        assert row["base"]["delta_cosine_train_probes"] is None and row["base"]["delta_norm_ratio_train_probes"] == 0.0
+        assert row["base"]["delta_cosine_eval"] is None and row["base"]["delta_norm_ratio_eval"] == 0.0
+        # The evaluation probes are other texts: the generated adapters' deltas there differ.
+        assert row["generated"]["delta_mse_eval"] != row["generated"]["delta_mse_train_probes"]
         assert len(row["nearest_tasks"]) == 2 and "largest" not in row["nearest_tasks"]  # only training tasks
     assert summary["heldout"]["accuracy"]["teacher"] == per_task["largest"]["teacher"]["accuracy"]
+    assert (summary["train_tasks"], summary["heldout"]["tasks"], summary["seen"]["tasks"]) == (2, 1, 2)
+    flat = {f"{split}.{metric}.{method}": value for split in ("heldout", "seen")
+            for metric, by_method in summary[split].items() if isinstance(by_method, dict)
+            for method, value in by_method.items()}
+    for path in ("heldout.accuracy.generated", "heldout.gain_share.generated", "heldout.delta_cosine_eval.generated",
+                 "heldout.delta_cosine_eval_centred.generated", "seen.accuracy.generated"):
+        assert path in flat
+    defined = summary["heldout"]["defined"]["gain_share"]["generated"]
+    assert defined == (per_task["largest"]["generated"]["gain_share"] is not None)
+    assert summary["seen"]["defined"]["delta_cosine_eval"]["base"] == 0  # the base's zero delta, counted
     assert (tmp_path / "adapters" / "largest" / "generated-1" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "adapters" / "mean_teacher" / "adapter_config.json").is_file()
+
+
+def test_evaluation_probes_never_appear_in_training(micro_generator) -> None:
+    cfg, tasks = micro_generator["cfg"], micro_generator["tasks"]
+    tokenizer = load_tokenizer(micro_generator["base"])
+    cache = DeltaCache.load(micro_generator["deltas"])
+    probes = evaluation_probe_set(cfg, tasks, cache, tokenizer)
+    assert len(probes.texts) == cfg.evaluate.probe_count
+    assert (probes.template, probes.max_length) == (cache.probes.template, cache.probes.max_length)
+    test_prompts = {apply_template(r.prompt, probes.template, tokenizer): t.name for t in tasks for r in t.test}
+    assert {test_prompts.get(text) for text in probes.texts} == {t.name for t in tasks}  # held-out one included
+    assert not set(probes.texts) & set(cache.probes.texts)
+    train_prompts = {apply_template(r.prompt, probes.template, tokenizer) for t in tasks for r in t.train}
+    assert not set(probes.texts) & train_prompts
+    answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
+    assert not set(probes.texts) & {apply_template(p, probes.template, tokenizer)
+                                    for prompts in answers.prompts.values() for p in prompts}
 
 
 def test_generate_command(micro_generator, tmp_path) -> None:

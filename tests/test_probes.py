@@ -1,11 +1,13 @@
 """Probe sets: how many, from which tasks, never from a held-out one."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from llgbm.errors import LlgbmError
 from llgbm.models import build_tiny_tokenizer
-from llgbm.probes import build_probe_set, generic_length
+from llgbm.probes import assert_disjoint, build_evaluation_probe_set, build_probe_set, generic_length, training_texts
 from llgbm.tasks import make_tasks, training_tasks, vocabulary
 
 from .conftest import micro_config
@@ -46,3 +48,41 @@ def test_generic_probes_need_the_builtin_world(world) -> None:
     cfg, tasks, tokenizer = world
     with pytest.raises(LlgbmError, match="'generic' probes exist for the built-in tasks only"):
         build_probe_set(cfg.probes, 4, tasks, None, tokenizer)
+
+
+def test_evaluation_probes_are_test_prompts_of_every_task_heldout_first(world) -> None:
+    cfg, tasks, tokenizer = world
+    probes = build_evaluation_probe_set(cfg.probes, 7, 0, tasks, cfg.heldout_tasks, tokenizer)
+    test_source = {r.prompt: t.name for t in tasks for r in t.test}
+    assert len(set(probes.texts)) == 7 and (probes.template, probes.max_length) == ("raw", cfg.probes.max_length)
+    sources = [test_source.get(text) for text in probes.texts]
+    assert sources[0] == "largest"  # held out, and first in the round-robin
+    assert sorted(sources[:3]) == sorted(t.name for t in tasks) and None not in sources
+    assert all(_source(text, tasks) is None for text in probes.texts)  # no train prompt
+    assert probes == build_evaluation_probe_set(cfg.probes, 7, 0, tasks, cfg.heldout_tasks, tokenizer)
+    assert probes != build_evaluation_probe_set(cfg.probes, 7, 1, tasks, cfg.heldout_tasks, tokenizer)
+
+
+def test_a_test_prompt_that_is_also_a_train_prompt_is_no_evaluation_probe(world) -> None:
+    cfg, tasks, tokenizer = world
+    first = tasks[0]
+    # Every test prompt of the first task but one is also a train prompt of another task.
+    leaked = [replace(tasks[1], train=tasks[1].train + first.test[1:])]
+    world_with_leak = [first, *leaked, *tasks[2:]]
+    probes = build_evaluation_probe_set(cfg.probes, 60, 0, world_with_leak, [], tokenizer)
+    first_test = {r.prompt for r in first.test}
+    assert [t for t in probes.texts if t in first_test] == [first.test[0].prompt]
+    with pytest.raises(LlgbmError, match="evaluate.probe_count: 1000 evaluation probes asked for"):
+        build_evaluation_probe_set(cfg.probes, 1000, 0, world_with_leak, [], tokenizer)
+
+
+def test_an_evaluation_probe_seen_in_training_is_an_error(world) -> None:
+    cfg, tasks, tokenizer = world
+    probes = build_evaluation_probe_set(cfg.probes, 4, 0, tasks, cfg.heldout_tasks, tokenizer)
+    training = build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg.heldout_tasks),
+                               generic_length(cfg.tasks), tokenizer)
+    seen = training_texts(tasks, training, tokenizer)
+    assert_disjoint(probes, seen)
+    assert set(training.texts) <= seen and tasks[0].train[0].prompt in seen
+    with pytest.raises(LlgbmError, match="evaluate: 1 evaluation probe"):
+        assert_disjoint(probes, seen | {probes.texts[2]})
