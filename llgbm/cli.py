@@ -102,6 +102,26 @@ def _compare(args: argparse.Namespace) -> None:
         print(f"wrote the results between the markers of {readme}")
 
 
+def _diagnostics_table(args: argparse.Namespace) -> None:
+    from .experiments import machine_description, replace_marked, resolve_commit
+    from .io import read_text, write_bytes_atomic
+    from .stage import DIAGNOSTICS_REPORT
+
+    readme = Path(args.readme)
+    readme_text = read_text(readme, "README")
+    replace_marked(readme_text, "", str(readme), "diagnostics")  # no markers: stop before reading anything else
+    report = read_text(Path(args.repo) / DIAGNOSTICS_REPORT, "diagnostics report; run `dvc repro diagnostics`")
+    table = report.split("\n", 1)[1].strip() if report.startswith("# ") else report.strip()  # its title is README's
+    command = shlex.join(["llgbm", "diagnostics-table", "--readme", args.readme]
+                         + (["--repo", args.repo] if args.repo != "." else []))
+    block = "\n".join([f"_Written by `{command}` from `{DIAGNOSTICS_REPORT}` (the `diagnostics` stage); edit the "
+                       "command, not this text._", "", f"- machine: {machine_description()}",
+                       f"- workspace commit: {resolve_commit(args.repo, 'HEAD') or 'unknown (no git commit)'}", "",
+                       table])
+    write_bytes_atomic(readme, replace_marked(readme_text, block, str(readme), "diagnostics").encode())
+    print(f"wrote the diagnostics table between the markers of {readme}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llgbm")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write held-out accuracy against training tasks here (PNG; default with --readme: "
                               "results/compare/heldout_vs_tasks.png beside it)")
     compare.set_defaults(run=_compare)
+    diagnostics = commands.add_parser("diagnostics-table",
+                                      help="put the diagnostics stage's table between README's diagnostics markers")
+    diagnostics.add_argument("--readme", default="README.md")
+    diagnostics.add_argument("--repo", default=".", help="the workspace whose results/diagnostics/report.md is read")
+    diagnostics.set_defaults(run=_diagnostics_table)
     bench = commands.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     delta = bench_kinds.add_parser("delta", help="batched delta vs one-at-a-time, PEFT and the base-model floor")

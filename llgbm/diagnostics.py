@@ -298,3 +298,44 @@ def baselines_summary(baselines: dict[str, dict[str, float]], tasks: list[Task])
         summary[f"{method}_heldout_accuracy_mean"] = sum(baselines[n][method] for n in covered) / len(covered)
         summary[f"{method}_heldout_above_chance"] = sum(baselines[n][method] - chance[n] for n in covered) / len(covered)
     return summary
+
+
+def markdown_report(summary: dict, result: dict) -> str:
+    """The testbed's headroom per held-out task and on average: what every generator is measured against."""
+    heldout = list(result["chance"])
+    baselines = result["baselines"]
+    methods = list(dict.fromkeys(m for row in baselines.values() for m in row))
+    recover = [part for part in ("selector", "transform") if f"recover_{part}" in result["structure"]]
+
+    def cell(value: float | None) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    header = ["task", "chance", "base", "multi-task LoRA", *(m.replace("_", " ") for m in methods),
+              "weight R²", "nearest weight cosine", *(f"{part} recovered" for part in recover)]
+    lines = ["# Diagnostics of the testbed", "",
+             "Held-out tasks (never trained on): accuracy of the base, the multi-task LoRA reference and the "
+             "baselines built from training teachers (each loaded through PEFT); how much of each held-out "
+             "teacher's update the training teachers' updates explain (least squares R², per target module, "
+             "mean); and how often a ridge probe on the frozen encoder's prompt embeddings, fitted on the "
+             "training tasks, names the held-out task's selector and transform.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    weight = result["structure"]["weight_space"]
+    for name in heldout:
+        row = [name, cell(result["chance"][name]), cell(result["base"]["heldout"][name]),
+               cell(result["multitask"]["heldout"][name]), *(cell(baselines[name].get(m)) for m in methods),
+               cell(weight[name]["r2_mean"]), cell(weight[name]["nearest_cosine_mean"]),
+               *(cell(result["structure"][f"recover_{part}"]["heldout"][name]) for part in recover)]
+        lines.append("| " + " | ".join(row) + " |")
+    mean = ["**mean**", cell(summary["heldout_chance_mean"]), cell(summary["base_heldout_accuracy_mean"]),
+            cell(summary["multitask_heldout_accuracy_mean"]),
+            *(cell(summary.get(f"{m}_heldout_accuracy_mean")) for m in methods),
+            cell(summary["weight_r2_heldout_mean"]), cell(summary["weight_nearest_cosine_heldout_mean"]),
+            *(cell(summary.get(f"recover_{part}_heldout")) for part in recover)]
+    lines += ["| " + " | ".join(mean) + " |", "",
+              f"Multi-task LoRA on its {len(result['multitask']['seen'])} training tasks: "
+              f"{summary['multitask_seen_accuracy_mean']:.3f} mean accuracy."]
+    primitives = [f"{kind}s alone {summary[f'base_{kind}_primitive_accuracy_mean']:.3f}"
+                  for kind in ("selector", "transform") if f"base_{kind}_primitive_accuracy_mean" in summary]
+    if primitives:
+        lines.append(f"Base on the primitives it was pre-trained on: {', '.join(primitives)} mean accuracy.")
+    return "\n".join(lines) + "\n"

@@ -153,12 +153,24 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     def states(model) -> dict[str, torch.Tensor]:
         return {where: probe_states(model, ids, mask, spec.layers) for where, (ids, mask) in probe_batches.items()}
 
-    def measure(adapter_dir: Path | None, task: Task) -> Measured:
+    # The base and the mean teacher are the same model for every task: loaded and probed once, scored per task.
+    resident: dict[Path | None, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+
+    def load_and_probe(adapter_dir: Path | None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
         model = load_base(paths.base, cfg.base.dtype)
         if adapter_dir is not None:
             model = load_peft_model(model, adapter_dir)
         deltas = {where: reduce_delta(adapted[None], base_states[where], spec)[0]
                   for where, adapted in states(model).items()}
+        return model, deltas
+
+    def measure(adapter_dir: Path | None, task: Task) -> Measured:
+        if adapter_dir is None or adapter_dir == mean_dir:
+            if adapter_dir not in resident:
+                resident[adapter_dir] = load_and_probe(adapter_dir)
+            model, deltas = resident[adapter_dir]
+        else:
+            model, deltas = load_and_probe(adapter_dir)
         return Measured(task_accuracy(model, tokenizer, task, "test"), deltas)
 
     base_states = states(load_base(paths.base, cfg.base.dtype))
@@ -169,7 +181,9 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
 
     per_task: dict[str, dict] = {}
     eval_deltas: dict[str, dict[str, list[torch.Tensor]]] = {}  # task -> method -> deltas on the evaluation probes
-    for task in sorted(tasks, key=lambda t: (t.name not in cfg.heldout_tasks, t.name)):
+    # Held-out and training tasks: with max_training_tasks, the other tasks are neither seen nor held out.
+    evaluated = [t for t in tasks if t.name in cfg.heldout_tasks or t.name in train_names]
+    for task in sorted(evaluated, key=lambda t: (t.name not in cfg.heldout_tasks, t.name)):
         if len(task.test) < loaded.prompts:
             raise LlgbmError(f"task '{task.name}': {len(task.test)} test prompts, the generator takes {loaded.prompts}")
         teacher_key = cache.key_for(sha256_file(final[task.name] / ADAPTER_WEIGHTS))

@@ -92,7 +92,7 @@ DIAGNOSTIC_BASELINES: dict[str, tuple[str, str | None]] = {
     "task arithmetic": ("task_arithmetic_heldout_accuracy_mean", None),
     "multi-task LoRA": ("multitask_heldout_accuracy_mean", "multitask_seen_accuracy_mean"),
 }
-README_BEGIN = "<!-- compare:begin -->"
+README_BEGIN = "<!-- compare:begin -->"  # markers("compare")
 README_END = "<!-- compare:end -->"
 DEFAULT_PLOT = Path("results/compare/heldout_vs_tasks.png")
 
@@ -503,13 +503,20 @@ def readme_block(report: str, *, machine: str, seeds: list[int], commits: list[s
     return "\n".join(lines)
 
 
-def replace_marked(text: str, block: str, path: str) -> str:
-    """`text` with what lies between README_BEGIN and README_END replaced by `block`."""
-    begin, end = text.find(README_BEGIN), text.find(README_END)
-    if begin < 0 or end < 0 or end < begin or text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
-        raise LlgbmError(f"{path}: needs one '{README_BEGIN}' line and, after it, one '{README_END}' line "
+def markers(name: str) -> tuple[str, str]:
+    """The README comment lines around a generated block named `name`."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_marked(text: str, block: str, path: str, name: str = "compare") -> str:
+    """`text` with what lies between the markers of `name` (README_BEGIN/README_END for the comparison)
+    replaced by `block`."""
+    begin_mark, end_mark = markers(name)
+    begin, end = text.find(begin_mark), text.find(end_mark)
+    if begin < 0 or end < 0 or end < begin or text.count(begin_mark) != 1 or text.count(end_mark) != 1:
+        raise LlgbmError(f"{path}: needs one '{begin_mark}' line and, after it, one '{end_mark}' line "
                          "around the generated results")
-    start = begin + len(README_BEGIN)
+    start = begin + len(begin_mark)
     return text[:start] + "\n" + block + "\n" + text[end:]
 
 

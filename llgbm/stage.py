@@ -19,6 +19,7 @@ TRAIN_CHECKPOINTS_DIR = Path("checkpoints/train")
 EVALUATION_ADAPTERS_DIR = Path("models/evaluation")
 DIAGNOSTICS_DIR = Path("models/diagnostics")
 RESULTS_DIR = Path("results")
+DIAGNOSTICS_REPORT = RESULTS_DIR / "diagnostics" / "report.md"
 
 
 def run_stage(main: Callable[[Config], None], params: str = "params.yaml") -> None:

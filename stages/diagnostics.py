@@ -1,9 +1,10 @@
 """Stage `diagnostics`: the zero-shot headroom of the testbed before any generator runs."""
 from llgbm.config import Config
-from llgbm.diagnostics import (baselines_summary, headroom, headroom_summary, structure, structure_summary,
-                               teacher_baselines)
+from llgbm.diagnostics import (baselines_summary, headroom, headroom_summary, markdown_report, structure,
+                               structure_summary, teacher_baselines)
 from llgbm.io import atomic_dir, write_json_atomic
-from llgbm.stage import BASE_DIR, DIAGNOSTICS_DIR, EMBEDDINGS_DIR, RESULTS_DIR, TASKS_FILE, TEACHERS_DIR, run_stage
+from llgbm.stage import (BASE_DIR, DIAGNOSTICS_DIR, DIAGNOSTICS_REPORT, EMBEDDINGS_DIR, RESULTS_DIR, TASKS_FILE,
+                         TEACHERS_DIR, run_stage)
 from llgbm.tasks import load_tasks
 
 
@@ -17,6 +18,7 @@ def main(cfg: Config) -> None:
                **structure_summary(result["structure"])}
     write_json_atomic(RESULTS_DIR / "diagnostics" / "metrics.json", summary)
     write_json_atomic(RESULTS_DIR / "diagnostics" / "per_task.json", result)
+    DIAGNOSTICS_REPORT.write_text(markdown_report(summary, result))
     for key, value in summary.items():
         print(f"{key}: {value:.3f}")
 

@@ -119,8 +119,17 @@ def test_training_subsets_keep_support_and_nest() -> None:
 
 def test_max_training_tasks_is_checked_against_the_family(tmp_path) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params.update(max_training_tasks=1)
     path = tmp_path / "params.yaml"
+    params.update(max_training_tasks=6)  # the compositional default: 8 held-out pairs use 8 transforms
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(LlgbmError, match="params.yaml: max_training_tasks: 6 .* needs at least 8"):
+        load_config(path)
+    params.update(max_training_tasks=8)
+    path.write_text(yaml.safe_dump(params))
+    assert load_config(path).max_training_tasks == 8
+    params.update(max_training_tasks=1, heldout_tasks=["third", "before_last"])
+    params["tasks"]["family"] = "eight"
+    params["base"]["pretrain_primitive_share"] = 0.0
     path.write_text(yaml.safe_dump(params))
     cfg = load_config(path)  # the eight family: no parts to keep
     assert cfg.max_training_tasks == 1

@@ -116,3 +116,45 @@ def test_teacher_baselines_are_measured_through_peft(micro_train_inputs, tmp_pat
     summary = baselines_summary(result, m["tasks"])
     chance = next(t.chance for t in m["tasks"] if t.name == "largest")
     assert summary["nearest_teacher_heldout_above_chance"] == pytest.approx(result["largest"]["nearest_teacher"] - chance)
+
+
+def test_report_has_a_row_per_heldout_task_and_the_summary_means() -> None:
+    from llgbm.diagnostics import markdown_report
+
+    result = {"chance": {"a_x": 0.25, "b_y": 0.5},
+              "base": {"heldout": {"a_x": 0.2, "b_y": 0.5}},
+              "multitask": {"heldout": {"a_x": 0.9, "b_y": 0.7}, "seen": {"a_y": 0.95, "b_x": 0.85}},
+              "baselines": {"a_x": {"mean_teacher": 0.3, "task_arithmetic": 0.4}, "b_y": {"mean_teacher": 0.5}},
+              "structure": {"weight_space": {"a_x": {"r2_mean": 0.1, "nearest_cosine_mean": 0.2},
+                                             "b_y": {"r2_mean": 0.3, "nearest_cosine_mean": 0.4}},
+                            "recover_selector": {"heldout": {"a_x": 1.0, "b_y": 0.5}}}}
+    summary = {"heldout_chance_mean": 0.375, "base_heldout_accuracy_mean": 0.35, "multitask_heldout_accuracy_mean": 0.8,
+               "multitask_seen_accuracy_mean": 0.9, "mean_teacher_heldout_accuracy_mean": 0.4,
+               "task_arithmetic_heldout_accuracy_mean": 0.4, "weight_r2_heldout_mean": 0.2,
+               "weight_nearest_cosine_heldout_mean": 0.3, "recover_selector_heldout": 0.75}
+    report = markdown_report(summary, result)
+    assert "| a_x | 0.250 | 0.200 | 0.900 | 0.300 | 0.400 | 0.100 | 0.200 | 1.000 |" in report
+    assert "| b_y | 0.500 | 0.500 | 0.700 | 0.500 | — | 0.300 | 0.400 | 0.500 |" in report  # no arithmetic triple
+    assert "| **mean** | 0.375 | 0.350 | 0.800 | 0.400 | 0.400 | 0.200 | 0.300 | 0.750 |" in report
+    assert "selector recovered" in report and "transform recovered" not in report
+    assert "on its 2 training tasks: 0.900" in report
+
+
+def test_diagnostics_table_goes_between_the_readme_markers(tmp_path, capsys) -> None:
+    from llgbm.cli import main
+
+    report = tmp_path / "results" / "diagnostics" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("# Diagnostics of the testbed\n\n| task | base |\n|---|---|\n| a_x | 0.200 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("# r\n<!-- diagnostics:begin -->\nold\n<!-- diagnostics:end -->\nkept\n")
+    main(["diagnostics-table", "--readme", str(readme), "--repo", str(tmp_path)])
+    text = readme.read_text()
+    assert "old" not in text and "| a_x | 0.200 |" in text and "Diagnostics of the testbed" not in text
+    assert text.startswith("# r\n<!-- diagnostics:begin -->\n_Written by `llgbm diagnostics-table") and text.endswith(
+        "<!-- diagnostics:end -->\nkept\n")
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["diagnostics-table", "--readme", str(readme), "--repo", str(tmp_path)])
+    assert exit_info.value.code == 2 and readme.read_text() == "no markers\n"
+    assert capsys.readouterr().err.startswith(f"error: {readme}: needs one '<!-- diagnostics:begin -->'")

@@ -79,7 +79,7 @@ def test_a_test_prompt_that_is_also_a_train_prompt_is_no_evaluation_probe(world)
 def test_an_evaluation_probe_seen_in_training_is_an_error(world) -> None:
     cfg, tasks, tokenizer = world
     probes = build_evaluation_probe_set(cfg.probes, 4, 0, tasks, cfg.heldout_tasks, tokenizer)
-    training = build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg.heldout_tasks),
+    training = build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg),
                                generic_length(cfg.tasks), tokenizer)
     seen = training_texts(tasks, training, tokenizer)
     assert_disjoint(probes, seen)
