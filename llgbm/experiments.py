@@ -67,6 +67,9 @@ STUDY_TASK_COUNTS = (8, 12, 24, None)
 TASK_COUNT_OBJECTIVES = ("weight-only", "delta", "KL")
 STUDIES = ("objectives", "lambdas", "task_counts", "all", "ablations")
 
+# dvc exp show's State of an experiment whose outputs are its own (None: one run by `dvc exp run` in the
+# workspace, which has no executor state).
+FINISHED_STATES = ("Success", None)
 PARAMS = "params.yaml"
 EVALUATION = "results/evaluate/metrics.json"
 DIAGNOSTICS = "results/diagnostics/metrics.json"
@@ -243,8 +246,9 @@ class Run:
 
 def collect_runs(rows: list[dict]) -> list[Run]:
     """Finished experiments of exp_show rows. Baseline rows (the workspace and commits) are left out, but an
-    experiment row follows its baseline commit's row, which names the commit. Rows without held-out accuracy
-    (queued, running, failed) are left out, and one (arm, seed) counts once."""
+    experiment row follows its baseline commit's row, which names the commit. Only experiments in state
+    Success count: a queued or running one shows its baseline's metrics files, not its own, and a failed
+    one may show a partial result. One (arm, seed) counts once."""
     runs: list[Run] = []
     seen: set[tuple[Arm, int]] = set()
     baseline = None
@@ -253,7 +257,7 @@ def collect_runs(rows: list[dict]) -> list[Run]:
             if row.get("rev") != "workspace":
                 baseline = row.get("rev")
             continue
-        if row.get("Experiment") is None:
+        if row.get("Experiment") is None or row.get("State") not in FINISHED_STATES:
             continue
         metrics = {name: _number(_lookup(row, metric, EVALUATION)) for name, (_, metric) in KEY_METRICS.items()}
         seed = _param("seed", _lookup(row, "seed", PARAMS))

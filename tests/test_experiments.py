@@ -153,7 +153,8 @@ def _shown(value: object) -> object:
 def _row(name: str, seed: int, heldout: float | None, seen: float = 0.9, tasks: tuple = (8.0, 42.0),
          **knobs: object) -> dict:
     params = {**DEFAULTS, **knobs}
-    row = {"Experiment": name, "rev": f"{abs(hash(name)) % 10**7:07d}", "typ": "branch_commit", "seed": float(seed),
+    row = {"Experiment": name, "rev": f"{abs(hash(name)) % 10**7:07d}", "typ": "branch_commit", "State": "Success",
+           "seed": float(seed),
            # a name two metrics files share gets its file's prefix; the diagnostics' one must not be read
            "results/diagnostics/metrics.json:heldout.tasks": 99.0,
            "heldout.accuracy.generated": "None" if heldout is None else heldout, "seen.accuracy.generated": seen,
@@ -309,3 +310,13 @@ def test_training_task_count_sources() -> None:
     assert training_task_count([runs[2]]) == 30  # a stage's own count first
     assert training_task_count([runs[3]]) is None  # nothing says: left out of the plot
     assert training_task_count([runs[0], runs[0], runs[2]]) == 42
+
+
+def test_only_finished_experiments_count() -> None:
+    """A running or queued experiment shows its baseline's metrics files (dvc exp show), a failed one may
+    show a partial result: none of them is a run of its arm."""
+    rows = [_row("done", 0, 0.3)]
+    for state in ("Running", "Queued", "Failed"):
+        rows.append({**_row(f"not-{state}", 1, 0.9), "State": state})
+    runs = collect_runs(rows)
+    assert [(r.seed, r.metrics["heldout_accuracy"]) for r in runs] == [(0, 0.3)]
