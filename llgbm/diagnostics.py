@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
-from .config import Config, LoraConfig, compositional_pairs
+from .config import Config, LoraConfig, task_pairs
 from .data import record_batch
 from .errors import LlgbmError
 from .encoder import EmbeddingCache
@@ -77,7 +77,7 @@ def headroom(cfg: Config, tasks: list[Task], base_dir: Path, adapters_dir: Path)
     base = load_base(base_dir, cfg.base.dtype)
     result: dict = {"chance": {t.name: t.chance for t in heldout},
                     "base": {"heldout": accuracies(base, tokenizer, heldout)}}
-    if cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional":
+    if task_pairs(cfg.tasks) is not None:  # the compositional family has primitives
         result["base"]["primitives"] = accuracies(base, tokenizer, primitive_tasks(cfg.tasks, cfg.tasks.test_per_task,
                                                                                    cfg.tasks.seed))
     init_state = shared_initialisation(load_base(base_dir, cfg.base.dtype), cfg.lora, cfg.teachers.seed)
@@ -190,13 +190,13 @@ def structure(cfg: Config, tasks: list[Task], base_dir: Path, teachers_dir: Path
     updates = final_updates(teachers_dir, base_dir, cfg)
     result: dict = {"weight_space": weight_space_structure({t.name: updates[t.name] for t in heldout},
                                                            {t.name: updates[t.name] for t in training})}
-    if cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional":
+    pairs = task_pairs(cfg.tasks)
+    if pairs is not None:
         cache = EmbeddingCache.load(embeddings_dir)
         count = cfg.diagnostics.probe_prompts
         embed = {t.name: cache.lookup([r.prompt for r in t.train[:count]]) for t in tasks}
         fit = {t.name: embed[t.name] for t in training}
         test = {t.name: embed[t.name] for t in heldout}
-        pairs = compositional_pairs(cfg.tasks.selectors, cfg.tasks.transforms)
         penalty = cfg.diagnostics.ridge_penalty
         for part, position in (("selector", 0), ("transform", 1)):
             labels = {name: pair[position] for name, pair in pairs.items()}
@@ -260,8 +260,7 @@ def teacher_baselines(cfg: Config, tasks: list[Task], base_dir: Path, teachers_d
     cache = EmbeddingCache.load(embeddings_dir)
     count = cfg.diagnostics.probe_prompts
     references = {t.name: cache.lookup([r.prompt for r in t.train[:count]]).mean(0) for t in training}
-    pairs = (compositional_pairs(cfg.tasks.selectors, cfg.tasks.transforms)
-             if cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional" else None)
+    pairs = task_pairs(cfg.tasks)
 
     def measure(names: list[str], weights: list[float], task: Task, label: str) -> float:
         out = Path(adapters_dir) / task.name / label
