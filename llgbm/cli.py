@@ -55,56 +55,68 @@ def _grid(args: argparse.Namespace) -> None:
 
 
 def _compare_command(args: argparse.Namespace) -> str:
-    """The command line that regenerates what this `llgbm compare` writes."""
+    """The command line that regenerates what this `llgbm compare` writes (from the archive: --record is
+    not needed again)."""
     words = ["llgbm", "compare"]
     if args.repo != ".":
         words += ["--repo", args.repo]
     if args.rev:
         words += ["--rev", *args.rev]
-    for option in ("out", "readme", "plot"):
+    for option in ("runs", "key", "out", "readme", "plot"):
         if getattr(args, option):
             words += [f"--{option}", str(getattr(args, option))]
     return shlex.join(words)
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from .experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, comparison_report, exp_rows,
-                              experiment_commits, heldout_vs_tasks, machine_description, readme_block,
-                              replace_marked, study_seeds, write_plot)
+    from .experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, collect_runs, comparison_report, exp_rows,
+                              experiment_commits, heldout_vs_tasks, readme_block, replace_marked, study_seeds,
+                              write_plot)
     from .io import read_json, read_text, write_bytes_atomic
+    from .provenance import machine_description
+    from .run_archive import DEFAULT_ARCHIVE, archive_notes, keyed, load_archive, merge_runs, save_archive, workspace_key
 
     readme = Path(args.readme) if args.readme else None
     readme_text = read_text(readme, "README") if readme else None
     if readme_text is not None:
         replace_marked(readme_text, "", str(readme))  # no markers: stop before the slow part
-    rows = exp_rows(args.repo, args.rev)
+    archive = Path(args.runs) if args.runs else Path(args.repo) / DEFAULT_ARCHIVE
+    archived = load_archive(archive)  # a bad archive: stop before the slow part too
+    key = args.key or workspace_key(args.repo)
+    new, unkeyed = keyed(collect_runs(exp_rows(args.repo, args.rev)), args.repo)
+    runs, disagreements = merge_runs(archived, new)
+    if args.record:
+        save_archive(archive, runs)
+        print(f"recorded {len(runs) - len(archived)} new runs in {archive} ({len(runs)} in all)")
+    selected = [run for run in runs if run.key == key]
     workspace_diagnostics = Path(args.repo) / DIAGNOSTICS
     fallback = read_json(workspace_diagnostics, "diagnostics metrics") if workspace_diagnostics.is_file() else None
-    report = comparison_report(rows, fallback)
+    report = comparison_report(selected, fallback) + archive_notes(key, runs, unkeyed, disagreements, archive)
     print(report, end="")
     if args.out:
         write_bytes_atomic(Path(args.out), report.encode())
     plot = Path(args.plot) if args.plot else (readme.parent / DEFAULT_PLOT if readme else None)
     plotted = False
     if plot is not None:
-        series = heldout_vs_tasks(rows)
+        series = heldout_vs_tasks(selected)
         if series:
-            write_plot(series, chance_level(rows, fallback), plot)
+            write_plot(series, chance_level(selected, fallback), plot)
             plotted = True
             print(f"wrote {plot}")
         else:
             print(f"no plot: no finished run with a known number of training tasks (not written: {plot})")
     if readme is not None and readme_text is not None:
-        block = readme_block(report, machine=machine_description(), seeds=study_seeds(rows),
-                             commits=experiment_commits(args.repo, rows), command=_compare_command(args),
+        block = readme_block(report, machine=machine_description(), seeds=study_seeds(selected),
+                             commits=experiment_commits(args.repo, selected), command=_compare_command(args),
                              plot=Path(os.path.relpath(plot, readme.parent)).as_posix() if plotted and plot else None)
         write_bytes_atomic(readme, replace_marked(readme_text, block, str(readme)).encode())
         print(f"wrote the results between the markers of {readme}")
 
 
 def _diagnostics_table(args: argparse.Namespace) -> None:
-    from .experiments import machine_description, replace_marked, resolve_commit
+    from .experiments import replace_marked, resolve_commit
     from .io import read_text, write_bytes_atomic
+    from .provenance import machine_description
     from .stage import DIAGNOSTICS_REPORT
 
     readme = Path(args.readme)
@@ -150,12 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=_grid)
     compare = commands.add_parser(
         "compare", help="report each arm against the weight-only arm, paired by seed",
-        description="Finished DVC experiments grouped by arm: mean ± 95% t interval over seeds, the paired "
-                    "difference from the weight-only arm of the same max_training_tasks, the testbed's "
-                    "diagnostics baselines as extra rows.")
+        description="Finished runs (the run archive and the DVC experiments) of one key, grouped by arm: mean "
+                    "± 95% t interval over seeds, the paired difference from the weight-only arm of the same "
+                    "max_training_tasks, the testbed's diagnostics baselines as extra rows.")
     compare.add_argument("--repo", default=".")
     compare.add_argument("--rev", nargs="+", default=None,
-                         help="the commits whose experiments to compare (default: HEAD's)")
+                         help="the commits whose DVC experiments to read beside the archive (default: HEAD's)")
+    compare.add_argument("--runs", default=None,
+                         help="the run archive (default: results/study/runs.json in --repo), kept in git")
+    compare.add_argument("--record", action="store_true",
+                         help="add the finished DVC experiments to the run archive (nothing in it is replaced)")
+    compare.add_argument("--key", default=None,
+                         help="report the runs of this key (default: the workspace run's: its code, params and "
+                              "libraries)")
     compare.add_argument("--out", default=None, help="also write the markdown report here")
     compare.add_argument("--readme", default=None,
                          help="replace what lies between the '<!-- compare:begin -->' and '<!-- compare:end -->' "

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from transformers import AutoConfig
 from .config import Config
 from .delta import DeltaComputer, DeltaSpec, binned_log_probs, delta_spec, stack_adapters
 from .errors import LlgbmError, first_line
-from .io import read_json, sha256_file, sha256_json, write_json_atomic
+from .io import read_json, sha256_file, sha256_json, temp_file_beside, write_json_atomic
 from .lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
 from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
 from .probes import AnswerPrompts, ProbeSet, answer_prompts, build_probe_set, generic_length, tokenize_probes
@@ -58,7 +57,7 @@ def _definition_change(old: dict, new: dict) -> str:
 
 
 def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)

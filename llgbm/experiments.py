@@ -8,13 +8,10 @@ from __future__ import annotations
 import ast
 import io
 import math
-import os
-import platform
 import shlex
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,6 +21,7 @@ from matplotlib.figure import Figure
 
 from .errors import LlgbmError, first_line
 from .io import write_bytes_atomic
+from .provenance import machine_description
 from .stats import mean_ci, paired_difference
 
 # The knobs an arm is made of: top-level params, and `train.lambda_weights` (exp_show and `-S` both name a
@@ -234,7 +232,8 @@ def _count(value: Any) -> int | None:
 @dataclass(frozen=True)
 class Run:
     """One finished experiment: its arm, seed, the reported metrics and counts, the testbed diagnostics it
-    carries, and the baseline commit it ran on (as exp_show names it)."""
+    carries, the baseline commit it ran on (as exp_show names it), its experiment's name and commit, and
+    (once llgbm.run_archive keys it) the key of what made it and the machine it ran on."""
     arm: Arm
     seed: int
     metrics: dict[str, float | None]
@@ -242,6 +241,10 @@ class Run:
     train_tasks: int | None
     diagnostics: dict[str, float]
     baseline: str | None
+    name: str | None = None
+    rev: str | None = None
+    key: str | None = None
+    machine: str | None = None
 
 
 def collect_runs(rows: list[dict]) -> list[Run]:
@@ -276,7 +279,7 @@ def collect_runs(rows: list[dict]) -> list[Run]:
         runs.append(Run(arm=arm, seed=seed, metrics=metrics,
                         counts={name: _count(_lookup(row, metric, EVALUATION)) for name, metric in COUNT_METRICS.items()},
                         train_tasks=_count(_lookup(row, TRAIN_TASKS_METRIC)), diagnostics=diagnostics,
-                        baseline=baseline))
+                        baseline=baseline, name=row.get("Experiment"), rev=row.get("rev")))
     return runs
 
 
@@ -416,10 +419,10 @@ def _diagnostic_rows(runs: list[Run], fallback: Mapping[str, Any] | None, width:
     return lines
 
 
-def comparison_report(rows: list[dict], diagnostics_fallback: Mapping[str, Any] | None = None) -> str:
+def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] | None = None) -> str:
     """The markdown table: each arm's metrics over seeds and its paired difference from the weight-only arm
-    of its training-task count, then the testbed's baselines as extra rows, then how to read it."""
-    runs = collect_runs(rows)
+    of its training-task count, then the testbed's baselines as extra rows, then how to read it. `runs` are
+    of one key (llgbm.run_archive): runs made by other code or params are not comparable."""
     groups = group_runs(runs)
     if not groups:
         return "No finished experiments with evaluation metrics.\n"
@@ -462,13 +465,13 @@ def comparison_report(rows: list[dict], diagnostics_fallback: Mapping[str, Any] 
     return "\n".join(lines + notes) + "\n"
 
 
-def study_seeds(rows: list[dict]) -> list[int]:
-    return sorted({run.seed for run in collect_runs(rows)})
+def study_seeds(runs: list[Run]) -> list[int]:
+    return sorted({run.seed for run in runs})
 
 
-def baseline_revs(rows: list[dict]) -> list[str]:
+def baseline_revs(runs: list[Run]) -> list[str]:
     """The baseline commits (as exp_show names them: a branch or a short hash) of the finished runs."""
-    return sorted({run.baseline for run in collect_runs(rows) if run.baseline is not None})
+    return sorted({run.baseline for run in runs if run.baseline is not None})
 
 
 def resolve_commit(repo: str, rev: str) -> str | None:
@@ -478,9 +481,9 @@ def resolve_commit(repo: str, rev: str) -> str | None:
     return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else None
 
 
-def experiment_commits(repo: str, rows: list[dict]) -> list[str]:
-    """The commits the finished experiments ran on; where the rows name none, HEAD of `repo`, said so."""
-    revs = baseline_revs(rows)
+def experiment_commits(repo: str, runs: list[Run]) -> list[str]:
+    """The commits the finished experiments ran on; where the runs name none, HEAD of `repo`, said so."""
+    revs = baseline_revs(runs)
     if not revs:
         head = resolve_commit(repo, "HEAD")
         return [f"{head} (HEAD of {repo}: the experiments name no baseline)" if head else "unknown (no git commit)"]
@@ -489,10 +492,6 @@ def experiment_commits(repo: str, rows: list[dict]) -> list[str]:
         commit = resolve_commit(repo, rev)
         commits.append(rev if commit is None or commit == rev else f"{commit} ({rev})")
     return commits
-
-
-def machine_description() -> str:
-    return f"{platform.platform()}, {os.cpu_count()} CPUs, torch {metadata.version('torch')}"
 
 
 def readme_block(report: str, *, machine: str, seeds: list[int], commits: list[str], command: str,
@@ -542,10 +541,10 @@ def training_task_count(runs: list[Run]) -> int | None:
     return Counter(counts).most_common(1)[0][0] if counts else None
 
 
-def heldout_vs_tasks(rows: list[dict]) -> dict[str, list[tuple[int, float, float | None]]]:
+def heldout_vs_tasks(runs: list[Run]) -> dict[str, list[tuple[int, float, float | None]]]:
     """Per line of the plot (an objective with its knobs, task count aside): (training tasks, mean held-out
     accuracy, t half-width or None) by training-task count. Arms whose task count is unknown are left out."""
-    groups = group_runs(collect_runs(rows))
+    groups = group_runs(runs)
     arms = sorted(groups, key=_arm_order)
     knobs = arm_knobs(arms)
     series: dict[str, list[tuple[int, float, float | None]]] = {}
@@ -559,8 +558,8 @@ def heldout_vs_tasks(rows: list[dict]) -> dict[str, list[tuple[int, float, float
     return {label: sorted(points) for label, points in series.items()}
 
 
-def chance_level(rows: list[dict], fallback: Mapping[str, Any] | None = None) -> float | None:
-    for run in collect_runs(rows):
+def chance_level(runs: list[Run], fallback: Mapping[str, Any] | None = None) -> float | None:
+    for run in runs:
         if "heldout_chance_mean" in run.diagnostics:
             return run.diagnostics["heldout_chance_mean"]
     return _number((fallback or {}).get("heldout_chance_mean"))

@@ -8,6 +8,7 @@ happens to have imported.
 from __future__ import annotations
 
 import ast
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -84,3 +85,7 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "absent"
     return versions
+
+
+def machine_description() -> str:
+    return f"{platform.platform()}, {os.cpu_count()} CPUs, torch {library_versions()['torch']}"

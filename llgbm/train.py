@@ -30,11 +30,12 @@ from .lora import ADAPTER_WEIGHTS, LoraSlot, load_adapter_tensors, lora_layout, 
 from .losses import MultiTaskLoss, delta_coefficient, weight_token_loss
 from .models import autocast_dtype, load_base, load_tokenizer, resolve_mixed_precision
 from .probes import AnswerPrompts, answer_prompts, build_probe_set, generic_length, tokenize_probes
-from .provenance import code_fingerprint, library_versions
+from .provenance import code_fingerprint, library_versions, machine_description
 from .tasks import Task, training_tasks
 from .weight_tokenizer import WeightTokenizer
 
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
+PROVENANCE = "provenance.json"  # libraries, precision and device of a finished run, beside its metrics
 # loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta (whatever loss_balance does to
 # the gradient); loss_delta is the behavioural term (the delta loss, or the KL with behaviour_loss kl).
 # grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
@@ -270,6 +271,10 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
         for finished in _checkpoints(paths.checkpoints):
             finished.unlink()
         write_json_atomic(paths.checkpoints / FINISHED, {"step": tr.steps, "provenance": provenance})
+        # Beside the metrics, so that an experiment's commit says what ran it (llgbm.run_archive keys runs by it).
+        write_json_atomic(paths.live / PROVENANCE, {"libraries": provenance["libraries"], "precision": mixed_precision,
+                                                    "processes": accelerator.num_processes, "device": device.type,
+                                                    "machine": machine_description()})
     accelerator.wait_for_everyone()
     return metrics
 

@@ -1,5 +1,6 @@
 import math
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from llgbm.errors import LlgbmError
 from llgbm.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, grid_arms, heldout_vs_tasks,
                                knob_defaults, objective_of, queue_commands, queue_grid, replace_marked, study_arms,
                                training_task_count, write_plot)
+from llgbm.run_archive import DEFAULT_ARCHIVE, save_archive
 from llgbm.stats import mean_ci, paired_difference, t_cdf, t_quantile_975
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
@@ -190,7 +192,7 @@ def _line(report: str, start: str) -> str:
 
 
 def test_report_pairs_arms_and_shows_seeds_and_tasks() -> None:
-    report = comparison_report(_study_rows())
+    report = comparison_report(collect_runs(_study_rows()))
     assert "lambda_delta=2.0" not in report
     weight_only = _line(report, "| weight-only | — | all |")
     delta = _line(report, "| delta | — | all |")
@@ -216,11 +218,11 @@ def test_report_pairs_arms_and_shows_seeds_and_tasks() -> None:
 
 def test_report_diagnostics_per_task_count_where_they_differ() -> None:
     rows = [_row("w0", 0, 0.1, lambda_delta=0.0), {**_row("e0", 0, 0.2, max_training_tasks=8), "mean_teacher_heldout_accuracy_mean": 0.3}]
-    report = comparison_report(rows)
+    report = comparison_report(collect_runs(rows))
     assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | 8 | — | — | 0.300 |")
     assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | all | — | — | 0.110 |")
     bare = [{k: v for k, v in _row("w0", 0, 0.1).items() if "." in k or not k.endswith("_mean")}]
-    fallback = comparison_report(bare, {"nearest_teacher_heldout_accuracy_mean": 0.0125})
+    fallback = comparison_report(collect_runs(bare), {"nearest_teacher_heldout_accuracy_mean": 0.0125})
     assert _line(fallback, "| baseline: nearest training teacher | testbed diagnostics | workspace | — | — | 0.013 |")
 
 
@@ -254,15 +256,22 @@ def test_readme_markers_replaced_and_required() -> None:
 
 def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture) -> None:
+    """From the run archive alone (a fresh clone has no DVC experiments), runs of the named key only."""
     readme = tmp_path / "README.md"
     readme.write_text(f"# results\n{README_BEGIN}\nstale\n{README_END}\nkept\n")
-    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: _study_rows())
-    main(["compare", "--repo", str(tmp_path), "--readme", str(readme)])
+    runs = [replace(run, key="k1", machine="m") for run in collect_runs(_study_rows())]
+    other = replace(runs[0], key="k0", arm=tuple((k, 0.5 if k == "lambda_delta" else v) for k, v in runs[0].arm))
+    save_archive(tmp_path / DEFAULT_ARCHIVE, runs + [other])
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
+    main(["compare", "--repo", str(tmp_path), "--key", "k1", "--readme", str(readme)])
     text = readme.read_text()
     assert "stale" not in text and text.startswith(f"# results\n{README_BEGIN}\n") and text.endswith(f"{README_END}\nkept\n")
-    assert f"`llgbm compare --repo {tmp_path} --readme {readme}`" in text
+    assert f"`llgbm compare --repo {tmp_path} --key k1 --readme {readme}`" in text
     assert "- seeds: 0, 1, 2, 7\n" in text and "- experiments ran on commit master\n" in text  # not a git repo
     assert "CPUs, torch " in text and "| delta | — | all | 3 |" in text
+    assert "lambda_delta=0.5" not in text and "Left out, made by other code, params or libraries: 1 of key `k0`." in text
+    assert f"Runs of key `k1` ({len(runs)}; the archive `{(tmp_path / DEFAULT_ARCHIVE).as_posix()}` holds " \
+           f"{len(runs) + 1})" in text and "ran on m." in text
     assert "![held-out accuracy against the number of training tasks, per objective]" \
            "(results/compare/heldout_vs_tasks.png)" in text
     png = tmp_path / "results/compare/heldout_vs_tasks.png"
@@ -289,7 +298,7 @@ def test_plot_points_and_file(tmp_path: Path) -> None:
     rows = _study_rows() + [_row("w8", 0, 0.12, lambda_delta=0.0, max_training_tasks=8),
                             _row("w8b", 1, 0.16, lambda_delta=0.0, max_training_tasks=8),
                             _row("t8b", 1, 0.30, max_training_tasks=8)]
-    series = heldout_vs_tasks(rows)
+    series = heldout_vs_tasks(collect_runs(rows))
     weight_only = series["weight-only"]
     assert [p[0] for p in weight_only] == [8, 42]  # "all": the evaluation's seen.tasks
     assert weight_only[0][1] == pytest.approx(0.14) and weight_only[0][2] == pytest.approx(

@@ -12,7 +12,8 @@ import torch
 
 from llgbm.errors import LlgbmError
 from llgbm.generator import load_generator
-from llgbm.train import FINISHED, Paths, train_generator
+from llgbm.provenance import library_versions
+from llgbm.train import FINISHED, PROVENANCE, Paths, train_generator
 
 from .conftest import micro_config
 
@@ -103,6 +104,12 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(micro_train_input
 def test_finished_run_leaves_nothing_to_resume(straight_run) -> None:
     assert not list((straight_run / "checkpoints").glob("*.pt"))
     assert (straight_run / "checkpoints" / FINISHED).is_file()
+
+
+def test_finished_run_says_what_ran_it(straight_run) -> None:
+    provenance = json.loads((straight_run / "live" / PROVENANCE).read_text())
+    assert provenance["libraries"] == library_versions() and provenance["precision"] == "no"
+    assert provenance["device"] == "cpu" and provenance["processes"] == 1 and "CPUs, torch" in provenance["machine"]
 
 
 def test_state_from_other_code_is_not_resumed(micro_train_inputs, straight_run, tmp_path, capsys) -> None:

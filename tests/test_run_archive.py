@@ -1,0 +1,139 @@
+"""The run archive: keys from what made a run, nothing recorded replaced or lost, bad files named."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+import llgbm.experiments as experiments
+from llgbm.cli import main
+from llgbm.errors import LlgbmError
+from llgbm.experiments import Run
+from llgbm.run_archive import (key_of_commit, keyed, load_archive, merge_runs, run_key, save_archive,
+                               workspace_key)
+
+LOCK = {"schema": "2.0", "stages": {
+    "tasks": {"cmd": "python stages/tasks.py", "deps": [{"path": "stages/tasks.py", "md5": "a1"},
+                                                        {"path": "llgbm/tasks.py", "md5": "a2"}],
+              "params": {"params.yaml": {"tasks": {"seed": 0}}}, "outs": [{"path": "data/tasks.json", "md5": "t1"}]},
+    "train": {"cmd": "python stages/train.py", "deps": [{"path": "llgbm/train.py", "md5": "b1"},
+                                                        {"path": "data/tasks.json", "md5": "t1"}],
+              "params": {"params.yaml": {"seed": 0, "lambda_delta": 1.0, "train": {"steps": 10, "lambda_weights": 1.0}}},
+              "outs": [{"path": "models/generator", "md5": "g1"}]}}}
+PARAMS = {"seed": 0, "lambda_delta": 1.0, "tasks": {"seed": 0}, "train": {"steps": 10, "lambda_weights": 1.0}}
+PROVENANCE = {"libraries": {"torch": "2.13.0"}, "precision": "no", "device": "cpu", "processes": 1, "machine": "m1"}
+
+
+def _key(lock: dict = LOCK, params: dict = PARAMS, provenance: dict = PROVENANCE) -> str:
+    return run_key(lock, params, provenance, "test")
+
+
+def _changed(value: dict, path: list, new: object) -> dict:
+    changed = copy.deepcopy(value)
+    node = changed
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = new
+    return changed
+
+
+def test_key_ignores_the_run_and_its_machine_but_not_what_made_it() -> None:
+    key = _key()
+    # the run's own params (arm knobs, seed), outputs that differ per arm, the machine's name: same key
+    assert _key(params={**PARAMS, "seed": 3, "lambda_delta": 0.0, "train": {"steps": 10, "lambda_weights": 0.0}}) == key
+    assert _key(lock=_changed(LOCK, ["stages", "train", "outs", 0, "md5"], "g2")) == key
+    assert _key(lock=_changed(LOCK, ["stages", "train", "params", "params.yaml", "seed"], 4)) == key
+    assert _key(provenance={**PROVENANCE, "machine": "m2"}) == key
+    # code, a shared output (every arm trains on it), another param, libraries, precision: another key
+    assert _key(lock=_changed(LOCK, ["stages", "train", "deps", 0, "md5"], "b2")) != key
+    assert _key(lock=_changed(LOCK, ["stages", "tasks", "deps", 0, "md5"], "a9")) != key
+    assert _key(lock=_changed(LOCK, ["stages", "tasks", "outs", 0, "md5"], "t2")) != key
+    assert _key(params=_changed(PARAMS, ["train", "steps"], 20)) != key
+    assert _key(provenance={**PROVENANCE, "libraries": {"torch": "2.14.1"}}) != key
+    assert _key(provenance={**PROVENANCE, "precision": "bf16"}) != key
+    with pytest.raises(LlgbmError, match="lacks precision"):
+        _key(provenance={k: v for k, v in PROVENANCE.items() if k != "precision"})
+    with pytest.raises(LlgbmError, match="no stages"):
+        _key(lock={"schema": "2.0"})
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _write_run(repo: Path, lock: dict, params: dict, provenance: dict | None) -> None:
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    live = repo / "results" / "train"
+    live.mkdir(parents=True, exist_ok=True)
+    if provenance is None:
+        (live / "provenance.json").unlink(missing_ok=True)
+    else:
+        (live / "provenance.json").write_text(json.dumps(provenance))
+
+
+def _run(name: str, seed: int, heldout: float, rev: str | None = None, key: str | None = None) -> Run:
+    arm = tuple((k, (0, 1) if k == "delta_layers" else None if k == "max_training_tasks" else 1.0)
+                for k in experiments.ARM_KEYS)
+    return Run(arm=arm, seed=seed, metrics={"heldout_accuracy": heldout, "seen_accuracy": 0.5}, counts={},
+               train_tasks=None, diagnostics={"heldout_chance_mean": 0.1}, baseline="main", name=name, rev=rev,
+               key=key)
+
+
+def test_keys_read_from_experiment_commits_match_the_workspace(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@example.com")
+    _git(tmp_path, "config", "user.name", "t")
+    _write_run(tmp_path, LOCK, PARAMS, None)
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "code older than the provenance file")
+    old = _git(tmp_path, "rev-parse", "HEAD")
+    assert key_of_commit(str(tmp_path), old) is None
+    _write_run(tmp_path, LOCK, {**PARAMS, "seed": 2}, PROVENANCE)
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "a run")
+    rev = _git(tmp_path, "rev-parse", "--short", "HEAD")
+    key, provenance = key_of_commit(str(tmp_path), rev)
+    assert key == workspace_key(str(tmp_path)) == _key() and provenance["machine"] == "m1"
+    done, unkeyed = keyed([_run("a", 2, 0.3, rev=rev), _run("b", 0, 0.3, rev=old), _run("c", 0, 0.3)], str(tmp_path))
+    assert [(r.name, r.key, r.machine) for r in done] == [("a", key, "m1")]
+    assert [r.name for r in unkeyed] == ["b", "c"]
+    (tmp_path / "results" / "train" / "provenance.json").unlink()
+    with pytest.raises(LlgbmError, match="provenance.json: not found; run `dvc repro` first"):
+        workspace_key(str(tmp_path))
+
+
+def test_archive_round_trip_and_merge_keeps_what_is_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "study" / "runs.json"
+    assert load_archive(path) == []
+    archived = [_run("a", 0, 0.3, key="k"), _run("b", 1, 0.4, key="k")]
+    save_archive(path, archived)
+    assert load_archive(path) == archived  # tuples (delta_layers) and None come back as they were
+    again = replace(archived[0], name="a-rerun")
+    differs = replace(archived[1], name="b-rerun", metrics={"heldout_accuracy": 0.9, "seen_accuracy": 0.5})
+    other_key = replace(archived[1], key="k2")
+    merged, disagreements = merge_runs(load_archive(path), [again, differs, other_key, _run("c", 2, 0.1, key="k")])
+    assert [r.name for r in merged] == ["a", "b", "b", "c"] and [r.key for r in merged][2] == "k2"
+    assert disagreements == [(archived[1], differs)]
+
+
+def test_a_bad_archive_is_a_one_line_error_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    def refuse(repo: str, revs: object) -> list:
+        raise AssertionError("read experiments before the archive")
+    monkeypatch.setattr(experiments, "exp_rows", refuse)
+    bad = tmp_path / "runs.json"
+    for text, message in (("{not json", "is not valid JSON"), ('{"format": 0, "runs": []}', "not a run archive"),
+                          ('{"format": 1, "runs": [{"arm": {}}]}', "a run lacks")):
+        bad.write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", "--repo", str(tmp_path), "--runs", str(bad), "--record", "--key", "k"])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad}: ") and message in err and err.count("\n") == 1
+        assert bad.read_text() == text
