@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from .errors import LlgbmError, first_line
 from .io import write_bytes_atomic
 from .provenance import machine_description
-from .stats import mean_ci, paired_difference
+from .stats import detectable_difference, mean_ci, paired_difference
 
 # The knobs an arm is made of: top-level params, and `train.lambda_weights` (exp_show and `-S` both name a
 # nested param by its dotted path).
@@ -80,6 +80,7 @@ KEY_METRICS: dict[str, tuple[str, str]] = {
     "heldout_cosine_centred": ("held-out delta cosine, centred", "heldout.delta_cosine_eval_centred.generated"),
 }
 PAIRED_METRICS = ("heldout_accuracy", "seen_accuracy")
+DETECTION_POWER = 0.8  # of the detectable held-out difference: could these seeds have shown an effect at all?
 COUNT_METRICS = {"heldout_tasks": "heldout.tasks", "seen_tasks": "seen.tasks",
                  "gain_defined": "heldout.defined.gain_share.generated"}
 TRAIN_TASKS_METRIC = "train_tasks"  # the number of training tasks, where a stage writes it
@@ -361,16 +362,26 @@ def _mean_cell(values: list[float], seeds: int) -> str:
     return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
 
 
-def _paired_cell(bucket: dict[int, Run], reference: dict[int, Run], metric: str) -> str:
+def _paired(bucket: dict[int, Run], reference: dict[int, Run], metric: str) -> tuple[float, float | None, int] | None:
     values = {s: r.metrics[metric] for s, r in bucket.items() if r.metrics[metric] is not None}
     base = {s: r.metrics[metric] for s, r in reference.items() if r.metrics[metric] is not None}
-    result = paired_difference(values, base)
+    return paired_difference(values, base)
+
+
+def _paired_cell(result: tuple[float, float | None, int] | None) -> str:
     if result is None:
         return "no common seed"
     mean, half, n = result
     if half is None:
         return f"{mean:+.3f} (1 seed, no CI)"
     return f"{mean:+.3f} ± {half:.3f} ({n} seeds)"
+
+
+def _detectable_cell(result: tuple[float, float | None, int] | None) -> str:
+    """The paired difference this arm's seeds could have shown (80% power), from its own spread."""
+    if result is None or result[1] is None:
+        return "—"
+    return f"{detectable_difference(result[1], result[2], DETECTION_POWER):.3f}"
 
 
 def _counts_cell(values: list[int | None]) -> str:
@@ -431,17 +442,19 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
     header = ["arm", "knobs", "max training tasks", "seeds", "tasks (held-out / seen)",
               *(KEY_METRICS[m][0] for m in ("heldout_accuracy", "seen_accuracy", "heldout_gain_share")),
               "gain share defined (per seed)", *(KEY_METRICS[m][0] for m in ("heldout_cosine", "heldout_cosine_centred")),
-              *(f"Δ {KEY_METRICS[m][0]} vs weight-only (paired)" for m in PAIRED_METRICS)]
+              *(f"Δ {KEY_METRICS[m][0]} vs weight-only (paired)" for m in PAIRED_METRICS),
+              f"Δ held-out accuracy detectable ({DETECTION_POWER:.0%} power)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in arms:
         bucket = groups[arm]
         reference = reference_of(arm, arms)
         if reference is None:
-            diffs = ["no weight-only run"] * len(PAIRED_METRICS)
+            diffs = ["no weight-only run"] * (len(PAIRED_METRICS) + 1)
         elif reference == arm:
-            diffs = ["reference"] * len(PAIRED_METRICS)
+            diffs = ["reference"] * (len(PAIRED_METRICS) + 1)
         else:
-            diffs = [_paired_cell(bucket, groups[reference], m) for m in PAIRED_METRICS]
+            paired = {m: _paired(bucket, groups[reference], m) for m in PAIRED_METRICS}
+            diffs = [*(_paired_cell(paired[m]) for m in PAIRED_METRICS), _detectable_cell(paired["heldout_accuracy"])]
         n = len(bucket)
         metric_cells = {m: _mean_cell([r.metrics[m] for r in bucket.values() if r.metrics[m] is not None], n)
                         for m in KEY_METRICS}
@@ -456,7 +469,11 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
     notes = ["",
              "Each cell: mean ± half-width of the 95% Student's t interval over seeds (df = seeds - 1). The Δ columns "
              "pair each arm with the weight-only arm of the same max training tasks by seed: only seeds present in "
-             "both count (their number shown), and the interval is that of the mean per-seed difference. Tasks: "
+             "both count (their number shown), and the interval is that of the mean per-seed difference. "
+             f"Detectable: the true held-out difference a two-sided 5% paired t test over those seeds would find "
+             f"with {DETECTION_POWER:.0%} power, (t(0.975) + t({DETECTION_POWER:g})) x sd / sqrt(seeds) from the arm's "
+             "own per-seed differences: an interval around 0 rules out effects of about that size, not smaller "
+             "ones. Tasks: "
              "the held-out and seen tasks each mean covers, from the evaluation's `heldout.tasks` / `seen.tasks` "
              "(? where a run did not record them). Delta cosine on the evaluation probe set, raw and centred on "
              "the mean training-teacher delta. Baseline rows: the testbed's diagnostics "

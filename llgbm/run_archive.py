@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import LlgbmError
-from .experiments import ARM_KEYS, Run, _param
+from .experiments import ARM_KEYS, Run, _param, resolve_commit
 from .io import read_json, sha256_json, write_json_atomic
 
 FORMAT = 1
@@ -183,8 +183,9 @@ def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tup
 
 
 def keyed(runs: list[Run], repo: str) -> tuple[list[Run], list[Run]]:
-    """Each experiment's run with its key (read from its commit) and the machine it recorded; and the runs
-    that cannot be keyed (their commit holds no train provenance)."""
+    """Each experiment's run with its key (read from its commit), the machine it recorded and, as its
+    baseline, the commit it ran on (its experiment commit's parent: exp_show may name a branch, which
+    moves); and the runs that cannot be keyed (their commit holds no train provenance)."""
     done, unkeyed = [], []
     for run in runs:
         found = key_of_commit(repo, run.rev) if run.rev else None
@@ -192,7 +193,8 @@ def keyed(runs: list[Run], repo: str) -> tuple[list[Run], list[Run]]:
             unkeyed.append(run)
             continue
         key, provenance = found
-        done.append(replace(run, key=key, machine=provenance.get("machine")))
+        baseline = resolve_commit(repo, f"{run.rev}^") or run.baseline
+        done.append(replace(run, key=key, machine=provenance.get("machine"), baseline=baseline))
     return done, unkeyed
 
 

@@ -97,3 +97,13 @@ def paired_difference(values: Mapping[int, float], reference: Mapping[int, float
         return None
     mean, half = mean_ci([values[s] - reference[s] for s in common])
     return mean, half, len(common)
+
+
+def detectable_difference(half_width: float, n: int, power: float = 0.8) -> float:
+    """The smallest true mean difference that a two-sided 5% paired t test over n seeds detects with
+    probability `power`, from the observed 95% half-width: (t(0.975) + t(power)) * sd / sqrt(n), with df =
+    n - 1 (the usual approximation; sd is estimated from the same seeds, so this is itself uncertain)."""
+    if n < 2:
+        raise ValueError(f"a detectable difference needs at least 2 seeds, got {n}")
+    t_interval = t_quantile_975(n - 1)
+    return (t_interval + t_quantile(power, n - 1)) * half_width / t_interval

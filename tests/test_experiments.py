@@ -12,7 +12,7 @@ from llgbm.experiments import (README_BEGIN, README_END, collect_runs, compariso
                                knob_defaults, objective_of, queue_commands, queue_grid, replace_marked, study_arms,
                                training_task_count, write_plot)
 from llgbm.run_archive import DEFAULT_ARCHIVE, save_archive
-from llgbm.stats import mean_ci, paired_difference, t_cdf, t_quantile_975
+from llgbm.stats import detectable_difference, mean_ci, paired_difference, t_cdf, t_quantile_975
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
             "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",
@@ -55,6 +55,15 @@ def test_paired_difference_by_hand_and_pairing_narrows() -> None:
                                              + statistics.variance(reference.values()) / 3)
     assert unpaired == pytest.approx(0.3704, abs=1e-4)
     assert half < unpaired / 5
+
+
+def test_detectable_difference_by_hand() -> None:
+    # df = 2: t(p) = (2p - 1) / sqrt(2p(1 - p)); half-width h = t(0.975) sd / sqrt(n)
+    t975, t80 = 0.95 / math.sqrt(2 * 0.975 * 0.025), 0.6 / math.sqrt(2 * 0.8 * 0.2)
+    assert detectable_difference(0.1, 3) == pytest.approx((t975 + t80) * 0.1 / t975, rel=1e-9)
+    assert detectable_difference(0.1, 3, power=0.5) == pytest.approx(0.1, rel=1e-9)  # t(0.5) = 0: the interval itself
+    with pytest.raises(ValueError):
+        detectable_difference(0.1, 1)
 
 
 def test_seeds_are_matched_not_positionally() -> None:
@@ -196,20 +205,23 @@ def test_report_pairs_arms_and_shows_seeds_and_tasks() -> None:
     assert "lambda_delta=2.0" not in report
     weight_only = _line(report, "| weight-only | — | all |")
     delta = _line(report, "| delta | — | all |")
-    assert weight_only.endswith("| reference | reference |")
+    assert weight_only.endswith("| reference | reference | reference |")
     assert "| 3 | 8 / 42 | 0.200 ± 0.248 |" in weight_only
     # held-out: per-seed differences 0.05, 0.04, 0.07 (the hand example); seen: -0.1, 0, -0.2
     assert "| 3 | 8 / 42 | 0.253 ± 0.275 | 0.800 ± 0.248 | 0.050 ± 0.000 | 6 | 0.400 ± 0.000 | 0.100 ± 0.000 |" in delta
-    assert delta.endswith("| +0.053 ± 0.038 (3 seeds) | -0.100 ± 0.248 (3 seeds) |")
+    # detectable: (t(0.975, 2) + t(0.8, 2)) x sd / sqrt(3), both quantiles in closed form at df = 2
+    sd = statistics.stdev([0.05, 0.04, 0.07])
+    detectable = (0.95 / math.sqrt(2 * 0.975 * 0.025) + 0.6 / math.sqrt(2 * 0.8 * 0.2)) * sd / math.sqrt(3)
+    assert delta.endswith(f"| +0.053 ± 0.038 (3 seeds) | -0.100 ± 0.248 (3 seeds) | {detectable:.3f} |")
     kl = _line(report, "| KL | — | all |")
-    assert "| 1 | 8 / 42 | 0.500 (1 seed, no CI) |" in kl and kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) |")
+    assert "| 1 | 8 / 42 | 0.500 (1 seed, no CI) |" in kl and kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — |")
     only = _line(report, "| delta-only | — | all |")  # the knobs its name says are not repeated
     assert "| 1 | 8 / 42 | 0.000 (1 seed, no CI) |" in only
     eight = _line(report, "| delta | — | 8 |")
-    assert "| 1 | ? / 8 |" in eight and eight.endswith("| no weight-only run | no weight-only run |")
+    assert "| 1 | ? / 8 |" in eight and eight.endswith("| no weight-only run | no weight-only run | no weight-only run |")
     layers = _line(report, "| delta at layers 0, 1 | — | all | 1 |")  # seed 1, paired with weight-only's seed 1
-    assert layers.endswith("| +0.500 (1 seed, no CI) | +0.000 (1 seed, no CI) |")
-    assert _line(report, "| delta | probe_count=10 | all | 1 |").endswith("| no common seed | no common seed |")
+    assert layers.endswith("| +0.500 (1 seed, no CI) | +0.000 (1 seed, no CI) | — |")
+    assert _line(report, "| delta | probe_count=10 | all | 1 |").endswith("| no common seed | no common seed | — |")
     assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | any | — | — | 0.110 | — |")
     assert _line(report, "| baseline: multi-task LoRA | testbed diagnostics | any | — | — | 0.120 | 0.800 |")
     assert _line(report, "| baseline: chance |")

@@ -158,5 +158,20 @@ def test_queued_experiments_differ_in_lambda(project: Path) -> None:
     assert {"lambda-0-0", "lambda-1-0"} <= set(found)
     assert found["lambda-0-0"][0] == 0.0 and found["lambda-1-0"][0] == 1.0
     assert found["lambda-0-0"][1] != found["lambda-1-0"][1]
-    report = run([sys.executable, "-m", "llgbm.cli", "compare"], project).stdout
+    report = run([sys.executable, "-m", "llgbm.cli", "compare", "--record"], project).stdout
     assert "| weight-only |" in report and "| delta |" in report and "| reference | reference |" in report
+    assert "recorded 2 new runs in results/study/runs.json (2 in all)" in report
+    archive = json.loads((project / "results/study/runs.json").read_text())
+    assert sorted(r["name"] for r in archive["runs"]) == ["lambda-0-0", "lambda-1-0"]
+    (key,) = {r["key"] for r in archive["runs"]}  # the two arms share everything but their knob
+    assert f"Runs of key `{key}` (2; " in report and "CPUs, torch" in archive["runs"][0]["machine"]
+    again = run([sys.executable, "-m", "llgbm.cli", "compare", "--record"], project).stdout
+    assert "recorded 0 new runs" in again
+    # A fresh clone has no experiments, only the archive: the same table comes back from it.
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "the run archive"], project)
+    clone = project.parent / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], project.parent)
+    from_clone = run([sys.executable, "-m", "llgbm.cli", "compare"], clone).stdout
+    table = [line for line in report.splitlines() if line.startswith("| ")]
+    assert [line for line in from_clone.splitlines() if line.startswith("| ")] == table

@@ -101,7 +101,7 @@ def test_keys_read_from_experiment_commits_match_the_workspace(tmp_path: Path) -
     key, provenance = key_of_commit(str(tmp_path), rev)
     assert key == workspace_key(str(tmp_path)) == _key() and provenance["machine"] == "m1"
     done, unkeyed = keyed([_run("a", 2, 0.3, rev=rev), _run("b", 0, 0.3, rev=old), _run("c", 0, 0.3)], str(tmp_path))
-    assert [(r.name, r.key, r.machine) for r in done] == [("a", key, "m1")]
+    assert [(r.name, r.key, r.machine, r.baseline) for r in done] == [("a", key, "m1", old[:7])]
     assert [r.name for r in unkeyed] == ["b", "c"]
     (tmp_path / "results" / "train" / "provenance.json").unlink()
     with pytest.raises(LlgbmError, match="provenance.json: not found; run `dvc repro` first"):
