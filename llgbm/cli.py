@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "max_training_tasks, the testbed's diagnostics baselines as extra rows.")
     compare.add_argument("--repo", default=".")
     compare.add_argument("--rev", nargs="+", default=None,
-                         help="the commits whose DVC experiments to read beside the archive (default: HEAD's)")
+                         help="the commits whose DVC experiments to read beside the archive (default: every commit "
+                              "that has experiments)")
     compare.add_argument("--runs", default=None,
                          help="the run archive (default: results/study/runs.json in --repo), kept in git")
     compare.add_argument("--record", action="store_true",

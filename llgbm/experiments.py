@@ -186,7 +186,24 @@ def queue_grid(seeds: list[int], dry_run: bool, arms: list[dict[str, Any]]) -> l
 
 # --- reading finished experiments -------------------------------------------------------------------
 
+def experiment_baselines(repo: str = ".") -> list[str]:
+    """The commits that have finished DVC experiments: DVC files an experiment under
+    refs/exps/<baseline[:2]>/<baseline[2:]>/<name> (queued ones live under refs/exps/celery)."""
+    result = subprocess.run(["git", "-C", repo, "for-each-ref", "--format=%(refname)", "refs/exps"],
+                            capture_output=True, text=True)
+    baselines = set()
+    for ref in result.stdout.split() if result.returncode == 0 else []:
+        parts = ref.split("/")
+        sha = "".join(parts[2:4]) if len(parts) == 5 else ""
+        if len(sha) == 40 and all(c in "0123456789abcdef" for c in sha):
+            baselines.add(sha)
+    return sorted(baselines)
+
+
 def exp_rows(repo: str = ".", revs: list[str] | None = None) -> list[dict]:
+    """exp_show's rows of the experiments of `revs`; by default, of every commit that has any (runs of other
+    code are told apart by their keys, not by where they hang), else HEAD's."""
+    revs = revs or experiment_baselines(repo) or None
     try:
         return dvc.api.exp_show(repo=repo, revs=revs)
     except DvcException as exc:

@@ -207,9 +207,9 @@ def archive_notes(key: str, runs: list[Run], unkeyed: list[Run], disagreements: 
         if run.key != key:
             others[str(run.key)] = others.get(str(run.key), 0) + 1
     machines = sorted({r.machine for r in selected if r.machine})
-    lines = ["", f"Runs of key `{key}` ({len(selected)}; the archive `{archive.as_posix()}` holds {len(runs)}): "
-             "the same code, shared outputs, other params and libraries; "
-             f"ran on {'; '.join(machines) or 'an unrecorded machine'}."]
+    lines = ["", f"Runs of key `{key}`: {len(selected)} of the {len(runs)} read from the archive "
+             f"`{archive.as_posix()}` and DVC's experiments, made by the same code, shared outputs, other params "
+             f"and libraries; ran on {'; '.join(machines) or 'an unrecorded machine'}."]
     if others:
         lines.append("Left out, made by other code, params or libraries: "
                      + ", ".join(f"{n} of key `{k}`" for k, n in sorted(others.items())) + ".")

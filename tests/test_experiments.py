@@ -282,8 +282,8 @@ def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.Monk
     assert "- seeds: 0, 1, 2, 7\n" in text and "- experiments ran on commit master\n" in text  # not a git repo
     assert "CPUs, torch " in text and "| delta | — | all | 3 |" in text
     assert "lambda_delta=0.5" not in text and "Left out, made by other code, params or libraries: 1 of key `k0`." in text
-    assert f"Runs of key `k1` ({len(runs)}; the archive `{(tmp_path / DEFAULT_ARCHIVE).as_posix()}` holds " \
-           f"{len(runs) + 1})" in text and "ran on m." in text
+    assert f"Runs of key `k1`: {len(runs)} of the {len(runs) + 1} read from the archive " \
+           f"`{(tmp_path / DEFAULT_ARCHIVE).as_posix()}`" in text and "ran on m." in text
     assert "![held-out accuracy against the number of training tasks, per objective]" \
            "(results/compare/heldout_vs_tasks.png)" in text
     png = tmp_path / "results/compare/heldout_vs_tasks.png"

@@ -137,3 +137,18 @@ def test_a_bad_archive_is_a_one_line_error_and_nothing_is_written(tmp_path: Path
         err = capsys.readouterr().err
         assert err.startswith(f"error: {bad}: ") and message in err and err.count("\n") == 1
         assert bad.read_text() == text
+
+
+def test_experiment_baselines_are_read_from_dvc_refs(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@example.com")
+    _git(tmp_path, "config", "user.name", "t")
+    (tmp_path / "f").write_text("x")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "base")
+    head = _git(tmp_path, "rev-parse", "HEAD")
+    assert experiments.experiment_baselines(str(tmp_path)) == []
+    _git(tmp_path, "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/some-exp", head)
+    _git(tmp_path, "update-ref", "refs/exps/celery/stash", head)  # the queue, not a finished experiment
+    assert experiments.experiment_baselines(str(tmp_path)) == [head]
+    assert experiments.experiment_baselines(str(tmp_path / "missing")) == []
