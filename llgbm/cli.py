@@ -82,8 +82,9 @@ def _compare(args: argparse.Namespace) -> None:
         replace_marked(readme_text, "", str(readme))  # no markers: stop before the slow part
     archive = Path(args.runs) if args.runs else Path(args.repo) / DEFAULT_ARCHIVE
     archived = load_archive(archive)  # a bad archive: stop before the slow part too
+    rows = exp_rows(args.repo, args.rev)  # not a DVC repository: say that first
     key = args.key or workspace_key(args.repo)
-    new, unkeyed = keyed(collect_runs(exp_rows(args.repo, args.rev)), args.repo)
+    new, unkeyed = keyed(collect_runs(rows), args.repo)
     runs, disagreements = merge_runs(archived, new)
     if args.record:
         save_archive(archive, runs)

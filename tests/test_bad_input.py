@@ -323,6 +323,12 @@ CASES = [
          ("README.md", "<!-- compare:begin -->")),
     Case("compare-readme-missing", lambda d, w: cli("compare", "--readme", "nope.md"), ("nope.md", "not found")),
     Case("compare-not-a-repository", lambda d, w: cli("compare", "--repo", "."), (".", "dvc exp show failed")),
+    Case("compare-archive-not-json", lambda d, w: (write(d / "runs.json", "{runs"),
+                                                   cli("compare", "--runs", "runs.json", "--record"))[1],
+         ("runs.json", "not valid JSON")),
+    Case("compare-archive-other-format", lambda d, w: (write(d / "runs.json", '{"format": 9, "runs": []}'),
+                                                       cli("compare", "--runs", "runs.json", "--record"))[1],
+         ("runs.json", "not a run archive of format 1")),
 ]
 
 
