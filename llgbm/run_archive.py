@@ -20,9 +20,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import LlgbmError
+from .errors import LlgbmError, first_line
 from .experiments import ARM_KEYS, Run, _param, resolve_commit
-from .io import read_json, sha256_json, write_json_atomic
+from .io import read_json, read_text, sha256_json, write_json_atomic
 
 FORMAT = 1
 DEFAULT_ARCHIVE = Path("results/study/runs.json")
@@ -94,7 +94,13 @@ def _parse(text: str, path: str, source: str) -> Any:
     try:
         return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise LlgbmError(f"{source}: {path} does not parse ({str(exc).splitlines()[0]})") from None
+        raise LlgbmError(f"{source}: {path} does not parse ({first_line(exc)})") from None
+
+
+def _key_of(texts: Mapping[str, str], source: str) -> tuple[str, Mapping[str, Any]]:
+    """(key, provenance) from the texts of a run's dvc.lock, params.yaml and train provenance."""
+    parsed = {path: _parse(texts[path], path, source) for path in (LOCK, PARAMS_FILE, TRAIN_PROVENANCE)}
+    return run_key(parsed[LOCK], parsed[PARAMS_FILE], parsed[TRAIN_PROVENANCE], source), parsed[TRAIN_PROVENANCE]
 
 
 def _git_file(repo: str, rev: str, path: str) -> str | None:
@@ -110,9 +116,7 @@ def key_of_commit(repo: str, rev: str) -> tuple[str, Mapping[str, Any]] | None:
         return None
     if texts[LOCK] is None or texts[PARAMS_FILE] is None:
         raise LlgbmError(f"{repo}: experiment commit {rev} has no {LOCK} or {PARAMS_FILE}")
-    source = f"{repo}@{rev}"
-    parsed = {path: _parse(text or "", path, source) for path, text in texts.items()}
-    return run_key(parsed[LOCK], parsed[PARAMS_FILE], parsed[TRAIN_PROVENANCE], source), parsed[TRAIN_PROVENANCE]
+    return _key_of(texts, f"{repo}@{rev}")  # type: ignore[arg-type]
 
 
 def workspace_key(repo: str) -> str:
@@ -124,8 +128,7 @@ def workspace_key(repo: str) -> str:
         if not file.is_file():
             raise LlgbmError(f"{file}: not found; run `dvc repro` first (the comparison reports the runs made "
                              "with the workspace's code and params), or name a key with --key")
-    parsed = {path: _parse(file.read_text(), path, str(root)) for path, file in files.items()}
-    return run_key(parsed[LOCK], parsed[PARAMS_FILE], parsed[TRAIN_PROVENANCE], str(root))
+    return _key_of({path: read_text(file, path) for path, file in files.items()}, str(root))[0]
 
 
 # --- the archive file ---------------------------------------------------------------------------------
