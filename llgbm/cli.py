@@ -70,11 +70,12 @@ def _compare_command(args: argparse.Namespace) -> str:
 
 def _compare(args: argparse.Namespace) -> None:
     from .experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, collect_runs, comparison_report, exp_rows,
-                              experiment_commits, heldout_vs_tasks, readme_block, replace_marked, study_seeds,
-                              write_plot)
+                              experiment_commits, failure_reasons, heldout_vs_tasks, readme_block, replace_marked,
+                              study_seeds, write_plot)
     from .io import read_json, read_text, write_bytes_atomic
     from .provenance import machine_description
-    from .run_archive import DEFAULT_ARCHIVE, archive_notes, keyed, load_archive, merge_runs, save_archive, workspace_key
+    from .run_archive import (DEFAULT_ARCHIVE, archive_notes, keyed, load_archive, merge_runs, new_failures,
+                              save_archive, workspace_key)
 
     readme = Path(args.readme) if args.readme else None
     readme_text = read_text(readme, "README") if readme else None
@@ -85,7 +86,10 @@ def _compare(args: argparse.Namespace) -> None:
     rows = exp_rows(args.repo, args.rev)  # not a DVC repository: say that first
     key = args.key or workspace_key(args.repo)
     new, unkeyed = keyed(collect_runs(rows), args.repo)
-    runs, disagreements = merge_runs(archived, new)
+    # Why a run failed lives in DVC's queue log, on this machine only: read once, then kept in the archive.
+    failures = new_failures(archived, new)
+    explained = dict(zip(map(id, failures), failure_reasons(failures, args.repo)))
+    runs, disagreements = merge_runs(archived, [explained.get(id(r), r) for r in new])
     if args.record:
         save_archive(archive, runs)
         print(f"recorded {len(runs) - len(archived)} new runs in {archive} ({len(runs)} in all)")

@@ -8,10 +8,12 @@ from __future__ import annotations
 import ast
 import io
 import math
+import re
 import shlex
 import subprocess
+import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -66,8 +68,9 @@ TASK_COUNT_OBJECTIVES = ("weight-only", "delta", "KL")
 STUDIES = ("objectives", "lambdas", "task_counts", "all", "ablations")
 
 # dvc exp show's State of an experiment whose outputs are its own (None: one run by `dvc exp run` in the
-# workspace, which has no executor state).
+# workspace, which has no executor state), and of one whose run stopped with an error.
 FINISHED_STATES = ("Success", None)
+FAILED_STATE = "Failed"
 PARAMS = "params.yaml"
 EVALUATION = "results/evaluate/metrics.json"
 DIAGNOSTICS = "results/diagnostics/metrics.json"
@@ -249,9 +252,11 @@ def _count(value: Any) -> int | None:
 
 @dataclass(frozen=True)
 class Run:
-    """One finished experiment: its arm, seed, the reported metrics and counts, the testbed diagnostics it
-    carries, the baseline commit it ran on (as exp_show names it), its experiment's name and commit, and
-    (once llgbm.run_archive keys it) the key of what made it and the machine it ran on."""
+    """One finished or failed experiment: its arm, seed, the reported metrics and counts, the testbed
+    diagnostics it carries, the baseline commit it ran on (as exp_show names it), its experiment's name and
+    commit, (once llgbm.run_archive keys it) the key of what made it and the machine it ran on, and for a
+    failed one (no metrics) why it stopped: a run that diverged is the arm's result too, so it is counted,
+    never silently dropped."""
     arm: Arm
     seed: int
     metrics: dict[str, float | None]
@@ -263,31 +268,42 @@ class Run:
     rev: str | None = None
     key: str | None = None
     machine: str | None = None
+    failure: str | None = None
 
 
 def collect_runs(rows: list[dict]) -> list[Run]:
-    """Finished experiments of exp_show rows. Baseline rows (the workspace and commits) are left out, but an
-    experiment row follows its baseline commit's row, which names the commit. Only experiments in state
-    Success count: a queued or running one shows its baseline's metrics files, not its own, and a failed
-    one may show a partial result. One (arm, seed) counts once."""
+    """Finished and failed experiments of exp_show rows. Baseline rows (the workspace and commits) are left
+    out, but an experiment row follows its baseline commit's row, which names the commit. Experiments in
+    state Success count with their metrics; a queued or running one shows its baseline's metrics files, not
+    its own, so it is left out, and a failed one (its metrics may be partial) counts as a failure, reason
+    "failed" until `failure_reasons` reads it. One (arm, seed) counts once as finished and once as failed."""
     runs: list[Run] = []
-    seen: set[tuple[Arm, int]] = set()
+    seen: set[tuple[Arm, int, bool]] = set()
     baseline = None
     for row in rows:
         if row.get("typ") == "baseline":
             if row.get("rev") != "workspace":
                 baseline = row.get("rev")
             continue
-        if row.get("Experiment") is None or row.get("State") not in FINISHED_STATES:
+        failed = row.get("State") == FAILED_STATE
+        if row.get("Experiment") is None or (row.get("State") not in FINISHED_STATES and not failed):
             continue
-        metrics = {name: _number(_lookup(row, metric, EVALUATION)) for name, (_, metric) in KEY_METRICS.items()}
         seed = _param("seed", _lookup(row, "seed", PARAMS))
-        if metrics["heldout_accuracy"] is None or not isinstance(seed, int):
+        if not isinstance(seed, int):
             continue
         arm = tuple((k, _param(k, _lookup(row, k, PARAMS))) for k in ARM_KEYS)
-        if (arm, seed) in seen:
+        if (arm, seed, failed) in seen:
             continue
-        seen.add((arm, seed))
+        if failed:
+            seen.add((arm, seed, failed))
+            runs.append(Run(arm=arm, seed=seed, metrics={name: None for name in KEY_METRICS},
+                            counts={name: None for name in COUNT_METRICS}, train_tasks=None, diagnostics={},
+                            baseline=baseline, name=row.get("Experiment"), rev=row.get("rev"), failure="failed"))
+            continue
+        metrics = {name: _number(_lookup(row, metric, EVALUATION)) for name, (_, metric) in KEY_METRICS.items()}
+        if metrics["heldout_accuracy"] is None:
+            continue
+        seen.add((arm, seed, failed))
         diagnostics = {}
         for heldout, seen_metric in DIAGNOSTIC_BASELINES.values():
             for metric in (heldout, seen_metric):
@@ -301,10 +317,48 @@ def collect_runs(rows: list[dict]) -> list[Run]:
     return runs
 
 
+def failure_text(log: str) -> str:
+    """Why a run stopped, from its `dvc queue logs`: the first message of llgbm's own ("error: ..."; a
+    progress bar may share its line), else DVC's last ERROR line, else "failed (no error in its log)"."""
+    own = re.findall(r"(?<![A-Za-z])error: ([^\r\n]+)", log)
+    if own:
+        return own[0].strip()
+    dvc_errors = re.findall(r"ERROR: ([^\r\n]+)", log)
+    return dvc_errors[-1].strip() if dvc_errors else "failed (no error in its log)"
+
+
+def failure_reasons(runs: list[Run], repo: str = ".") -> list[Run]:
+    """`runs` with each failed run's reason read from DVC's queue log (kept only on the machine that ran
+    it, hence recorded in the run archive)."""
+    done = []
+    for run in runs:
+        if run.failure is not None and run.name:
+            result = subprocess.run([sys.executable, "-m", "dvc", "queue", "logs", run.name], cwd=repo,
+                                    capture_output=True, text=True, errors="replace")
+            reason = (failure_text(result.stdout + result.stderr) if result.returncode == 0
+                      else "failed (its queue log is gone)")
+            run = replace(run, failure=reason)
+        done.append(run)
+    return done
+
+
 def group_runs(runs: list[Run]) -> dict[Arm, dict[int, Run]]:
+    """The finished runs by arm and seed (failed runs: `failed_seeds`)."""
     groups: dict[Arm, dict[int, Run]] = {}
     for run in runs:
-        groups.setdefault(run.arm, {})[run.seed] = run
+        if run.failure is None:
+            groups.setdefault(run.arm, {})[run.seed] = run
+    return groups
+
+
+def failed_seeds(runs: list[Run]) -> dict[Arm, dict[int, Run]]:
+    """The failed runs by arm and seed, of the seeds that did not also finish (a rerun that finished
+    counts as that seed's result)."""
+    finished = {(r.arm, r.seed) for r in runs if r.failure is None}
+    groups: dict[Arm, dict[int, Run]] = {}
+    for run in runs:
+        if run.failure is not None and (run.arm, run.seed) not in finished:
+            groups.setdefault(run.arm, {}).setdefault(run.seed, run)
     return groups
 
 
@@ -451,10 +505,10 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
     """The markdown table: each arm's metrics over seeds and its paired difference from the weight-only arm
     of its training-task count, then the testbed's baselines as extra rows, then how to read it. `runs` are
     of one key (llgbm.run_archive): runs made by other code or params are not comparable."""
-    groups = group_runs(runs)
-    if not groups:
+    groups, failed = group_runs(runs), failed_seeds(runs)
+    if not groups and not failed:
         return "No finished experiments with evaluation metrics.\n"
-    arms = sorted(groups, key=_arm_order)
+    arms = sorted(set(groups) | set(failed), key=_arm_order)
     knobs = arm_knobs(arms)
     header = ["arm", "knobs", "max training tasks", "seeds", "tasks (held-out / seen)",
               *(KEY_METRICS[m][0] for m in ("heldout_accuracy", "seen_accuracy", "heldout_gain_share")),
@@ -463,8 +517,8 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
               f"Δ held-out accuracy detectable ({DETECTION_POWER:.0%} power)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in arms:
-        bucket = groups[arm]
-        reference = reference_of(arm, arms)
+        bucket = groups.get(arm, {})
+        reference = reference_of(arm, list(groups))
         if reference is None:
             diffs = ["no weight-only run"] * (len(PAIRED_METRICS) + 1)
         elif reference == arm:
@@ -472,11 +526,12 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
         else:
             paired = {m: _paired(bucket, groups[reference], m) for m in PAIRED_METRICS}
             diffs = [*(_paired_cell(paired[m]) for m in PAIRED_METRICS), _detectable_cell(paired["heldout_accuracy"])]
-        n = len(bucket)
+        n, n_failed = len(bucket), len(failed.get(arm, {}))
         metric_cells = {m: _mean_cell([r.metrics[m] for r in bucket.values() if r.metrics[m] is not None], n)
                         for m in KEY_METRICS}
         counts = {c: [r.counts[c] for r in bucket.values()] for c in COUNT_METRICS}
-        cells = [objective_of(dict(arm)), knobs[arm] or "—", _task_count_text(dict(arm)["max_training_tasks"]), str(n),
+        seeds_cell = f"{n} (+{n_failed} failed)" if n_failed else str(n)
+        cells = [objective_of(dict(arm)), knobs[arm] or "—", _task_count_text(dict(arm)["max_training_tasks"]), seeds_cell,
                  f"{_counts_cell(counts['heldout_tasks'])} / {_counts_cell(counts['seen_tasks'])}",
                  metric_cells["heldout_accuracy"], metric_cells["seen_accuracy"], metric_cells["heldout_gain_share"],
                  _counts_cell(counts["gain_defined"]), metric_cells["heldout_cosine"],
@@ -496,6 +551,14 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
              "the mean training-teacher delta. Baseline rows: the testbed's diagnostics "
              "(`results/diagnostics/metrics.json`; no seed, so no interval; a range where runs differ). "
              "Training curves side by side: `dvc plots diff <experiment names>`."]
+    if failed:
+        notes += ["", "Failed runs (the seeds counted as failed above; no metric of theirs is in any mean or "
+                  "difference, so an arm's numbers cover only the seeds that finished):"]
+        for arm in arms:
+            for seed, run in sorted(failed.get(arm, {}).items()):
+                label = objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs[arm] else "")
+                notes.append(f"- {label}, max training tasks {_task_count_text(dict(arm)['max_training_tasks'])}, "
+                             f"seed {seed} ({run.name}): {run.failure}")
     return "\n".join(lines + notes) + "\n"
 
 

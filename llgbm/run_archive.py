@@ -12,9 +12,10 @@ Runs of different keys are never compared or pooled: `llgbm compare` reports one
 many of other keys it left out."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
-from dataclasses import asdict, replace
+from dataclasses import MISSING, asdict, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -142,7 +143,9 @@ def run_to_json(run: Run) -> dict[str, Any]:
 def run_from_json(entry: Mapping[str, Any], source: str) -> Run:
     try:
         arm = tuple((k, _param(k, entry["arm"][k])) for k in ARM_KEYS)
-        fields = {name: entry[name] for name in Run.__dataclass_fields__ if name != "arm"}
+        # A field with a default (failure, added later) may be absent from runs recorded before it.
+        fields = {name: entry[name] if name in entry or field.default is MISSING else field.default
+                  for name, field in Run.__dataclass_fields__.items() if name != "arm"}
     except (KeyError, TypeError) as exc:
         raise LlgbmError(f"{source}: a run lacks {exc} (not a run of this archive's format)") from None
     return Run(arm=arm, **fields)
@@ -160,17 +163,19 @@ def load_archive(path: Path) -> list[Run]:
 
 
 def save_archive(path: Path, runs: list[Run]) -> None:
-    ordered = sorted(runs, key=lambda r: (str(r.key), str(r.arm), r.seed))
+    ordered = sorted(runs, key=lambda r: (str(r.key), str(r.arm), r.seed, r.failure is not None))
     write_json_atomic(Path(path), {"format": FORMAT, "runs": [run_to_json(r) for r in ordered]})
 
 
 def identity(run: Run) -> tuple:
-    return (run.key, run.arm, run.seed)
+    """A finished run and a failure of the same key, arm and seed are both kept (a run killed by the machine
+    may finish when queued again; the report then counts the finished one)."""
+    return (run.key, run.arm, run.seed, run.failure is not None)
 
 
 def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
-    """The archive with each new run of an (key, arm, seed) it lacks added; and the (archived, new) pairs
-    whose metrics differ although their key, arm and seed agree: the same inputs gave another result,
+    """The archive with each new run of an identity it lacks added; and the (archived, new) pairs of finished
+    runs whose metrics differ although their key, arm and seed agree: the same inputs gave another result,
     which a reader must hear about. The archived one is kept: nothing recorded is replaced."""
     merged = list(archived)
     by_identity = {identity(r): r for r in archived}
@@ -180,19 +185,42 @@ def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tup
         if old is None:
             merged.append(run)
             by_identity[identity(run)] = run
-        elif old.metrics != run.metrics:
+        elif run.failure is None and old.metrics != run.metrics:
             disagreements.append((old, run))
     return merged, disagreements
+
+
+def new_failures(archived: list[Run], runs: list[Run]) -> list[Run]:
+    """The failed runs of `runs` (keyed) that the archive does not hold yet: those whose reason is to be read
+    from DVC's queue log."""
+    known = {identity(r) for r in archived}
+    return [r for r in runs if r.failure is not None and identity(r) not in known]
+
+
+def _code_matches_lock(repo: str, rev: str) -> bool:
+    """Whether every code dep's md5 in `rev`'s dvc.lock is that of the file `rev` holds. A failed experiment's
+    commit is the workspace as queued, with the dvc.lock of the run before it: its key stands for its code
+    only where that code is what the lock says (DVC's md5 of a file is that of its bytes)."""
+    lock = yaml.safe_load(_git_file(repo, rev, LOCK) or "") or {}
+    for stage in (lock.get("stages") or {}).values():
+        for dep in stage.get("deps") or []:
+            path = str(dep.get("path", ""))
+            if path.startswith(CODE_DIRS):
+                result = subprocess.run(["git", "-C", repo, "show", f"{rev}:{path}"], capture_output=True)
+                if result.returncode != 0 or hashlib.md5(result.stdout).hexdigest() != dep.get("md5"):
+                    return False
+    return True
 
 
 def keyed(runs: list[Run], repo: str) -> tuple[list[Run], list[Run]]:
     """Each experiment's run with its key (read from its commit), the machine it recorded and, as its
     baseline, the commit it ran on (its experiment commit's parent: exp_show may name a branch, which
-    moves); and the runs that cannot be keyed (their commit holds no train provenance)."""
+    moves); and the runs that cannot be keyed (their commit holds no train provenance, or, failed, code
+    that its dvc.lock does not describe)."""
     done, unkeyed = [], []
     for run in runs:
         found = key_of_commit(repo, run.rev) if run.rev else None
-        if found is None:
+        if found is None or (run.failure is not None and not _code_matches_lock(repo, str(run.rev))):
             unkeyed.append(run)
             continue
         key, provenance = found
@@ -210,15 +238,16 @@ def archive_notes(key: str, runs: list[Run], unkeyed: list[Run], disagreements: 
         if run.key != key:
             others[str(run.key)] = others.get(str(run.key), 0) + 1
     machines = sorted({r.machine for r in selected if r.machine})
-    lines = ["", f"Runs of key `{key}`: {len(selected)} of the {len(runs)} read from the archive "
+    lines = ["", f"Runs of key `{key}`: {len(selected)} of the {len(runs)} (finished or failed) read from the archive "
              f"`{archive.as_posix()}` and DVC's experiments, made by the same code, shared outputs, other params "
              f"and libraries; ran on {'; '.join(machines) or 'an unrecorded machine'}."]
     if others:
         lines.append("Left out, made by other code, params or libraries: "
                      + ", ".join(f"{n} of key `{k}`" for k, n in sorted(others.items())) + ".")
     if unkeyed:
-        lines.append(f"Left out: {len(unkeyed)} experiments whose commit records no `{TRAIN_PROVENANCE}` "
-                     f"(code older than the run archive): {', '.join(sorted(str(r.name) for r in unkeyed))}.")
+        lines.append(f"Left out: {len(unkeyed)} experiments that cannot be keyed (their commit records no "
+                     f"`{TRAIN_PROVENANCE}`, code older than the run archive, or a failed one's code differs from "
+                     f"its dvc.lock): {', '.join(sorted(str(r.name) for r in unkeyed))}.")
     for old, new in disagreements:
         lines.append(f"**Not reproduced:** experiment {new.name} (seed {new.seed}) repeats archived run {old.name} "
                      f"of the same key and arm with other metrics (held-out accuracy {new.metrics.get('heldout_accuracy')} "

@@ -8,9 +8,9 @@ import pytest
 import llgbm.experiments as experiments
 from llgbm.cli import main
 from llgbm.errors import LlgbmError
-from llgbm.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, grid_arms, heldout_vs_tasks,
-                               knob_defaults, objective_of, queue_commands, queue_grid, replace_marked, study_arms,
-                               training_task_count, write_plot)
+from llgbm.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, failure_reasons, failure_text,
+                               grid_arms, heldout_vs_tasks, knob_defaults, objective_of, queue_commands, queue_grid,
+                               replace_marked, study_arms, training_task_count, write_plot)
 from llgbm.run_archive import DEFAULT_ARCHIVE, save_archive
 from llgbm.stats import detectable_difference, mean_ci, paired_difference, t_cdf, t_quantile_975
 
@@ -282,7 +282,7 @@ def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.Monk
     assert "- seeds: 0, 1, 2, 7\n" in text and "- experiments ran on commit master\n" in text  # not a git repo
     assert "CPUs, torch " in text and "| delta | — | all | 3 |" in text
     assert "lambda_delta=0.5" not in text and "Left out, made by other code, params or libraries: 1 of key `k0`." in text
-    assert f"Runs of key `k1`: {len(runs)} of the {len(runs) + 1} read from the archive " \
+    assert f"Runs of key `k1`: {len(runs)} of the {len(runs) + 1} (finished or failed) read from the archive " \
            f"`{(tmp_path / DEFAULT_ARCHIVE).as_posix()}`" in text and "ran on m." in text
     assert "![held-out accuracy against the number of training tasks, per objective]" \
            "(results/compare/heldout_vs_tasks.png)" in text
@@ -333,11 +333,50 @@ def test_training_task_count_sources() -> None:
     assert training_task_count([runs[0], runs[0], runs[2]]) == 42
 
 
-def test_only_finished_experiments_count() -> None:
+def test_only_finished_experiments_count_and_failed_ones_are_failures() -> None:
     """A running or queued experiment shows its baseline's metrics files (dvc exp show), a failed one may
-    show a partial result: none of them is a run of its arm."""
+    show a partial result: none of them is a run of its arm with metrics. A failed one is its arm's
+    failure, counted without any metric."""
     rows = [_row("done", 0, 0.3)]
     for state in ("Running", "Queued", "Failed"):
         rows.append({**_row(f"not-{state}", 1, 0.9), "State": state})
+    rows.append({**_row("failed-again", 1, 0.9), "State": "Failed"})  # the same arm and seed: once
     runs = collect_runs(rows)
-    assert [(r.seed, r.metrics["heldout_accuracy"]) for r in runs] == [(0, 0.3)]
+    assert [(r.seed, r.metrics["heldout_accuracy"], r.failure) for r in runs] == [(0, 0.3, None), (1, None, "failed")]
+    assert runs[1].name == "not-Failed" and set(runs[1].metrics.values()) == {None}
+
+
+def test_failure_text_from_a_queue_log() -> None:
+    log = ("train:  58%|#####8    | 1758/3000 [01:04<00:45, loss=2.5229]error: train: loss_delta is nan at step "
+           "1759; no checkpoint written\r\ntrain:  58%|\nERROR: failed to reproduce 'train': exited with 2\n")
+    assert failure_text(log) == "train: loss_delta is nan at step 1759; no checkpoint written"
+    assert failure_text("ERROR: one\nERROR: out of memory\n") == "out of memory"
+    assert failure_text("killed\n") == "failed (no error in its log)"
+
+
+def test_report_counts_failed_seeds_and_keeps_them_out_of_every_mean() -> None:
+    runs = collect_runs(_study_rows())
+    kl_arm = next(r.arm for r in runs if r.name == "kl0")
+    wo = next(r for r in runs if r.name == "w1")
+    failures = [replace(wo, seed=s, metrics=dict.fromkeys(wo.metrics), arm=kl_arm, name=f"klf{s}", failure=f"nan at {s}")
+                for s in (1, 2)]
+    rerun = replace(failures[0], seed=0, name="klf0")  # seed 0 failed once, then finished: it counts as finished
+    only_failed = replace(failures[0], arm=tuple((k, 3 if k == "probe_count" else v) for k, v in kl_arm),
+                          name="gone", failure="inf grad")
+    report = comparison_report(runs + failures + [rerun, only_failed])
+    kl = _line(report, "| KL | — | all |")
+    assert "| 1 (+2 failed) | 8 / 42 | 0.500 (1 seed, no CI) |" in kl
+    assert kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — |")
+    assert _line(report, "| KL | probe_count=3 | all | 0 (+1 failed) | ? / ? | — | — |")
+    assert "- KL, max training tasks all, seed 1 (klf1): nan at 1" in report
+    assert "- KL, max training tasks all, seed 2 (klf2): nan at 2" in report
+    assert "- KL (probe_count=3), max training tasks all, seed 1 (gone): inf grad" in report
+    assert "klf0" not in report
+    assert "Failed runs" not in comparison_report(runs)
+
+
+def test_failure_reason_where_the_queue_log_is_gone(tmp_path: Path) -> None:
+    run = replace(collect_runs([_row("done", 0, 0.3)])[0], name="no-such-experiment", failure="failed")
+    finished = collect_runs([_row("done", 0, 0.3)])[0]
+    assert failure_reasons([run, finished], str(tmp_path)) == [replace(run, failure="failed (its queue log is gone)"),
+                                                               finished]

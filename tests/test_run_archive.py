@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import subprocess
 from dataclasses import replace
@@ -14,8 +15,8 @@ import llgbm.experiments as experiments
 from llgbm.cli import main
 from llgbm.errors import LlgbmError
 from llgbm.experiments import Run
-from llgbm.run_archive import (key_of_commit, keyed, load_archive, merge_runs, run_key, save_archive,
-                               workspace_key)
+from llgbm.run_archive import (key_of_commit, keyed, load_archive, merge_runs, new_failures, run_key, run_to_json,
+                               save_archive, workspace_key)
 
 LOCK = {"schema": "2.0", "stages": {
     "tasks": {"cmd": "python stages/tasks.py", "deps": [{"path": "stages/tasks.py", "md5": "a1"},
@@ -120,6 +121,51 @@ def test_archive_round_trip_and_merge_keeps_what_is_recorded(tmp_path: Path) -> 
     merged, disagreements = merge_runs(load_archive(path), [again, differs, other_key, _run("c", 2, 0.1, key="k")])
     assert [r.name for r in merged] == ["a", "b", "b", "c"] and [r.key for r in merged][2] == "k2"
     assert disagreements == [(archived[1], differs)]
+
+
+def test_failures_are_kept_beside_finished_runs_and_old_entries_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "runs.json"
+    finished = _run("a", 0, 0.3, key="k")
+    failed = replace(finished, name="a-failed", metrics={"heldout_accuracy": None}, failure="loss is nan at step 9")
+    entry = run_to_json(finished)
+    del entry["failure"]  # recorded before runs had a failure field
+    path.write_text(json.dumps({"format": 1, "runs": [entry]}))
+    assert load_archive(path) == [finished]
+    # a failure of a recorded (key, arm, seed) is kept beside it, once; only an unrecorded one needs its reason
+    assert new_failures([finished], [failed, finished]) == [failed]
+    merged, disagreements = merge_runs([finished], [failed])
+    assert merged == [finished, failed] and disagreements == []
+    assert new_failures(merged, [replace(failed, name="again")]) == []
+    merged, disagreements = merge_runs(merged, [replace(failed, name="again", failure="other")])
+    assert merged == [finished, failed] and disagreements == []
+    save_archive(path, merged)
+    assert load_archive(path) == merged
+
+
+def test_a_failed_run_is_keyed_only_where_its_code_is_what_its_lock_says(tmp_path: Path) -> None:
+    """A failed experiment's commit is the workspace as queued, with the previous run's dvc.lock."""
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "config", "user.email", "t@example.com")
+    _git(tmp_path, "config", "user.name", "t")
+    lock = copy.deepcopy(LOCK)
+    for stage in lock["stages"].values():
+        for dep in stage["deps"]:
+            if dep["path"].endswith(".py"):
+                file = tmp_path / dep["path"]
+                file.parent.mkdir(parents=True, exist_ok=True)
+                file.write_text(f"# {dep['path']}\n")
+                dep["md5"] = hashlib.md5(file.read_bytes()).hexdigest()
+    _write_run(tmp_path, lock, PARAMS, PROVENANCE)
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "queued as run")
+    same = _git(tmp_path, "rev-parse", "HEAD")
+    (tmp_path / "llgbm" / "train.py").write_text("# edited before queueing, not reproduced\n")
+    _git(tmp_path, "commit", "-qam", "queued with edited code")
+    edited = _git(tmp_path, "rev-parse", "HEAD")
+    failed = replace(_run("f", 1, 0.0), failure="failed")
+    done, unkeyed = keyed([replace(failed, rev=same), replace(failed, name="g", rev=edited),
+                           _run("finished", 2, 0.3, rev=edited)], str(tmp_path))
+    assert [r.name for r in done] == ["f", "finished"] and [r.name for r in unkeyed] == ["g"]
 
 
 def test_a_bad_archive_is_a_one_line_error_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
