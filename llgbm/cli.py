@@ -50,7 +50,23 @@ def _grid(args: argparse.Namespace) -> None:
     from .experiments import knob_defaults, queue_grid, study_arms
 
     defaults = knob_defaults(to_dict(load_config(args.params)), args.params)
-    for line in queue_grid(args.seeds, args.dry_run, study_arms(defaults, args.study, args.params)):
+    arms = study_arms(defaults, args.study, args.params)
+    have = None
+    if args.missing:
+        from .experiments import collect_runs, exp_rows, pending_runs
+        from .run_archive import DEFAULT_ARCHIVE, keyed, load_archive, workspace_key
+
+        archived = load_archive(DEFAULT_ARCHIVE)
+        rows = exp_rows(".")
+        key = workspace_key(".")
+        # A failed (arm, seed) is not queued again: the same code and params would fail the same way.
+        done = [r for r in archived + keyed(collect_runs(rows), ".")[0] if r.key == key]
+        pending = pending_runs(rows)
+        have = {(r.arm, r.seed) for r in done} | pending
+        print(f"--missing: {len({(r.arm, r.seed) for r in done if r.failure is None})} finished and "
+              f"{len({(r.arm, r.seed) for r in done if r.failure is not None})} failed runs of key {key}, "
+              f"{len(pending)} queued or running, are not queued again")
+    for line in queue_grid(args.seeds, args.dry_run, arms, have):
         print(line)
 
 
@@ -164,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--study", choices=["objectives", "lambdas", "task_counts", "all", "ablations"], default="all")
     grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     grid.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
+    grid.add_argument("--missing", action="store_true",
+                      help="queue only the (arm, seed) runs that the run archive and DVC's experiments lack for the "
+                           "workspace's key (finished, failed, queued or running ones are not queued again)")
     grid.set_defaults(run=_grid)
     compare = commands.add_parser(
         "compare", help="report each arm against the weight-only arm, paired by seed",

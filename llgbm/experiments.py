@@ -71,6 +71,7 @@ STUDIES = ("objectives", "lambdas", "task_counts", "all", "ablations")
 # workspace, which has no executor state), and of one whose run stopped with an error.
 FINISHED_STATES = ("Success", None)
 FAILED_STATE = "Failed"
+PENDING_STATES = ("Queued", "Running")
 PARAMS = "params.yaml"
 EVALUATION = "results/evaluate/metrics.json"
 DIAGNOSTICS = "results/diagnostics/metrics.json"
@@ -178,13 +179,44 @@ def queue_commands(arms: list[dict[str, Any]], seeds: list[int]) -> list[list[st
              "-S", f"seed={seed_values}"] for arm in arms]
 
 
-def queue_grid(seeds: list[int], dry_run: bool, arms: list[dict[str, Any]]) -> list[str]:
+def arm_of(knobs: Mapping[str, Any]) -> Arm:
+    """An arm's knobs (a study arm, params) as the arm of a run read back from exp_show."""
+    return tuple((k, _param(k, knobs[k])) for k in ARM_KEYS)
+
+
+def missing_seeds(arms: list[dict[str, Any]], seeds: list[int],
+                  have: set[tuple[Arm, int]]) -> list[tuple[dict[str, Any], list[int]]]:
+    """Per arm, the seeds of `seeds` whose (arm, seed) `have` lacks; arms with none left are left out."""
+    missing = []
+    for arm in arms:
+        left = [s for s in seeds if (arm_of(arm), s) not in have]
+        if left:
+            missing.append((arm, left))
+    return missing
+
+
+def queue_grid(seeds: list[int], dry_run: bool, arms: list[dict[str, Any]],
+               have: set[tuple[Arm, int]] | None = None) -> list[str]:
+    """Queue (or with `dry_run` only print) the arms over `seeds`; with `have`, only the (arm, seed) pairs it
+    lacks, so that a study interrupted or spread over sessions is finished by the same command."""
+    arm_seeds = missing_seeds(arms, seeds, have) if have is not None else [(arm, seeds) for arm in arms]
     lines = []
-    for command in queue_commands(arms, seeds):
+    for arm, arm_seed_list in arm_seeds:
+        command = queue_commands([arm], arm_seed_list)[0]
         lines.append(shlex.join(command))
         if not dry_run:
             subprocess.run(command, check=True)
     return lines
+
+
+def pending_runs(rows: list[dict]) -> set[tuple[Arm, int]]:
+    """The (arm, seed) pairs of exp_show rows queued or running."""
+    pending = set()
+    for row in rows:
+        seed = _param("seed", _lookup(row, "seed", PARAMS))
+        if row.get("Experiment") is not None and row.get("State") in PENDING_STATES and isinstance(seed, int):
+            pending.add((arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS}), seed))
+    return pending
 
 
 # --- reading finished experiments -------------------------------------------------------------------
@@ -291,7 +323,7 @@ def collect_runs(rows: list[dict]) -> list[Run]:
         seed = _param("seed", _lookup(row, "seed", PARAMS))
         if not isinstance(seed, int):
             continue
-        arm = tuple((k, _param(k, _lookup(row, k, PARAMS))) for k in ARM_KEYS)
+        arm = arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS})
         if (arm, seed, failed) in seen:
             continue
         if failed:

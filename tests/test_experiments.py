@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import llgbm.experiments as experiments
+import llgbm.run_archive as run_archive
 from llgbm.cli import main
 from llgbm.errors import LlgbmError
 from llgbm.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, failure_reasons, failure_text,
@@ -137,6 +138,36 @@ def test_study_lambdas_and_task_counts_queue(no_dvc: None) -> None:
     every = study_arms(DEFAULTS, "all")  # objectives + 2 new lambdas + 3 objectives x 3 new counts
     assert len(every) == 7 + 2 + 9 and len({str(a) for a in every}) == len(every)
     assert "delta_layers=[0,1]" in queue_commands([{**DEFAULTS, "delta_layers": [0, 1]}], [0])[0]
+
+
+def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """`llgbm grid --missing`: finished or failed runs of the workspace's key (archived or experiments) and
+    queued or running experiments are not queued again; runs of another key do not count."""
+    arms = study_arms(DEFAULTS, "objectives")
+    weight_only, delta = arms[0], arms[1]
+    rows = [{**_row("queued", 3, None, lambda_delta=0.0), "State": "Queued"},
+            {**_row("running", 4, None, lambda_delta=0.0), "State": "Running"}]
+    assert experiments.pending_runs(rows) == {(experiments.arm_of(weight_only), 3), (experiments.arm_of(weight_only), 4)}
+    have = experiments.pending_runs(rows) | {(experiments.arm_of(delta), 0)}
+    assert experiments.missing_seeds([weight_only, delta], [0, 3, 4], have) == [(weight_only, [0]), (delta, [3, 4])]
+    assert queue_grid([3, 4], True, [weight_only], have) == []
+    assert queue_grid([0, 3], True, [delta], have)[0].endswith(" -S seed=3")
+
+    finished = [replace(r, key="k1") for r in collect_runs([_row("w0", 0, 0.1, lambda_delta=0.0)])]
+    failed = replace(finished[0], seed=1, failure="nan")
+    other_key = replace(finished[0], seed=2, key="k0")
+    monkeypatch.chdir(tmp_path)
+    save_archive(tmp_path / DEFAULT_ARCHIVE, finished + [failed, other_key])
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs=None: rows)
+    monkeypatch.setattr(run_archive, "workspace_key", lambda repo: "k1")
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    main(["grid", "--params", str(params), "--study", "objectives", "--seeds", "0", "1", "2", "3", "4", "--missing",
+          "--dry-run"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("--missing: 1 finished and 1 failed runs of key k1, 2 queued or running, are not queued again")
+    assert out[1].startswith("dvc exp run --queue -S lambda_delta=0.0 ") and out[1].endswith(" -S seed=2")
+    assert len(out) == 1 + len(arms) and all(line.endswith(" -S seed=0,1,2,3,4") for line in out[2:])
 
 
 def test_study_needs_every_knob_and_a_behaviour_weight() -> None:
