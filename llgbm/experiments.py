@@ -82,7 +82,13 @@ KEY_METRICS: dict[str, tuple[str, str]] = {
     "heldout_gain_share": ("held-out gain share", "heldout.gain_share.generated"),
     "heldout_cosine": ("held-out delta cosine (eval probes)", "heldout.delta_cosine_eval.generated"),
     "heldout_cosine_centred": ("held-out delta cosine, centred", "heldout.delta_cosine_eval_centred.generated"),
+    # How far the generated weights strayed from the teachers' scale: an objective can match behaviour
+    # with adapters far larger than any teacher's.
+    "weight_norm_ratio": ("generated / teacher weight norm, last train step (range over seeds)", "weight_norm_ratio"),
 }
+RANGE_METRICS = ("weight_norm_ratio",)  # reported as their range over seeds (`_range_cell`)
+TRAIN_METRICS = "results/train/metrics.json"
+METRIC_FILES = {"weight_norm_ratio": TRAIN_METRICS}  # the others: EVALUATION's
 PAIRED_METRICS = ("heldout_accuracy", "seen_accuracy")
 DETECTION_POWER = 0.8  # of the detectable held-out difference: could these seeds have shown an effect at all?
 COUNT_METRICS = {"heldout_tasks": "heldout.tasks", "seen_tasks": "seen.tasks",
@@ -332,7 +338,8 @@ def collect_runs(rows: list[dict]) -> list[Run]:
                             counts={name: None for name in COUNT_METRICS}, train_tasks=None, diagnostics={},
                             baseline=baseline, name=row.get("Experiment"), rev=row.get("rev"), failure="failed"))
             continue
-        metrics = {name: _number(_lookup(row, metric, EVALUATION)) for name, (_, metric) in KEY_METRICS.items()}
+        metrics = {name: _number(_lookup(row, metric, METRIC_FILES.get(name, EVALUATION)))
+                   for name, (_, metric) in KEY_METRICS.items()}
         if metrics["heldout_accuracy"] is None:
             continue
         seen.add((arm, seed, failed))
@@ -465,6 +472,15 @@ def _mean_cell(values: list[float], seeds: int) -> str:
     return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
 
 
+def _range_cell(values: list[float], seeds: int) -> str:
+    """A ratio that can span orders of magnitude across seeds: its range, not a t interval."""
+    if not values:
+        return "—"
+    low, high = min(values), max(values)
+    text = f"{low:.3g}" if low == high else f"{low:.3g}–{high:.3g}"
+    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
+
+
 def _paired(bucket: dict[int, Run], reference: dict[int, Run], metric: str) -> tuple[float, float | None, int] | None:
     values = {s: r.metrics[metric] for s, r in bucket.items() if r.metrics[metric] is not None}
     base = {s: r.metrics[metric] for s, r in reference.items() if r.metrics[metric] is not None}
@@ -544,7 +560,8 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
     knobs = arm_knobs(arms)
     header = ["arm", "knobs", "max training tasks", "seeds", "tasks (held-out / seen)",
               *(KEY_METRICS[m][0] for m in ("heldout_accuracy", "seen_accuracy", "heldout_gain_share")),
-              "gain share defined (per seed)", *(KEY_METRICS[m][0] for m in ("heldout_cosine", "heldout_cosine_centred")),
+              "gain share defined (per seed)",
+              *(KEY_METRICS[m][0] for m in ("heldout_cosine", "heldout_cosine_centred", "weight_norm_ratio")),
               *(f"Δ {KEY_METRICS[m][0]} vs weight-only (paired)" for m in PAIRED_METRICS),
               f"Δ held-out accuracy detectable ({DETECTION_POWER:.0%} power)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -559,7 +576,9 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
             paired = {m: _paired(bucket, groups[reference], m) for m in PAIRED_METRICS}
             diffs = [*(_paired_cell(paired[m]) for m in PAIRED_METRICS), _detectable_cell(paired["heldout_accuracy"])]
         n, n_failed = len(bucket), len(failed.get(arm, {}))
-        metric_cells = {m: _mean_cell([r.metrics[m] for r in bucket.values() if r.metrics[m] is not None], n)
+        # .get: a run archived before a metric joined the report lacks it
+        metric_cells = {m: (_range_cell if m in RANGE_METRICS else _mean_cell)(
+                            [r.metrics[m] for r in bucket.values() if r.metrics.get(m) is not None], n)
                         for m in KEY_METRICS}
         counts = {c: [r.counts[c] for r in bucket.values()] for c in COUNT_METRICS}
         seeds_cell = f"{n} (+{n_failed} failed)" if n_failed else str(n)
@@ -567,7 +586,7 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
                  f"{_counts_cell(counts['heldout_tasks'])} / {_counts_cell(counts['seen_tasks'])}",
                  metric_cells["heldout_accuracy"], metric_cells["seen_accuracy"], metric_cells["heldout_gain_share"],
                  _counts_cell(counts["gain_defined"]), metric_cells["heldout_cosine"],
-                 metric_cells["heldout_cosine_centred"], *diffs]
+                 metric_cells["heldout_cosine_centred"], metric_cells["weight_norm_ratio"], *diffs]
         lines.append("| " + " | ".join(cells) + " |")
     lines += _diagnostic_rows(runs, diagnostics_fallback, len(header))
     notes = ["",
@@ -580,7 +599,9 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
              "ones. Tasks: "
              "the held-out and seen tasks each mean covers, from the evaluation's `heldout.tasks` / `seen.tasks` "
              "(? where a run did not record them). Delta cosine on the evaluation probe set, raw and centred on "
-             "the mean training-teacher delta. Baseline rows: the testbed's diagnostics "
+             "the mean training-teacher delta. Weight norm: the generated weights' norm over their teachers' in the "
+             "last training batch (`weight_norm_ratio` of `results/train/metrics.json`), its range over seeds. "
+             "Baseline rows: the testbed's diagnostics "
              "(`results/diagnostics/metrics.json`; no seed, so no interval; a range where runs differ). "
              "Training curves side by side: `dvc plots diff <experiment names>`."]
     if failed:

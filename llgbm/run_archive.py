@@ -176,7 +176,8 @@ def identity(run: Run) -> tuple:
 def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
     """The archive with each new run of an identity it lacks added; and the (archived, new) pairs of finished
     runs whose metrics differ although their key, arm and seed agree: the same inputs gave another result,
-    which a reader must hear about. The archived one is kept: nothing recorded is replaced."""
+    which a reader must hear about. The archived one is kept: nothing recorded is replaced (a metric it
+    lacks is added from the same experiment, read again)."""
     merged = list(archived)
     by_identity = {identity(r): r for r in archived}
     disagreements = []
@@ -185,8 +186,15 @@ def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tup
         if old is None:
             merged.append(run)
             by_identity[identity(run)] = run
-        elif run.failure is None and old.metrics != run.metrics:
+            continue
+        shared = set(old.metrics) & set(run.metrics)
+        if run.failure is None and any(old.metrics[m] != run.metrics[m] for m in shared):
             disagreements.append((old, run))
+        elif run.rev == old.rev and set(run.metrics) - set(old.metrics):
+            # The same experiment read again where the report has gained a metric: recorded values stay,
+            # the new metric is added from the run's own commit.
+            filled = replace(old, metrics={**run.metrics, **old.metrics})
+            merged[merged.index(old)] = by_identity[identity(run)] = filled
     return merged, disagreements
 
 

@@ -411,3 +411,20 @@ def test_failure_reason_where_the_queue_log_is_gone(tmp_path: Path) -> None:
     finished = collect_runs([_row("done", 0, 0.3)])[0]
     assert failure_reasons([run, finished], str(tmp_path)) == [replace(run, failure="failed (its queue log is gone)"),
                                                                finished]
+
+
+def test_weight_norm_ratio_is_read_from_train_metrics_and_shown_as_a_range() -> None:
+    rows = [{**_row("w0", 0, 0.1, lambda_delta=0.0), "weight_norm_ratio": 0.85},
+            {**_row("w1", 1, 0.2, lambda_delta=0.0), "results/train/metrics.json:weight_norm_ratio": 0.9,
+             "results/evaluate/metrics.json:weight_norm_ratio": 7.0},  # the train stage's, not another file's
+            {**_row("o0", 0, 0.1, **{"train.lambda_weights": 0.0, "loss_balance": "none"}), "weight_norm_ratio": 333.2},
+            {**_row("o1", 1, 0.1, **{"train.lambda_weights": 0.0, "loss_balance": "none"}),
+             "weight_norm_ratio": 104000.0}]
+    runs = collect_runs(rows)
+    assert [r.metrics["weight_norm_ratio"] for r in runs] == [0.85, 0.9, 333.2, 104000.0]
+    archived = replace(runs[1], metrics={k: v for k, v in runs[1].metrics.items() if k != "weight_norm_ratio"})
+    report = comparison_report(runs)
+    assert "| 0.100 ± 0.000 | 0.85–0.9 | reference |" in _line(report, "| weight-only |")
+    assert "| 333–1.04e+05 | -0.050 ± 0.635 (2 seeds) |" in _line(report, "| delta-only |")
+    older = comparison_report([runs[0], archived])  # archived before the report had the metric
+    assert "| 0.85 (1 of 2 seeds) | reference |" in _line(older, "| weight-only |")

@@ -142,6 +142,19 @@ def test_failures_are_kept_beside_finished_runs_and_old_entries_still_load(tmp_p
     assert load_archive(path) == merged
 
 
+def test_a_metric_the_report_gained_is_added_from_the_same_experiment_only() -> None:
+    archived = _run("a", 0, 0.3, rev="r1", key="k")
+    read_again = replace(archived, metrics={**archived.metrics, "weight_norm_ratio": 2.5})
+    merged, disagreements = merge_runs([archived], [read_again])
+    assert merged == [read_again] and disagreements == []
+    # another experiment of the same key, arm and seed: recorded as it was; a recorded value never changes
+    merged, disagreements = merge_runs([archived], [replace(read_again, name="b", rev="r2")])
+    assert merged == [archived] and disagreements == []
+    changed = replace(read_again, metrics={**read_again.metrics, "heldout_accuracy": 0.9})
+    merged, disagreements = merge_runs([archived], [changed])
+    assert merged == [archived] and disagreements == [(archived, changed)]
+
+
 def test_a_failed_run_is_keyed_only_where_its_code_is_what_its_lock_says(tmp_path: Path) -> None:
     """A failed experiment's commit is the workspace as queued, with the previous run's dvc.lock."""
     _git(tmp_path, "init", "-q")
