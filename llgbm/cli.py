@@ -86,8 +86,8 @@ def _compare_command(args: argparse.Namespace) -> str:
 
 def _compare(args: argparse.Namespace) -> None:
     from .experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, collect_runs, comparison_report, exp_rows,
-                              experiment_commits, failure_reasons, heldout_vs_tasks, readme_block, replace_marked,
-                              study_seeds, write_plot)
+                              experiment_commits, failure_reasons, heldout_vs_tasks, readme_block, reference_points,
+                              replace_marked, study_seeds, write_plot)
     from .io import read_json, read_text, write_bytes_atomic
     from .provenance import machine_description
     from .run_archive import (DEFAULT_ARCHIVE, archive_notes, keyed, load_archive, merge_runs, new_failures,
@@ -121,7 +121,7 @@ def _compare(args: argparse.Namespace) -> None:
     if plot is not None:
         series = heldout_vs_tasks(selected)
         if series:
-            write_plot(series, chance_level(selected, fallback), plot)
+            write_plot(series, chance_level(selected, fallback), plot, reference_points(selected))
             plotted = True
             print(f"wrote {plot}")
         else:

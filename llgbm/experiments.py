@@ -10,6 +10,7 @@ import io
 import math
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 from collections import Counter
@@ -708,6 +709,26 @@ def heldout_vs_tasks(runs: list[Run]) -> dict[str, list[tuple[int, float, float 
     return {label: sorted(points) for label, points in series.items()}
 
 
+# The testbed's references drawn beside the arms: label -> held-out accuracy metric of the diagnostics.
+PLOT_REFERENCES = {"base model": "base_heldout_accuracy_mean",
+                   "multi-task LoRA (reference)": "multitask_heldout_accuracy_mean"}
+
+
+def reference_points(runs: list[Run]) -> dict[str, list[tuple[int, float]]]:
+    """Per testbed reference (PLOT_REFERENCES): (training tasks, held-out accuracy) from the diagnostics the
+    runs of each training-task count read, the mean where runs of a count differ (one key: they do not).
+    What the plot needs to say whether an arm's line is at the base's level or short of the headroom its
+    task count leaves."""
+    values: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        count = training_task_count([run])
+        for label, metric in PLOT_REFERENCES.items():
+            if count is not None and metric in run.diagnostics:
+                values.setdefault(label, {}).setdefault(count, []).append(run.diagnostics[metric])
+    return {label: sorted((count, statistics.fmean(v)) for count, v in by_count.items())
+            for label, by_count in values.items()}
+
+
 def chance_level(runs: list[Run], fallback: Mapping[str, Any] | None = None) -> float | None:
     for run in runs:
         if "heldout_chance_mean" in run.diagnostics:
@@ -716,9 +737,10 @@ def chance_level(runs: list[Run], fallback: Mapping[str, Any] | None = None) -> 
 
 
 def write_plot(series: Mapping[str, list[tuple[int, float, float | None]]], chance: float | None,
-               path: Path) -> None:
+               path: Path, references: Mapping[str, list[tuple[int, float]]] | None = None) -> None:
     """Held-out accuracy (mean and 95% t interval over seeds) against training tasks, a line per objective,
-    as a PNG (matplotlib's Agg canvas: no display needed)."""
+    and the testbed's `references` (reference_points) in grey, as a PNG (matplotlib's Agg canvas: no
+    display needed)."""
     figure = Figure(figsize=(7, 4.5))
     axes = figure.add_subplot()
     ticks: set[int] = set()
@@ -727,12 +749,17 @@ def write_plot(series: Mapping[str, list[tuple[int, float, float | None]]], chan
         ticks.update(xs)
         axes.errorbar(xs, [p[1] for p in points], yerr=[p[2] or 0.0 for p in points], marker="o", capsize=3,
                       label=label)
+    for (label, points), style in zip((references or {}).items(), (":", "-.", "--")):
+        ticks.update(p[0] for p in points)
+        axes.plot([p[0] for p in points], [p[1] for p in points], linestyle=style, marker="s", markersize=3,
+                  color="dimgrey", label=label)
     if chance is not None:
         axes.axhline(chance, linestyle="--", color="grey", label="chance")
     axes.set_xticks(sorted(ticks))
     axes.set_xlabel("training tasks")
-    axes.set_ylabel("held-out accuracy (generated adapters)")
-    axes.set_title("Mean and 95% t interval over seeds (no bar: one seed)", fontsize=9)
+    axes.set_ylabel("held-out accuracy")
+    axes.set_title("Generated adapters: mean and 95% t interval over seeds (no bar: one seed); "
+                   "grey: the testbed's references", fontsize=8)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
     figure.tight_layout()

@@ -11,7 +11,7 @@ from llgbm.cli import main
 from llgbm.errors import LlgbmError
 from llgbm.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, failure_reasons, failure_text,
                                grid_arms, heldout_vs_tasks, knob_defaults, objective_of, queue_commands, queue_grid,
-                               replace_marked, study_arms, training_task_count, write_plot)
+                               reference_points, replace_marked, study_arms, training_task_count, write_plot)
 from llgbm.run_archive import DEFAULT_ARCHIVE, save_archive
 from llgbm.stats import detectable_difference, mean_ci, paired_difference, t_cdf, t_quantile_975
 
@@ -349,8 +349,18 @@ def test_plot_points_and_file(tmp_path: Path) -> None:
     assert weight_only[1][1:] == pytest.approx(mean_ci([0.1, 0.2, 0.3]))
     assert series["delta"][0][0] == 8 and series["KL"] == [(42, 0.5, None)]
     path = tmp_path / "plots" / "p.png"
-    write_plot(series, 0.1, path)
+    write_plot(series, 0.1, path, {"base model": [(8, 0.15), (42, 0.15)]})
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_plot_references_per_training_task_count() -> None:
+    rows = [_row("w0", 0, 0.1, lambda_delta=0.0), _row("d0", 0, 0.2),
+            {**_row("w8", 0, 0.1, lambda_delta=0.0, max_training_tasks=8), "multitask_heldout_accuracy_mean": 0.05,
+             "base_heldout_accuracy_mean": 0.15},
+            _row("gone", 1, None, lambda_delta=0.0)]  # no metrics: no run, no point
+    references = reference_points(collect_runs(rows))
+    # every run reads the multi-task LoRA; only the 8-task one the base
+    assert references == {"multi-task LoRA (reference)": [(8, 0.05), (42, 0.12)], "base model": [(8, 0.15)]}
 
 
 def test_training_task_count_sources() -> None:
