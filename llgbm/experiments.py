@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 import math
 import re
 import shlex
@@ -16,7 +17,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import dvc.api
 from dvc.exceptions import DvcException
@@ -516,13 +517,20 @@ def _task_count_text(count: int | None) -> str:
     return "all" if count is None else str(count)
 
 
-def _diagnostic_rows(runs: list[Run], fallback: Mapping[str, Any] | None, width: int) -> list[str]:
-    """The testbed's baselines as extra rows: per max_training_tasks where the diagnostics differ between
-    counts, once ("any") where they do not; from `fallback` (the workspace's diagnostics) if no run has them."""
+def _diagnostics_by_count(runs: list[Run],
+                          count_of: Callable[[Run], int | None]) -> dict[int | None, dict[str, list[float]]]:
+    """Each testbed diagnostic's values over `runs`, by the training-task count `count_of` gives a run."""
     by_count: dict[int | None, dict[str, list[float]]] = {}
     for run in runs:
         for metric, value in run.diagnostics.items():
-            by_count.setdefault(dict(run.arm)["max_training_tasks"], {}).setdefault(metric, []).append(value)
+            by_count.setdefault(count_of(run), {}).setdefault(metric, []).append(value)
+    return by_count
+
+
+def _diagnostic_rows(runs: list[Run], fallback: Mapping[str, Any] | None, width: int) -> list[str]:
+    """The testbed's baselines as extra rows: per max_training_tasks where the diagnostics differ between
+    counts, once ("any") where they do not; from `fallback` (the workspace's diagnostics) if no run has them."""
+    by_count = _diagnostics_by_count(runs, lambda run: dict(run.arm)["max_training_tasks"])
     if by_count:
         tables = {_task_count_text(c): v for c, v in sorted(by_count.items(), key=lambda i: (i[0] is None, i[0] or 0))}
         distinct = {str(sorted((k, sorted(set(v))) for k, v in table.items())) for table in tables.values()}
@@ -719,14 +727,11 @@ def reference_points(runs: list[Run]) -> dict[str, list[tuple[int, float]]]:
     runs of each training-task count read, the mean where runs of a count differ (one key: they do not).
     What the plot needs to say whether an arm's line is at the base's level or short of the headroom its
     task count leaves."""
-    values: dict[str, dict[int, list[float]]] = {}
-    for run in runs:
-        count = training_task_count([run])
-        for label, metric in PLOT_REFERENCES.items():
-            if count is not None and metric in run.diagnostics:
-                values.setdefault(label, {}).setdefault(count, []).append(run.diagnostics[metric])
-    return {label: sorted((count, statistics.fmean(v)) for count, v in by_count.items())
-            for label, by_count in values.items()}
+    by_count = _diagnostics_by_count(runs, lambda run: training_task_count([run]))
+    counts = sorted(count for count in by_count if count is not None)  # None: a run of unknown task count
+    points = {label: [(count, statistics.fmean(by_count[count][metric])) for count in counts
+                      if metric in by_count[count]] for label, metric in PLOT_REFERENCES.items()}
+    return {label: line for label, line in points.items() if line}
 
 
 def chance_level(runs: list[Run], fallback: Mapping[str, Any] | None = None) -> float | None:
@@ -749,7 +754,7 @@ def write_plot(series: Mapping[str, list[tuple[int, float, float | None]]], chan
         ticks.update(xs)
         axes.errorbar(xs, [p[1] for p in points], yerr=[p[2] or 0.0 for p in points], marker="o", capsize=3,
                       label=label)
-    for (label, points), style in zip((references or {}).items(), (":", "-.", "--")):
+    for (label, points), style in zip((references or {}).items(), itertools.cycle((":", "-."))):
         ticks.update(p[0] for p in points)
         axes.plot([p[0] for p in points], [p[1] for p in points], linestyle=style, marker="s", markersize=3,
                   color="dimgrey", label=label)
