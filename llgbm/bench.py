@@ -17,18 +17,21 @@ import torch
 from peft import get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
-from .config import Config, LoraConfig
-from .data import GeneratorDataset
-from .delta import AdapterBatch, DeltaComputer, DeltaSpec, peft_delta, probe_states, reduce_delta, stack_adapters
-from .generator import LoraGenerator, generator_shape
-from .lora import (LoraSlot, layout_of_model, load_adapter_tensors, lora_scaling, peft_config, shared_initialisation,
-                   to_peft_state_dict)
-from .losses import MultiTaskLoss
-from .models import load_base, load_tokenizer, prepare_base
-from .tasks import make_tasks, pretraining_texts, vocabulary
-from .teachers import train_teacher, train_teachers_together
-from .train import training_step
-from .weight_tokenizer import WeightTokenizer
+from llgbm.config import Config
+from llgbm.core.lora import LoraConfig
+from llgbm.data.batching import GeneratorDataset
+from llgbm.core.lora import AdapterBatch, stack_adapters
+from llgbm.core.delta import DeltaComputer, DeltaSpec, probe_states, reduce_delta
+from llgbm.core.generator import LoraGenerator, generator_shape
+from llgbm.core.lora import LoraSlot, layout_of_model, lora_scaling
+from llgbm.artifacts.adapters import load_adapter_tensors, load_peft_model, peft_config, shared_initialisation, to_peft_state_dict
+from llgbm.core.losses import MultiTaskLoss
+from llgbm.artifacts.base_model import load_base, load_tokenizer
+from llgbm.recipes.base import prepare_base
+from llgbm.data.tasks import make_tasks, pretraining_texts, vocabulary
+from llgbm.recipes.teachers import train_teacher, train_teachers_together
+from llgbm.recipes.train import training_step
+from llgbm.core.weight_tokens import WeightTokenizer
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
@@ -270,7 +273,8 @@ def bench_teachers(cfg: Config, task_count: int | None, steps: int) -> dict:
     tasks = make_tasks(bench_cfg.tasks)[:task_count]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        prepare_base(bench_cfg.base, vocabulary(tasks), pretraining_texts(bench_cfg.tasks, tasks, bench_cfg.base),
+        prepare_base(bench_cfg.base, vocabulary(tasks), pretraining_texts(bench_cfg.tasks, tasks, bench_cfg.base.pretrain_texts,
+                                                     bench_cfg.base.pretrain_primitive_share),
                      root / "base")
         tokenizer = load_tokenizer(root / "base")
         init = shared_initialisation(load_base(root / "base", device="cpu"), bench_cfg.lora, bench_cfg.teachers.seed)
@@ -284,3 +288,12 @@ def bench_teachers(cfg: Config, task_count: int | None, steps: int) -> dict:
     return {"tasks": len(tasks), "steps": steps, "batch_size": bench_cfg.teachers.batch_size,
             "together_seconds": together, "one_after_another_seconds": alone, "together_over_one_after_another": together / alone,
             "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def peft_delta(base_dir: Path, adapter_dir: Path, probe_ids: torch.Tensor, probe_mask: torch.Tensor,
+               spec: DeltaSpec = DeltaSpec(), dtype: str = "float32") -> torch.Tensor:
+    """delta(base + adapter, base) the way a PEFT user would get it: two fresh bases, one with the adapter
+    loaded by `PeftModel.from_pretrained`."""
+    base = probe_states(load_base(base_dir, dtype), probe_ids, probe_mask, spec.layers)
+    adapted = probe_states(load_peft_model(load_base(base_dir, dtype), adapter_dir), probe_ids, probe_mask, spec.layers)
+    return reduce_delta(adapted[None], base, spec)[0]

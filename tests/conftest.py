@@ -12,8 +12,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from llgbm.config import Config, config_from_dict  # noqa: E402
-from llgbm.probes import ProbeSet, build_probe_set, generic_length  # noqa: E402
-from llgbm.tasks import training_tasks  # noqa: E402
+from llgbm.data.probes import ProbeSet, build_probe_set, generic_length  # noqa: E402
+from llgbm.data.split import Split, resolve_split  # noqa: E402
+from llgbm.data.tasks import task_pairs  # noqa: E402
 
 MICRO_PARAMS = {
     "probe_count": 4,
@@ -31,6 +32,15 @@ MICRO_PARAMS = {
 }
 
 
+def micro_split(cfg: Config, tasks: list) -> Split:
+    """The split the split stage resolves for `cfg`."""
+    return resolve_split(tasks, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed)
+
+
+def micro_training(cfg: Config, tasks: list) -> list:
+    return micro_split(cfg, tasks).training_tasks(tasks)
+
+
 def micro_config(**overrides: object) -> Config:
     raw = yaml.safe_load(yaml.safe_dump(MICRO_PARAMS))
     raw.update(overrides)
@@ -40,27 +50,29 @@ def micro_config(**overrides: object) -> Config:
 @pytest.fixture(scope="session")
 def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """tasks, base model and teacher checkpoints of the micro configuration, built once per session."""
-    from llgbm.models import prepare_base
-    from llgbm.tasks import make_tasks, pretraining_texts, vocabulary
-    from llgbm.teachers import train_all_teachers
+    from llgbm.recipes.base import prepare_base
+    from llgbm.data.tasks import make_tasks, pretraining_texts, vocabulary
+    from llgbm.recipes.teachers import train_all_teachers
 
     root = tmp_path_factory.mktemp("micro")
     cfg = micro_config()
     tasks = make_tasks(cfg.tasks)
-    prepare_base(cfg.base, vocabulary(tasks), pretraining_texts(cfg.tasks, tasks, cfg.base), root / "base")
+    texts = pretraining_texts(cfg.tasks, tasks, cfg.base.pretrain_texts, cfg.base.pretrain_primitive_share)
+    prepare_base(cfg.base, vocabulary(tasks), texts, root / "base")
+    micro_split(cfg, tasks).save(root / "split.json")
     summary = train_all_teachers(root / "base", tasks, cfg, root / "teachers")
     return {"cfg": cfg, "tasks": tasks, "base": root / "base", "teachers": root / "teachers",
-            "summary": summary, "root": root}
+            "summary": summary, "root": root, "split": root / "split.json"}
 
 
 @pytest.fixture(scope="session")
 def micro_train_inputs(micro: dict) -> dict:
     """The micro world plus its delta cache and (real, offline) prompt embeddings."""
-    from llgbm.delta_cache import fill_cache
-    from llgbm.encoder import embed_prompts
+    from llgbm.recipes.deltas import fill_cache
+    from llgbm.data.encoder import embed_prompts
 
     root = micro["root"]
-    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], root / "deltas")
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], root / "deltas")
     prompts = [r.prompt for t in micro["tasks"] for r in (*t.train, *t.test)]
     embed_prompts(micro["cfg"].encoder, prompts).save(root / "embeddings")
     return {**micro, "deltas": root / "deltas", "embeddings": root / "embeddings"}
@@ -68,7 +80,7 @@ def micro_train_inputs(micro: dict) -> dict:
 
 def micro_probe_set(cfg: Config, tasks: list, tokenizer) -> ProbeSet:
     """The probe set the deltas stage builds for `cfg`."""
-    return build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg),
+    return build_probe_set(cfg.probes, cfg.probe_count, micro_split(cfg, tasks).training_tasks(tasks),
                            generic_length(cfg.tasks), tokenizer)
 
 
@@ -79,10 +91,11 @@ def checkpoint_dirs(teachers: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def micro_generator(micro_train_inputs: dict) -> dict:
     """A generator trained for the micro configuration's 40 steps."""
-    from llgbm.train import Paths, train_generator
+    from llgbm.infra.paths import Paths
+    from llgbm.recipes.train import train_generator
 
     run = micro_train_inputs["root"] / "run"
-    paths = Paths(base=micro_train_inputs["base"], teachers=micro_train_inputs["teachers"],
+    paths = Paths(split=micro_train_inputs["split"], base=micro_train_inputs["base"], teachers=micro_train_inputs["teachers"],
                   deltas=micro_train_inputs["deltas"], embeddings=micro_train_inputs["embeddings"],
                   generator=run / "generator", checkpoints=run / "checkpoints", live=run / "live")
     train_generator(micro_train_inputs["cfg"], micro_train_inputs["tasks"], paths)

@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 from llgbm.config import load_config
-from llgbm.data import GeneratorDataset
-from llgbm.tasks import load_tasks
-from llgbm.train import Paths, train_generator
+from llgbm.data.batching import GeneratorDataset
+from llgbm.data.tasks import load_tasks
+from llgbm.infra.paths import Paths
+from llgbm.recipes.train import train_generator
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
         return batch
 
     GeneratorDataset.draw = logged_draw
-    paths = Paths(base=inputs / "base", teachers=inputs / "teachers", deltas=inputs / "deltas",
+    paths = Paths(split=inputs / "split.json", base=inputs / "base", teachers=inputs / "teachers", deltas=inputs / "deltas",
                   embeddings=inputs / "embeddings", generator=run / "generator", checkpoints=run / "checkpoints",
                   live=run / "live")
     train_generator(load_config(params), load_tasks(tasks_file), paths, stop_after_step=stop)

@@ -20,8 +20,8 @@ from typing import Callable
 import pytest
 import yaml
 
-from llgbm.generate import ADAPTER_MARKER
-from llgbm.tasks import save_tasks
+from llgbm.artifacts.generator_files import ADAPTER_MARKER
+from llgbm.data.tasks import save_tasks
 
 from .conftest import MICRO_PARAMS, checkpoint_dirs
 

@@ -4,15 +4,18 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from llgbm.delta import DeltaComputer, DeltaSpec, stack_adapters
-from llgbm.delta_cache import DeltaCache, delta_geometry, fill_cache
-from llgbm.errors import LlgbmError
-from llgbm.io import read_json, sha256_file
-from llgbm.lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout, lora_scaling
-from llgbm.models import load_base, load_tokenizer
-from llgbm.probes import answer_prompts, tokenize_probes
+from llgbm.core.delta import DeltaComputer, DeltaSpec
+from llgbm.core.lora import stack_adapters
+from llgbm.artifacts.delta_cache import DeltaCache
+from llgbm.recipes.deltas import delta_geometry, fill_cache
+from llgbm.infra.errors import LlgbmError
+from llgbm.infra.io import read_json, sha256_file
+from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
+from llgbm.core.lora import lora_layout, lora_scaling
+from llgbm.artifacts.base_model import load_base, load_tokenizer
+from llgbm.data.probes import answer_prompts, tokenize_probes
 
-from .conftest import checkpoint_dirs, micro_config, micro_probe_set
+from .conftest import micro_training, checkpoint_dirs, micro_config, micro_probe_set
 
 
 def _cached_deltas(cache_dir) -> dict[str, torch.Tensor]:
@@ -22,7 +25,7 @@ def _cached_deltas(cache_dir) -> dict[str, torch.Tensor]:
 
 def test_cache_holds_every_checkpoint_delta(micro, tmp_path) -> None:
     cfg = micro["cfg"]
-    metrics = fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "cache")
+    metrics = fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "cache")
     index = read_json(micro["teachers"] / "index.json", "index")["checkpoints"]
     assert metrics["computed"] == len(index) == 6 and metrics["reused"] == 0
     cached = _cached_deltas(tmp_path / "cache")
@@ -40,15 +43,15 @@ def test_cache_holds_every_checkpoint_delta(micro, tmp_path) -> None:
 
 def test_rerun_reuses_and_repairs_entries(micro, tmp_path) -> None:
     cfg, cache_dir = micro["cfg"], tmp_path / "cache"
-    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     before = _cached_deltas(cache_dir)
-    assert fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], cache_dir)["computed"] == 0
+    assert fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], cache_dir)["computed"] == 0
     # What a kill leaves behind: a stray temporary file, a lost entry, a truncated entry.
     files = sorted((cache_dir / "entries").glob("*.safetensors"))
     files[0].unlink()
     files[1].write_bytes(files[1].read_bytes()[:20])
     (cache_dir / "entries" / ".half-written.safetensors.tmp").write_bytes(b"x")
-    metrics = fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    metrics = fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     assert (metrics["computed"], metrics["reused"]) == (2, 4)
     assert not list(cache_dir.rglob("*.tmp"))
     after = _cached_deltas(cache_dir)
@@ -59,16 +62,16 @@ def test_rerun_reuses_and_repairs_entries(micro, tmp_path) -> None:
 
 def test_new_probe_set_invalidates_the_cache(micro, tmp_path) -> None:
     cache_dir = tmp_path / "cache"
-    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     old_files = set((cache_dir / "entries").glob("*"))
-    metrics = fill_cache(micro_config(probe_count=3), micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    metrics = fill_cache(micro_config(probe_count=3), micro["tasks"], micro_training(micro_config(probe_count=3), micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     assert metrics["computed"] == 6 and metrics["probes"] == 3
     assert not old_files & set((cache_dir / "entries").glob("*"))  # stale entries pruned
 
 
 def test_two_runs_give_identical_deltas(micro, tmp_path) -> None:
-    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], tmp_path / "a")
-    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], tmp_path / "b")
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "a")
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "b")
     a, b = _cached_deltas(tmp_path / "a"), _cached_deltas(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -79,7 +82,7 @@ def test_bad_adapter_fails_naming_the_file(micro, tmp_path) -> None:
     broken = sorted(teachers.glob("*/step-*"))[-1] / ADAPTER_WEIGHTS
     broken.write_bytes(b"not a safetensors file")
     with pytest.raises(LlgbmError, match="cannot read adapter weights") as info:
-        fill_cache(micro["cfg"], micro["tasks"], micro["base"], teachers, tmp_path / "cache")
+        fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], teachers, tmp_path / "cache")
     assert str(broken) in str(info.value)
 
 
@@ -92,13 +95,13 @@ def test_delta_geometry_on_a_hand_made_case() -> None:
 
 
 def test_entries_of_another_delta_definition_are_recomputed(micro, tmp_path, monkeypatch, capsys) -> None:
-    import llgbm.delta_cache as delta_cache_module
+    import llgbm.artifacts.delta_cache as delta_cache_module
 
     cache_dir = tmp_path / "cache"
-    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     # What editing llgbm/delta.py (e.g. how it reduces over probes) does to the code fingerprint.
     monkeypatch.setattr(delta_cache_module, "code_fingerprint", lambda *modules: "edited delta code")
-    metrics = fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    metrics = fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     assert (metrics["computed"], metrics["reused"]) == (6, 0)
     assert "another definition (library code changed); starting fresh" in capsys.readouterr().out
     assert DeltaCache.load(cache_dir).definition["code"] == "edited delta code"
@@ -106,10 +109,10 @@ def test_entries_of_another_delta_definition_are_recomputed(micro, tmp_path, mon
 
 
 def test_definition_records_dtype_precision_and_scaling_and_is_checked(micro, tmp_path) -> None:
-    from llgbm.delta_cache import delta_definition
+    from llgbm.artifacts.delta_cache import delta_definition
 
     cfg = micro["cfg"]
-    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "cache")
+    fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "cache")
     cache = DeltaCache.load(tmp_path / "cache")
     scaling = lora_scaling(cfg.lora)
     assert (cache.definition["dtype"], cache.definition["precision"], cache.definition["scaling"]) == ("float32", "no", scaling)
@@ -128,9 +131,9 @@ def test_definition_records_dtype_precision_and_scaling_and_is_checked(micro, tm
 @pytest.mark.parametrize("variant", [{"delta_reduce": "per_probe"}, {"delta_layers": "all"}])
 def test_each_variant_is_cached_under_its_own_key(micro, tmp_path, variant) -> None:
     cache_dir = tmp_path / "cache"
-    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     seed_keys = set(DeltaCache.load(cache_dir).entries)
-    metrics = fill_cache(micro_config(**variant), micro["tasks"], micro["base"], micro["teachers"], cache_dir)
+    metrics = fill_cache(micro_config(**variant), micro["tasks"], micro_training(micro_config(**variant), micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     assert (metrics["computed"], metrics["reused"]) == (6, 0)
     cache = DeltaCache.load(cache_dir)
     assert not seed_keys & set(cache.entries)
@@ -143,12 +146,12 @@ def test_each_variant_is_cached_under_its_own_key(micro, tmp_path, variant) -> N
 def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tmp_path) -> None:
     """Under bf16 autocast (as training runs on a GPU) with activation checkpointing, a teacher's own weight
     tokens, detokenised as the generator's are, reproduce its cached delta: L_delta is ~0 at the teacher."""
-    from llgbm.losses import DeltaLoss
-    from llgbm.weight_tokenizer import WeightTokenizer
+    from llgbm.core.losses import DeltaLoss
+    from llgbm.core.weight_tokens import WeightTokenizer
 
     cfg = micro_config(train={**micro_config().train.__dict__, "mixed_precision": "bf16"})
-    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "bf16")
-    fill_cache(micro["cfg"], micro["tasks"], micro["base"], micro["teachers"], tmp_path / "fp32")
+    fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "bf16")
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "fp32")
     bf16, fp32 = DeltaCache.load(tmp_path / "bf16"), DeltaCache.load(tmp_path / "fp32")
     assert bf16.definition["precision"] == "bf16"
     tokenizer = load_tokenizer(micro["base"])
@@ -174,13 +177,13 @@ def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tm
 def test_kl_targets_are_the_teachers_answer_distributions_through_peft(micro, tmp_path) -> None:
     """The cached KL target of a checkpoint is its PEFT-loaded model's next-token distribution after each
     of its task's answer prompts; with kl.top_k, the top k of it plus the rest's mass."""
-    from llgbm.delta import binned_log_probs
-    from llgbm.lora import load_peft_model
+    from llgbm.core.delta import binned_log_probs
+    from llgbm.artifacts.adapters import load_peft_model
 
     cfg = micro["cfg"]
-    fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "full")
+    fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "full")
     top = micro_config(kl={"top_k": 3})
-    fill_cache(top, micro["tasks"], micro["base"], micro["teachers"], tmp_path / "top")
+    fill_cache(top, micro["tasks"], micro_training(top, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "top")
     full_cache, top_cache = DeltaCache.load(tmp_path / "full"), DeltaCache.load(tmp_path / "top")
     tokenizer = load_tokenizer(micro["base"])
     answers = answer_prompts(micro["tasks"], cfg.kl.prompts, 0, cfg.kl.seed)
@@ -205,11 +208,11 @@ def test_kl_targets_are_the_teachers_answer_distributions_through_peft(micro, tm
 def test_kl_at_a_teachers_own_tokens_is_zero(micro, tmp_path) -> None:
     """Training's KL path (batched hooks, each adapter its own prompts) at a teacher's own weight tokens
     reproduces the cached target: KL(teacher || generated) = 0, full and top-k."""
-    from llgbm.losses import kl_divergence
-    from llgbm.weight_tokenizer import WeightTokenizer
+    from llgbm.core.losses import kl_divergence
+    from llgbm.core.weight_tokens import WeightTokenizer
 
     for name, cfg in (("full", micro["cfg"]), ("top", micro_config(kl={"top_k": 3}))):
-        fill_cache(cfg, micro["tasks"], micro["base"], micro["teachers"], tmp_path / name)
+        fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / name)
         cache = DeltaCache.load(tmp_path / name)
         tokenizer = load_tokenizer(micro["base"])
         layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)

@@ -1,10 +1,11 @@
 import pytest
 
-from llgbm.diagnostics import headroom, headroom_summary, mean_above_chance, split_tasks
-from llgbm.errors import LlgbmError
-from llgbm.tasks import Record, Task
+from llgbm.recipes.diagnostics import headroom, headroom_summary, mean_above_chance, split_tasks
+from llgbm.data.split import Split
+from llgbm.infra.errors import LlgbmError
+from llgbm.data.tasks import Record, Task
 
-from .conftest import micro_config
+from .conftest import micro_config, micro_split
 
 
 def _task(name: str, options: int) -> Task:
@@ -18,24 +19,24 @@ def test_mean_above_chance_is_exact() -> None:
 
 def test_split_needs_known_heldout_tasks() -> None:
     tasks = [_task("first", 10), _task("last", 10), _task("largest", 6)]
-    training, heldout = split_tasks(micro_config(), tasks)
+    training, heldout = split_tasks(micro_split(micro_config(), tasks), tasks)
     assert [t.name for t in training] == ["first", "last"] and [t.name for t in heldout] == ["largest"]
     with pytest.raises(LlgbmError, match="heldout_tasks"):
-        split_tasks(micro_config(), tasks[:2])
+        micro_split(micro_config(), tasks[:2])
 
 
 def test_headroom_trains_the_multitask_reference_and_measures_it_through_peft(micro, tmp_path) -> None:
     from peft import PeftModel
 
-    from llgbm.models import load_base
+    from llgbm.artifacts.base_model import load_base
 
     cfg = micro["cfg"]
-    result = headroom(cfg, micro["tasks"], micro["base"], tmp_path)
+    result = headroom(cfg, micro["tasks"], Split.load(micro["split"]), micro["base"], tmp_path)
     assert set(result["multitask"]["heldout"]) == {"largest"} and set(result["multitask"]["seen"]) == {"first", "last"}
     assert result["multitask"]["loss_final"] < result["multitask"]["loss_first"]
     assert "primitives" not in result["base"]  # the eight family has none
     PeftModel.from_pretrained(load_base(micro["base"]), str(tmp_path / "multitask"))
-    summary = headroom_summary(result, micro["tasks"], cfg)
+    summary = headroom_summary(result, micro["tasks"], Split.load(micro["split"]))
     chance = result["chance"]["largest"]
     assert summary["multitask_heldout_above_chance"] == pytest.approx(result["multitask"]["heldout"]["largest"] - chance)
     assert summary["base_heldout_max_distance_from_chance"] == pytest.approx(abs(result["base"]["heldout"]["largest"] - chance))
@@ -44,7 +45,7 @@ def test_headroom_trains_the_multitask_reference_and_measures_it_through_peft(mi
 def test_lstsq_r2_and_nearest_cosine_are_exact() -> None:
     import torch
 
-    from llgbm.diagnostics import lstsq_r2, max_cosine
+    from llgbm.recipes.diagnostics import lstsq_r2, max_cosine
 
     e1, e2, e3 = torch.eye(3)
     assert lstsq_r2(2 * e1 - e2, [e1, e2]) == pytest.approx(1.0)
@@ -56,7 +57,7 @@ def test_lstsq_r2_and_nearest_cosine_are_exact() -> None:
 def test_ridge_probe_names_the_part_shared_with_training_tasks() -> None:
     import torch
 
-    from llgbm.diagnostics import leave_one_task_out, probe_scores
+    from llgbm.recipes.diagnostics import leave_one_task_out, probe_scores
 
     # Embedding = selector direction + transform direction: a held-out pair is a sum of seen parts.
     s = {"a": torch.tensor([1.0, 0, 0, 0]), "b": torch.tensor([0, 1.0, 0, 0])}
@@ -71,10 +72,10 @@ def test_ridge_probe_names_the_part_shared_with_training_tasks() -> None:
 
 
 def test_structure_of_the_micro_teachers(micro_train_inputs) -> None:
-    from llgbm.diagnostics import structure, structure_summary
+    from llgbm.recipes.diagnostics import structure, structure_summary
 
     m = micro_train_inputs
-    result = structure(m["cfg"], m["tasks"], m["base"], m["teachers"], m["embeddings"])
+    result = structure(m["cfg"], m["tasks"], Split.load(m["split"]), m["base"], m["teachers"], m["embeddings"])
     assert set(result["weight_space"]) == {"largest"} and "recover_selector" not in result  # eight family
     summary = structure_summary(result)
     assert 0.0 <= summary["weight_r2_heldout_mean"] <= 1.0
@@ -84,7 +85,7 @@ def test_structure_of_the_micro_teachers(micro_train_inputs) -> None:
 def test_combined_updates_are_exact() -> None:
     import torch
 
-    from llgbm.diagnostics import combine_updates
+    from llgbm.recipes.diagnostics import combine_updates
 
     gen = torch.Generator().manual_seed(0)
     adapters = [{"m": (torch.randn(2, 5, generator=gen), torch.randn(4, 2, generator=gen))} for _ in range(3)]
@@ -96,8 +97,8 @@ def test_combined_updates_are_exact() -> None:
 
 
 def test_task_arithmetic_uses_seen_pairs_only() -> None:
-    from llgbm.config import compositional_pairs
-    from llgbm.diagnostics import arithmetic_pairs
+    from llgbm.data.tasks import compositional_pairs
+    from llgbm.recipes.diagnostics import arithmetic_pairs
 
     pairs = compositional_pairs(["first", "last", "largest"], ["plus_one", "mirror"])
     training = [n for n in pairs if n not in ("first_mirror", "last_plus_one")]
@@ -106,10 +107,10 @@ def test_task_arithmetic_uses_seen_pairs_only() -> None:
 
 
 def test_teacher_baselines_are_measured_through_peft(micro_train_inputs, tmp_path) -> None:
-    from llgbm.diagnostics import baselines_summary, teacher_baselines
+    from llgbm.recipes.diagnostics import baselines_summary, teacher_baselines
 
     m = micro_train_inputs
-    result = teacher_baselines(m["cfg"], m["tasks"], m["base"], m["teachers"], m["embeddings"], tmp_path)
+    result = teacher_baselines(m["cfg"], m["tasks"], Split.load(m["split"]), m["base"], m["teachers"], m["embeddings"], tmp_path)
     assert set(result) == {"largest"}
     assert set(result["largest"]) == {"mean_teacher", "nearest_teacher", "knearest_teachers"}  # no arithmetic: eight family
     assert (tmp_path / "largest" / "knearest_teachers" / "adapter_config.json").is_file()
@@ -119,7 +120,7 @@ def test_teacher_baselines_are_measured_through_peft(micro_train_inputs, tmp_pat
 
 
 def test_report_has_a_row_per_heldout_task_and_the_summary_means() -> None:
-    from llgbm.diagnostics import markdown_report
+    from llgbm.recipes.diagnostics import markdown_report
 
     result = {"chance": {"a_x": 0.25, "b_y": 0.5},
               "base": {"heldout": {"a_x": 0.2, "b_y": 0.5}},

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llgbm.provenance import library_modules, module_file, script_modules
+from llgbm.infra.provenance import library_modules, module_file, script_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,11 +46,11 @@ def _outs(stages: dict[str, dict]) -> set[str]:
 
 
 def test_transitive_imports_follow_relative_and_absolute_forms(tmp_path: Path) -> None:
-    # The walker itself: a stage importing llgbm.io reaches io.py's own imports; relative imports and
+    # The walker itself: a stage importing llgbm.infra.io reaches io.py's own imports; relative imports and
     # imports inside functions count.
     found = {p.name for p in transitive_modules(ROOT / "stages" / "tasks.py")}
     assert {"tasks.py", "stage.py", "config.py", "errors.py", "io.py"} <= found
-    assert "llgbm.provenance" in library_modules("llgbm.train")  # through train.py's relative imports
+    assert "llgbm.infra.provenance" in library_modules("llgbm.recipes.train")  # through train.py's relative imports
 
 
 @pytest.mark.parametrize("name", sorted(_stages()))

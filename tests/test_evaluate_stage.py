@@ -4,15 +4,18 @@ import sys
 import pytest
 import torch
 
-from llgbm.delta import DeltaComputer, peft_delta, stack_adapters
-from llgbm.delta_cache import DeltaCache
-from llgbm.errors import LlgbmError
-from llgbm.evaluate import (METHODS, cosine_or_none, cosine_stats, delta_alignment, evaluation_probe_set, gain_share,
+from llgbm.core.delta import DeltaComputer
+from llgbm.bench import peft_delta
+from llgbm.core.lora import stack_adapters
+from llgbm.artifacts.delta_cache import DeltaCache
+from llgbm.infra.errors import LlgbmError
+from llgbm.recipes.evaluate import (METHODS, cosine_or_none, cosine_stats, delta_alignment, evaluation_probe_set, gain_share,
                             mean_adapter, nearest_task, run_evaluation, summarise_methods)
-from llgbm.generate import generate_from_file, open_generator, read_prompts
-from llgbm.lora import lora_scaling
-from llgbm.models import load_base, load_tokenizer
-from llgbm.probes import answer_prompts, apply_template, tokenize_probes
+from llgbm.recipes.generate import generate_from_file, read_prompts
+from llgbm.artifacts.generator_files import open_generator
+from llgbm.core.lora import lora_scaling
+from llgbm.artifacts.base_model import load_base, load_tokenizer
+from llgbm.data.probes import answer_prompts, apply_template, tokenize_probes
 
 
 def test_mean_and_nearest_baselines_on_a_hand_made_case() -> None:
@@ -166,8 +169,8 @@ def test_empty_prompt_file(tmp_path, content: str, fragment: str) -> None:
 
 
 def test_generator_for_another_base_is_refused(micro_generator, tmp_path) -> None:
-    from llgbm.config import BaseConfig, TinyModelConfig
-    from llgbm.models import prepare_base
+    from llgbm.artifacts.base_model import BaseConfig, TinyModelConfig
+    from llgbm.recipes.base import prepare_base
 
     other = tmp_path / "other-base"
     prepare_base(BaseConfig(tiny=TinyModelConfig(hidden_size=16, num_heads=2, num_kv_heads=1, intermediate_size=32),

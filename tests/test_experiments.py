@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-import llgbm.experiments as experiments
-import llgbm.run_archive as run_archive
+import llgbm.study.experiments as experiments
+import llgbm.study.run_archive as run_archive
 from llgbm.cli import main
-from llgbm.errors import LlgbmError
-from llgbm.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, failure_reasons, failure_text,
+from llgbm.infra.errors import LlgbmError
+from llgbm.study.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, failure_reasons, failure_text,
                                grid_arms, heldout_vs_tasks, knob_defaults, objective_of, queue_commands, queue_grid,
                                reference_points, replace_marked, study_arms, training_task_count, write_plot)
-from llgbm.run_archive import DEFAULT_ARCHIVE, save_archive
-from llgbm.stats import mean_ci
+from llgbm.study.run_archive import DEFAULT_ARCHIVE, save_archive
+from llgbm.study.stats import mean_ci
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
             "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",

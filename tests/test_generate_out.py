@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import llgbm.generate
-from llgbm.errors import LlgbmError
-from llgbm.generate import ADAPTER_MARKER, check_out_dir, generate_from_file, is_llgbm_adapter
-from llgbm.io import atomic_dir
+import llgbm.recipes.generate
+from llgbm.infra.errors import LlgbmError
+from llgbm.artifacts.generator_files import ADAPTER_MARKER, is_llgbm_adapter
+from llgbm.recipes.generate import check_out_dir, generate_from_file
+from llgbm.infra.io import atomic_dir
 
 
 def _listing(directory: Path) -> dict[str, bytes]:
@@ -130,7 +131,7 @@ def test_a_failed_generation_leaves_the_old_adapter_intact(micro_generator: dict
         (Path(out_dir) / "adapter_model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(llgbm.generate, "save_adapter", failing_save)
+    monkeypatch.setattr(llgbm.recipes.generate, "save_adapter", failing_save)
     with pytest.raises(LlgbmError, match="disk full"):
         generate_from_file(micro_generator["generator"], prompts_file, out, force=True)
     assert _listing(out) == before

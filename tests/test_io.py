@@ -5,7 +5,7 @@ import os
 import stat
 from pathlib import Path
 
-from llgbm.io import atomic_dir, write_bytes_atomic
+from llgbm.infra.io import atomic_dir, write_bytes_atomic
 
 
 def _mode(path: Path) -> int:

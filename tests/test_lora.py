@@ -6,9 +6,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, Qwen2Config
 
-from llgbm.config import LoraConfig
-from llgbm.errors import LlgbmError
-from llgbm.lora import ADAPTER_WEIGHTS, load_adapter_tensors, lora_layout
+from llgbm.core.lora import LoraConfig
+from llgbm.infra.errors import LlgbmError
+from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
+from llgbm.core.lora import lora_layout
 
 from .conftest import checkpoint_dirs
 
@@ -58,8 +59,8 @@ def test_all_teachers_start_from_one_initialisation(micro) -> None:
     assert a_keys and all(init[k].abs().sum() > 0 for k in a_keys)
     assert all(init[k].abs().sum() == 0 for k in init if "lora_B" in k)  # PEFT's init: B = 0
     torch.manual_seed(12345)  # the shared init must not depend on the global RNG state at call time
-    from llgbm.lora import shared_initialisation
-    from llgbm.models import load_base
+    from llgbm.artifacts.adapters import shared_initialisation
+    from llgbm.artifacts.base_model import load_base
 
     again = shared_initialisation(load_base(micro["base"]), micro["cfg"].lora, micro["cfg"].teachers.seed)
     assert all(torch.equal(again[k], init[k]) for k in init)

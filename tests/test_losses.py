@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from llgbm.losses import DeltaLoss, MultiTaskLoss, scheduled_lambda, weight_token_loss
+from llgbm.core.losses import DeltaLoss, MultiTaskLoss, scheduled_lambda, weight_token_loss
 
 
 @pytest.mark.parametrize("schedule, step, expected", [
@@ -69,7 +69,7 @@ def test_weight_loss_ignores_padding_and_refuses_shape_mismatch() -> None:
 
 
 def test_delta_coefficient_balances_gradient_norms() -> None:
-    from llgbm.losses import delta_coefficient
+    from llgbm.core.losses import delta_coefficient
 
     assert delta_coefficient(0.5, 2.0, 8.0, "none") == 0.5  # the plain sum
     assert delta_coefficient(0.5, 2.0, 8.0, "grad_norm") == pytest.approx(0.125)  # 0.125 * 8 = 0.5 * 2
@@ -80,8 +80,8 @@ def test_delta_coefficient_balances_gradient_norms() -> None:
 
 
 def test_kl_divergence_on_a_hand_made_case() -> None:
-    from llgbm.delta import binned_log_probs
-    from llgbm.losses import kl_divergence
+    from llgbm.core.delta import binned_log_probs
+    from llgbm.core.losses import kl_divergence
 
     p = torch.tensor([[0.5, 0.5, 0.0]]).clamp(min=1e-30).log()
     q = torch.tensor([[0.25, 0.25, 0.5]]).log()

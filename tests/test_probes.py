@@ -5,12 +5,12 @@ from dataclasses import replace
 
 import pytest
 
-from llgbm.errors import LlgbmError
-from llgbm.models import build_tiny_tokenizer
-from llgbm.probes import assert_disjoint, build_evaluation_probe_set, build_probe_set, generic_length, training_texts
-from llgbm.tasks import make_tasks, training_tasks, vocabulary
+from llgbm.infra.errors import LlgbmError
+from llgbm.artifacts.base_model import build_tiny_tokenizer
+from llgbm.data.probes import assert_disjoint, build_evaluation_probe_set, build_probe_set, generic_length, training_texts
+from llgbm.data.tasks import make_tasks, vocabulary
 
-from .conftest import micro_config
+from .conftest import micro_config, micro_training
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def _source(text: str, tasks) -> str | None:
 
 def test_the_seeds_probe_set_counts_probe_count(world) -> None:
     cfg, tasks, tokenizer = world
-    training = training_tasks(tasks, cfg)
+    training = micro_training(cfg, tasks)
     probes = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
     assert len(probes.texts) == cfg.probe_count == 4
     assert [_source(t, tasks) is None for t in probes.texts] == [True, False, True, False]  # generic, task, ...
@@ -36,7 +36,7 @@ def test_the_seeds_probe_set_counts_probe_count(world) -> None:
 def test_per_task_probes_come_from_every_training_task_and_no_heldout_one(world) -> None:
     cfg, tasks, tokenizer = world
     settings = micro_config(probes={"per_task": True}).probes
-    training = training_tasks(tasks, cfg)
+    training = micro_training(cfg, tasks)
     probes = build_probe_set(settings, 3, training, generic_length(cfg.tasks), tokenizer)
     sources = [_source(t, tasks) for t in probes.texts]
     assert len(probes.texts) == 3 * len(training) * 2  # per task, per probe type
@@ -79,7 +79,7 @@ def test_a_test_prompt_that_is_also_a_train_prompt_is_no_evaluation_probe(world)
 def test_an_evaluation_probe_seen_in_training_is_an_error(world) -> None:
     cfg, tasks, tokenizer = world
     probes = build_evaluation_probe_set(cfg.probes, 4, 0, tasks, cfg.heldout_tasks, tokenizer)
-    training = build_probe_set(cfg.probes, cfg.probe_count, training_tasks(tasks, cfg),
+    training = build_probe_set(cfg.probes, cfg.probe_count, micro_training(cfg, tasks),
                                generic_length(cfg.tasks), tokenizer)
     seen = training_texts(tasks, training, tokenizer)
     assert_disjoint(probes, seen)

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import llgbm.experiments as experiments
+import llgbm.study.experiments as experiments
 from llgbm.cli import main
-from llgbm.errors import LlgbmError
-from llgbm.experiments import Run
-from llgbm.run_archive import (key_of_commit, keyed, load_archive, merge_runs, new_failures, run_key, run_to_json,
+from llgbm.infra.errors import LlgbmError
+from llgbm.study.experiments import Run
+from llgbm.study.run_archive import (key_of_commit, keyed, load_archive, merge_runs, new_failures, run_key, run_to_json,
                                save_archive, workspace_key)
 
 LOCK = {"schema": "2.0", "stages": {

@@ -1,9 +1,9 @@
 import torch
 
-from llgbm.config import BaseConfig
-from llgbm.models import build_tiny_model, build_tiny_tokenizer
-from llgbm.scoring import completion_log_likelihoods, option_scores, task_accuracy
-from llgbm.tasks import Record, Task
+from llgbm.artifacts.base_model import BaseConfig
+from llgbm.artifacts.base_model import build_tiny_model, build_tiny_tokenizer
+from llgbm.core.scoring import completion_log_likelihoods, option_scores, task_accuracy
+from llgbm.data.tasks import Record, Task
 
 
 class NextWordModel(torch.nn.Module):

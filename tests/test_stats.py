@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from llgbm.stats import detectable_difference, mean_ci, paired_difference, t_cdf, t_quantile_975
+from llgbm.study.stats import detectable_difference, mean_ci, paired_difference, t_cdf, t_quantile_975
 
 
 def test_t_quantiles() -> None:

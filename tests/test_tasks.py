@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from llgbm.config import TasksConfig
-from llgbm.errors import LlgbmError
-from llgbm.tasks import CUES, builtin_tasks, load_task_file, load_tasks, make_tasks, save_tasks
+from llgbm.data.tasks import TasksConfig
+from llgbm.infra.errors import LlgbmError
+from llgbm.data.tasks import CUES, builtin_tasks, load_task_file, load_tasks, make_tasks, save_tasks
 
 
 def test_builtin_family_is_deterministic_and_balanced() -> None:
@@ -39,7 +39,7 @@ def test_prompt_alone_reveals_the_task() -> None:
     ("before_last", lambda items, a: (items[-1] - 1) % 10 == a),
 ])
 def test_responses_follow_the_rule(name, check) -> None:
-    from llgbm.tasks import WORDS
+    from llgbm.data.tasks import WORDS
 
     (task,) = builtin_tasks(TasksConfig(names=[name]), 3)
     for record in (*task.train, *task.test):
@@ -92,13 +92,13 @@ COMPOSITIONAL = TasksConfig(family="compositional", train_per_task=64, test_per_
 
 
 def _items(prompt: str) -> list[int]:
-    from llgbm.tasks import WORDS
+    from llgbm.data.tasks import WORDS
 
     return [WORDS.index(w) for w in prompt.split("items: ")[1].split(" answer:")[0].split()]
 
 
 def test_compositional_family_is_deterministic_balanced_and_follows_its_rule() -> None:
-    from llgbm.tasks import WORDS, apply_selector, apply_transform
+    from llgbm.data.tasks import WORDS, apply_selector, apply_transform
 
     tasks = builtin_tasks(COMPOSITIONAL, 0)
     assert tasks == builtin_tasks(COMPOSITIONAL, 0) and tasks != builtin_tasks(COMPOSITIONAL, 1)
@@ -128,8 +128,8 @@ def test_compositional_cue_names_both_parts_and_options_set_chance() -> None:
 
 
 def test_transforms_are_bijections_with_their_inverse() -> None:
-    from llgbm.config import TRANSFORMS
-    from llgbm.tasks import apply_transform, invert_transform
+    from llgbm.data.tasks import TRANSFORMS
+    from llgbm.data.tasks import apply_transform, invert_transform
 
     for transform in TRANSFORMS:
         assert sorted(apply_transform(transform, d) for d in range(10)) == list(range(10))
@@ -139,7 +139,7 @@ def test_transforms_are_bijections_with_their_inverse() -> None:
 
 
 def test_primitive_texts_never_compose() -> None:
-    from llgbm.tasks import SELECTOR_CUES, TRANSFORM_CUES, WORDS, apply_selector, apply_transform, primitive_texts
+    from llgbm.data.tasks import SELECTOR_CUES, TRANSFORM_CUES, WORDS, apply_selector, apply_transform, primitive_texts
 
     texts = primitive_texts(COMPOSITIONAL, 300, 0)
     assert texts == primitive_texts(COMPOSITIONAL, 300, 0)
@@ -159,18 +159,17 @@ def test_primitive_texts_never_compose() -> None:
 
 
 def test_pretraining_mix_follows_the_share() -> None:
-    from llgbm.config import BaseConfig
-    from llgbm.tasks import pretraining_texts
+    from llgbm.data.tasks import pretraining_texts
 
-    texts = pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=200, pretrain_primitive_share=0.25))
+    texts = pretraining_texts(COMPOSITIONAL, [], 200, 0.25)
     assert len(texts) == 200
     assert sum(prompt.startswith("task:") for prompt, _ in texts) == 50  # primitives: scored on the answer
     assert sum(prompt == "" for prompt, _ in texts) == 150  # generic text: scored whole
-    assert all(prompt == "" for prompt, _ in pretraining_texts(COMPOSITIONAL, [], BaseConfig(pretrain_texts=50)))
+    assert all(prompt == "" for prompt, _ in pretraining_texts(COMPOSITIONAL, [], 50, 0.0))
 
 
 def test_primitive_tasks_measure_each_part_alone() -> None:
-    from llgbm.tasks import primitive_tasks
+    from llgbm.data.tasks import primitive_tasks
 
     tasks = {t.name: t for t in primitive_tasks(COMPOSITIONAL, 20, 0)}
     assert len(tasks) == 15
@@ -184,8 +183,8 @@ def test_primitive_tasks_measure_each_part_alone() -> None:
 def test_every_selector_picks_the_value_it_was_drawn_for() -> None:
     import random
 
-    from llgbm.config import SELECTORS
-    from llgbm.tasks import apply_selector, selector_items, selector_options
+    from llgbm.data.tasks import SELECTORS
+    from llgbm.data.tasks import apply_selector, selector_items, selector_options
 
     for length in (4, 5, 7):
         for selector in SELECTORS:

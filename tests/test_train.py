@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from llgbm.errors import LlgbmError
-from llgbm.generator import load_generator
-from llgbm.provenance import library_versions
-from llgbm.train import FINISHED, PROVENANCE, Paths, train_generator
+from llgbm.infra.errors import LlgbmError
+from llgbm.artifacts.generator_files import load_generator
+from llgbm.infra.provenance import library_versions
+from llgbm.recipes.train import FINISHED, PROVENANCE, train_generator
+from llgbm.infra.paths import Paths
 
 from .conftest import micro_config
 
 
 def _paths(inputs: dict, run: Path) -> Paths:
-    return Paths(base=inputs["base"], teachers=inputs["teachers"], deltas=inputs["deltas"],
+    return Paths(split=inputs["split"], base=inputs["base"], teachers=inputs["teachers"], deltas=inputs["deltas"],
                  embeddings=inputs["embeddings"], generator=run / "generator", checkpoints=run / "checkpoints",
                  live=run / "live")
 
@@ -149,7 +150,7 @@ def test_truncated_delta_cache_entry_is_an_error_naming_it(micro_train_inputs, t
 
 
 def test_nan_stops_training_naming_the_step(micro_train_inputs, tmp_path, monkeypatch) -> None:
-    import llgbm.train as train_module
+    import llgbm.recipes.train as train_module
 
     real_loss = train_module.weight_token_loss
     calls = {"n": 0}
@@ -172,7 +173,7 @@ def test_probe_mismatch_with_the_cache_is_an_error(micro_train_inputs, tmp_path)
 
 
 def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_path) -> None:
-    from llgbm.delta_cache import fill_cache
+    from llgbm.recipes.deltas import fill_cache
 
     train = {**micro_config().train.__dict__, "steps": 12, "save_interval": 100, "lambda_warmup_steps": 2}
     cfg = micro_config(delta_reduce="per_probe", delta_layers="all", train=train)
@@ -189,11 +190,12 @@ def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_pa
 def _bench_world(cfg):
     """A random base, teachers and prompts of the micro shapes (as `llgbm bench train` builds them)."""
     from llgbm.bench import random_adapter, random_model, random_probes, tiny_shape
-    from llgbm.data import GeneratorDataset
-    from llgbm.delta import DeltaComputer, stack_adapters
-    from llgbm.generator import LoraGenerator, generator_shape
-    from llgbm.lora import layout_of_model, lora_scaling
-    from llgbm.weight_tokenizer import WeightTokenizer
+    from llgbm.data.batching import GeneratorDataset
+    from llgbm.core.delta import DeltaComputer
+    from llgbm.core.lora import stack_adapters
+    from llgbm.core.generator import LoraGenerator, generator_shape
+    from llgbm.core.lora import layout_of_model, lora_scaling
+    from llgbm.core.weight_tokens import WeightTokenizer
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
@@ -210,8 +212,8 @@ def _bench_world(cfg):
 
 
 def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() -> None:
-    from llgbm.losses import MultiTaskLoss, weight_token_loss
-    from llgbm.train import training_step
+    from llgbm.core.losses import MultiTaskLoss, weight_token_loss
+    from llgbm.recipes.train import training_step
 
     cfg = micro_config()
     model, dataset, weight_tokenizer, computer = _bench_world(cfg)
@@ -243,7 +245,7 @@ def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() 
 
 
 def test_the_kl_reference_trains(micro_train_inputs, tmp_path) -> None:
-    from llgbm.delta_cache import fill_cache
+    from llgbm.recipes.deltas import fill_cache
 
     train = {**micro_config().train.__dict__, "steps": 12, "save_interval": 100, "lambda_warmup_steps": 2}
     cfg = micro_config(behaviour_loss="kl", kl={"top_k": 4}, train=train)

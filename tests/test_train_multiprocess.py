@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from llgbm.config import to_dict
-from llgbm.generator import load_generator
-from llgbm.tasks import save_tasks
+from llgbm.artifacts.generator_files import load_generator
+from llgbm.data.tasks import save_tasks
 
 from .conftest import micro_config
 

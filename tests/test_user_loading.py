@@ -14,8 +14,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llgbm.generate import generate_from_file
-from llgbm.models import load_tokenizer
+from llgbm.recipes.generate import generate_from_file
+from llgbm.artifacts.base_model import load_tokenizer
 
 from .conftest import checkpoint_dirs
 

@@ -4,10 +4,11 @@ from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
 from transformers import AutoConfig, Qwen2Config
 
-from llgbm.config import LoraConfig
-from llgbm.lora import load_adapter_tensors, lora_layout, save_adapter
-from llgbm.models import load_base
-from llgbm.weight_tokenizer import WeightTokenizer
+from llgbm.core.lora import LoraConfig
+from llgbm.artifacts.adapters import load_adapter_tensors, save_adapter
+from llgbm.core.lora import lora_layout
+from llgbm.artifacts.base_model import load_base
+from llgbm.core.weight_tokens import WeightTokenizer
 
 from .conftest import checkpoint_dirs
 from .test_lora import QWEN25

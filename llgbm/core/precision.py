@@ -1,0 +1,27 @@
+"""Devices and precision: where a process computes, and in which dtype autocast runs."""
+from __future__ import annotations
+
+import torch
+from accelerate import PartialState
+
+# train.mixed_precision: auto (bf16 on a GPU that supports it, else full precision), no, bf16.
+MIXED_PRECISION = ("auto", "no", "bf16")
+
+
+def compute_device() -> torch.device:
+    """The device accelerate assigns this process: a GPU where there is one (per rank under
+    `accelerate launch`), else the CPU."""
+    # Without CUDA, processes started by `accelerate launch` run on CPU over gloo.
+    return PartialState(cpu=not torch.cuda.is_available()).device
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """train.mixed_precision as run here: "auto" is bf16 on a GPU that supports it, else "no"."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return setting
+
+
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved mixed-precision setting (None: full precision)."""
+    return torch.bfloat16 if mixed_precision == "bf16" else None

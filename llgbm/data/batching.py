@@ -1,0 +1,53 @@
+"""Token-level views of task records, shared by teacher training and accuracy scoring."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from llgbm.core.scoring import completion_batch
+from llgbm.data.tasks import Record
+
+
+def record_batch(tokenizer: PreTrainedTokenizerBase, records: list[Record]) -> dict[str, torch.Tensor]:
+    return completion_batch(tokenizer, [(r.prompt, r.response) for r in records])
+
+
+class GeneratorDataset:
+    """Training items for the generator: each pairs one teacher checkpoint (its weight tokens, scales and
+    cached delta) with a batch of N prompts of its task, redrawn at every draw (as DnD does)."""
+
+    def __init__(self, tokens: torch.Tensor, scales: torch.Tensor, deltas: torch.Tensor, prompt_rows: list[torch.Tensor],
+                 embeddings: torch.Tensor, prompts_per_sample: int, names: list[str],
+                 extras: dict[str, torch.Tensor] | None = None):
+        self.tokens, self.scales, self.deltas = tokens, scales, deltas
+        # Further per-checkpoint tensors drawn with each item (the KL reference's targets and prompts).
+        self.extras = extras or {}
+        self.prompt_rows = prompt_rows  # per checkpoint: rows of `embeddings` of its task's train prompts
+        self.embeddings = embeddings
+        self.prompts_per_sample = prompts_per_sample
+        self.names = names  # "task/step" per checkpoint
+        short = [n for n, rows in zip(names, prompt_rows) if len(rows) < prompts_per_sample]
+        if short:
+            raise ValueError(f"checkpoints {short[:3]} have fewer train prompts than generator.prompts_per_sample")
+
+    def fingerprint(self) -> str:
+        """A hash of every target and condition tensor."""
+        digest = hashlib.sha256()
+        for tensor in (self.tokens, self.scales, self.deltas, self.embeddings, *self.prompt_rows,
+                       *(self.extras[k] for k in sorted(self.extras))):
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        index = torch.randint(0, len(self), (batch_size,), generator=generator)
+        condition = torch.stack([
+            self.embeddings[self.prompt_rows[i][torch.randperm(len(self.prompt_rows[i]), generator=generator)[: self.prompts_per_sample]]]
+            for i in index.tolist()
+        ])
+        return {"index": index, "condition": condition, "tokens": self.tokens[index], "scales": self.scales[index],
+                "delta": self.deltas[index], **{k: v[index] for k, v in self.extras.items()}}

@@ -1,0 +1,107 @@
+"""The train/held-out split: which tasks training may see, chosen once (by the split stage) and stored
+in data/split.json, so that no later stage recomputes it."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from llgbm.data.tasks import Task
+from llgbm.infra.errors import LlgbmError
+from llgbm.infra.io import read_json, write_json_atomic
+
+
+def unsupported_heldout(pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
+    """Held-out pairs whose selector or transform occurs in no training pair (no compositional support)."""
+    training = [pair for name, pair in pairs.items() if name not in heldout]
+    seen_selectors, seen_transforms = {s for s, _ in training}, {t for _, t in training}
+    return [name for name in heldout if pairs[name][0] not in seen_selectors or pairs[name][1] not in seen_transforms]
+
+
+def support_cover(order: list[str], pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
+    """A smallest set of training tasks in which every selector and transform of a held-out pair occurs:
+    a maximum matching of the missing selectors to the missing transforms through training pairs (each
+    matched pair covers two parts), then one pair for each part left. Ties go by `order`."""
+    selectors = list(dict.fromkeys(pairs[h][0] for h in heldout))
+    transforms = list(dict.fromkeys(pairs[h][1] for h in heldout))
+    edges = {s: [n for n in order if pairs[n][0] == s and pairs[n][1] in transforms] for s in selectors}
+    matched: dict[str, str] = {}  # transform -> the pair that covers it with its selector
+
+    def augment(selector: str, visited: set[str]) -> bool:
+        for name in edges[selector]:
+            transform = pairs[name][1]
+            if transform not in visited:
+                visited.add(transform)
+                if transform not in matched or augment(pairs[matched[transform]][0], visited):
+                    matched[transform] = name
+                    return True
+        return False
+
+    for selector in selectors:
+        augment(selector, set())
+    cover = list(matched.values())
+    covered_selectors = {pairs[n][0] for n in cover}
+    for selector in selectors:
+        if selector not in covered_selectors:
+            cover += [n for n in order if pairs[n][0] == selector][:1]
+    for transform in transforms:
+        if transform not in matched:
+            cover += [n for n in order if pairs[n][1] == transform][:1]
+    return list(dict.fromkeys(cover))
+
+
+def select_training_names(names: list[str], heldout: list[str], count: int | None,
+                          pairs: dict[str, tuple[str, str]] | None, seed: int) -> list[str]:
+    """The training tasks: every non-held-out name (count None), or `count` of them chosen by `seed`. With
+    compositional pairs, first a cover of the held-out pairs' selectors and transforms, then the rest
+    in a seeded order, so a smaller count's tasks are a subset of a larger count's. Kept in `names` order."""
+    pool = [n for n in names if n not in heldout]
+    if count is None:
+        return pool
+    order = random.Random(f"{seed}:training-tasks").sample(pool, len(pool))
+    cover = support_cover(order, pairs, heldout) if pairs is not None else []
+    if count < len(cover):
+        raise LlgbmError(f"max_training_tasks: {count} training tasks cannot keep the compositional support of "
+                         f"heldout_tasks; this selection needs at least {len(cover)}")
+    if count > len(pool):
+        raise LlgbmError(f"max_training_tasks: {count} asked for, only {len(pool)} tasks are not held out")
+    chosen = set(cover + [n for n in order if n not in cover][: count - len(cover)])
+    return [n for n in pool if n in chosen]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Task names training may see, and the held-out ones (never seen by training). With
+    max_training_tasks, the other tasks are neither."""
+    training: tuple[str, ...]
+    heldout: tuple[str, ...]
+
+    def training_tasks(self, tasks: list[Task]) -> list[Task]:
+        return [t for t in tasks if t.name in self.training]
+
+    def heldout_tasks(self, tasks: list[Task]) -> list[Task]:
+        return [t for t in tasks if t.name in self.heldout]
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, {"training": list(self.training), "heldout": list(self.heldout)})
+
+    @classmethod
+    def load(cls, path: Path) -> "Split":
+        raw = read_json(path, "task split")
+        if not (isinstance(raw, dict) and all(isinstance(raw.get(k), list) for k in ("training", "heldout"))):
+            raise LlgbmError(f"{path}: not a task split (training and heldout lists); rerun the split stage")
+        return cls(tuple(raw["training"]), tuple(raw["heldout"]))
+
+
+def resolve_split(tasks: list[Task], heldout: list[str], count: int | None, pairs: dict[str, tuple[str, str]] | None,
+                  seed: int) -> Split:
+    """The split of `tasks`: `heldout` (which must name tasks) and the training tasks that
+    `select_training_names` chooses."""
+    names = [t.name for t in tasks]
+    unknown = [n for n in heldout if n not in names]
+    if unknown:
+        raise LlgbmError(f"heldout_tasks: {unknown} are not tasks of the tasks file (its tasks: {', '.join(names)})")
+    chosen = select_training_names(names, heldout, count, pairs, seed)
+    if not chosen:
+        raise LlgbmError("heldout_tasks: every task is held out; nothing is left to train on")
+    return Split(tuple(chosen), tuple(n for n in names if n in heldout))

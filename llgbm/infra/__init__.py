@@ -1,0 +1,1 @@
+"""Plumbing every layer shares: one error type, atomic files, provenance, artifact paths."""

@@ -1,0 +1,310 @@
+"""The evaluation recipe: generated adapters on held-out and seen tasks against the base model, the
+task's teacher, and the mean and nearest training teachers; every adapter loaded through PEFT."""
+from __future__ import annotations
+
+import csv
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors, load_peft_model
+from llgbm.artifacts.base_model import load_base, load_tokenizer
+from llgbm.artifacts.delta_cache import DeltaCache, checked_probe_batch
+from llgbm.artifacts.generator_files import open_generator
+from llgbm.artifacts.teacher_index import final_checkpoints, read_index
+from llgbm.config import Config
+from llgbm.core.delta import delta_spec, probe_states, reduce_delta
+from llgbm.core.scoring import task_accuracy
+from llgbm.data.encoder import EmbeddingCache
+from llgbm.data.probes import (ProbeSet, assert_disjoint, build_evaluation_probe_set, build_probe_set, generic_length,
+                               tokenize_probes, training_texts)
+from llgbm.data.split import Split
+from llgbm.data.tasks import Task, load_tasks
+from llgbm.infra.errors import LlgbmError
+from llgbm.infra.io import atomic_dir, sha256_file, write_json_atomic
+from llgbm.infra.paths import EVALUATION_ADAPTERS_DIR, RESULTS_DIR, TASKS_FILE, Paths
+
+METHODS = ("base", "generated", "teacher", "mean_teacher", "nearest_teacher")
+
+
+def mean_adapter(adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The element-wise mean of A and of B over adapters (meaningful because all share one init)."""
+    return {name: (torch.stack([a[name][0] for a in adapters]).mean(0), torch.stack([a[name][1] for a in adapters]).mean(0))
+            for name in adapters[0]}
+
+
+def nearest_task(batch_embeddings: torch.Tensor, task_embeddings: dict[str, torch.Tensor]) -> str:
+    """The training task whose mean train-prompt embedding is most cosine-similar to the batch's mean."""
+    query = torch.nn.functional.normalize(batch_embeddings.mean(0), dim=-1)
+    scores = {name: float(query @ torch.nn.functional.normalize(e.mean(0), dim=-1)) for name, e in task_embeddings.items()}
+    return max(scores, key=scores.get)
+
+
+# Accuracies are multiples of 1 / (test records): a gap this small only guards against float equality.
+MIN_GAIN_GAP = 1e-6
+# Per-task metrics that can be undefined (a zero delta has no direction; a teacher at the floor leaves no
+# gain to share): the summary counts the tasks where each is defined instead of silently dropping them.
+DEFINABLE = ("gain_share", "delta_cosine_train_probes", "delta_cosine_eval", "delta_cosine_eval_centred",
+             "delta_norm_ratio_eval")
+SUMMARISED = ("accuracy", "gain_share", "delta_cosine_eval", "delta_cosine_eval_centred", "delta_cosine_train_probes",
+              "delta_mse_eval", "delta_norm_ratio_eval")
+# The two probe sets a delta is measured on: the delta cache's (training's, so in-sample) and the
+# evaluation probes (test-split prompts no training step saw).
+PROBE_SETS = ("train_probes", "eval")
+
+
+def cosine_or_none(delta: torch.Tensor, target: torch.Tensor) -> float | None:
+    """The cosine of two deltas as flat vectors; None when either is zero (it has no direction)."""
+    delta, target = delta.flatten(), target.flatten()
+    if float(delta.norm()) == 0 or float(target.norm()) == 0:
+        return None
+    return float(torch.nn.functional.cosine_similarity(delta, target, dim=0))
+
+
+def cosine_stats(deltas: list[torch.Tensor], target: torch.Tensor, name: str,
+                 centre: torch.Tensor | None = None) -> dict:
+    """Mean, std, min and max over deltas of their cosine to target, as `name`, `name`_std, ... (None where
+    no cosine is defined). With `centre`, it is first subtracted from every delta and from the target: the
+    centred cosine, agreement in what sets the target apart from the centre (e.g. the mean teacher)."""
+    if centre is not None:
+        deltas, target = [d - centre for d in deltas], target - centre
+    defined = [c for c in (cosine_or_none(d, target) for d in deltas) if c is not None]
+    stats = torch.tensor(defined) if defined else None
+    return {
+        name: float(stats.mean()) if defined else None,
+        f"{name}_std": float(stats.std(unbiased=False)) if defined else None,
+        f"{name}_min": float(stats.min()) if defined else None,
+        f"{name}_max": float(stats.max()) if defined else None,
+    }
+
+
+def delta_alignment(deltas: list[torch.Tensor], target: torch.Tensor, where: str) -> dict:
+    """Cosine statistics, MSE and norm ratio of deltas against the teacher's delta on one probe set (of
+    any variant's shape, compared as flat vectors), named delta_cosine_<where>, delta_mse_<where>,
+    delta_norm_ratio_<where>. A zero delta (the base model) has no direction: its cosine is None."""
+    deltas, target = [d.flatten() for d in deltas], target.flatten()
+    target_norm = float(target.norm())
+    return {
+        **cosine_stats(deltas, target, f"delta_cosine_{where}"),
+        f"delta_mse_{where}": sum(float((d - target).square().mean()) for d in deltas) / len(deltas),
+        f"delta_norm_ratio_{where}": (sum(float(d.norm()) for d in deltas) / len(deltas) / target_norm
+                                      if target_norm > 0 else None),
+    }
+
+
+def gain_share(accuracy: float, base: float, teacher: float, chance: float,
+               min_gap: float = MIN_GAIN_GAP) -> float | None:
+    """(acc - floor) / (acc_teacher - floor) with floor = max(acc_base, chance): a base below chance is
+    noise, not a level an adapter gains from. Undefined when the teacher is not above the floor."""
+    floor = max(base, chance)
+    gap = teacher - floor
+    return (accuracy - floor) / gap if gap > min_gap else None
+
+
+def _mean_defined(values: list[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
+def summarise_methods(per_task: dict[str, dict], names: list[str]) -> dict:
+    """Per method, the mean over `names` of each summarised metric (over the tasks where it is defined),
+    the number of tasks, and per metric that can be undefined the number of tasks where it is defined."""
+    return {
+        "tasks": len(names),
+        **{key: {m: _mean_defined([per_task[t][m][key] for t in names]) for m in METHODS} for key in SUMMARISED},
+        "defined": {key: {m: sum(per_task[t][m][key] is not None for t in names) for m in METHODS}
+                    for key in DEFINABLE},
+    }
+
+
+def evaluation_probe_set(cfg: Config, tasks: list[Task], heldout: list[str], cache: DeltaCache,
+                         tokenizer) -> ProbeSet:
+    """The evaluation probes params define, checked against every text training can see."""
+    probes = build_evaluation_probe_set(cfg.probes, cfg.evaluate.probe_count, cfg.evaluate.probe_seed, tasks,
+                                        heldout, tokenizer)
+    assert_disjoint(probes, training_texts(tasks, cache.probes, tokenizer))
+    return probes
+
+
+@dataclass(frozen=True)
+class Measured:
+    accuracy: float  # on the evaluated task's test records
+    deltas: dict[str, torch.Tensor]  # per probe set (PROBE_SETS)
+
+
+def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: Path,
+                   prompt_batches: int) -> tuple[dict, dict]:
+    """Generate adapters for every task from prompt batches of its test split, save every compared adapter
+    as a PEFT directory, and measure each through `PeftModel.from_pretrained` on a fresh base: accuracy,
+    and its delta on the cache's probes and on the evaluation probes (one model load for all three)."""
+    adapters_dir = Path(adapters_dir)
+    tokenizer = load_tokenizer(paths.base)
+    cache = DeltaCache.load(paths.deltas)
+    split = Split.load(paths.split)
+    training, heldout = split.training_tasks(tasks), list(split.heldout)
+    spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, AutoConfig.from_pretrained(str(paths.base)).num_hidden_layers)
+    expected = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
+    train_probes = checked_probe_batch(cache, expected, tokenizer, paths.base)
+    probe_batches = {"train_probes": train_probes,
+                     "eval": tokenize_probes(evaluation_probe_set(cfg, tasks, heldout, cache, tokenizer), tokenizer)}
+    loaded = open_generator(paths.generator, paths.base)
+    if sorted(loaded.meta["heldout_tasks"]) != sorted(heldout):
+        raise LlgbmError(f"{paths.generator}: trained with heldout_tasks {loaded.meta['heldout_tasks']}, the split "
+                         f"says {heldout}; rerun the train stage")
+    embeddings = EmbeddingCache.load(paths.embeddings)
+    index = read_index(paths.teachers)
+    final = final_checkpoints(paths.teachers)
+    train_names = {t.name for t in training}
+
+    def states(model) -> dict[str, torch.Tensor]:
+        return {where: probe_states(model, ids, mask, spec.layers) for where, (ids, mask) in probe_batches.items()}
+
+    # The base and the mean teacher are the same model for every task: loaded and probed once, scored per task.
+    resident: dict[Path | None, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+
+    def load_and_probe(adapter_dir: Path | None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        model = load_base(paths.base, cfg.base.dtype)
+        if adapter_dir is not None:
+            model = load_peft_model(model, adapter_dir)
+        deltas = {where: reduce_delta(adapted[None], base_states[where], spec)[0]
+                  for where, adapted in states(model).items()}
+        return model, deltas
+
+    def measure(adapter_dir: Path | None, task: Task) -> Measured:
+        if adapter_dir is None or adapter_dir == mean_dir:
+            if adapter_dir not in resident:
+                resident[adapter_dir] = load_and_probe(adapter_dir)
+            model, deltas = resident[adapter_dir]
+        else:
+            model, deltas = load_and_probe(adapter_dir)
+        return Measured(task_accuracy(model, tokenizer, task, "test"), deltas)
+
+    base_states = states(load_base(paths.base, cfg.base.dtype))
+    mean_dir = adapters_dir / "mean_teacher"
+    loaded.save(mean_adapter([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
+                              for c in index if c["task"] in train_names]), mean_dir)
+    task_embeddings = {t.name: embeddings.lookup([r.prompt for r in t.train]) for t in training}
+
+    per_task: dict[str, dict] = {}
+    eval_deltas: dict[str, dict[str, list[torch.Tensor]]] = {}  # task -> method -> deltas on the evaluation probes
+    # Held-out and training tasks: with max_training_tasks, the other tasks are neither seen nor held out.
+    evaluated = [t for t in tasks if t.name in heldout or t.name in train_names]
+    for task in sorted(evaluated, key=lambda t: (t.name not in heldout, t.name)):
+        if len(task.test) < loaded.prompts:
+            raise LlgbmError(f"task '{task.name}': {len(task.test)} test prompts, the generator takes {loaded.prompts}")
+        teacher_key = cache.key_for(sha256_file(final[task.name] / ADAPTER_WEIGHTS))
+        rng = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, task.name)))
+        results: dict[str, list[Measured]] = {m: [] for m in METHODS}
+        nearest_names = []
+        measured: dict[Path | None, Measured] = {}
+
+        def measure_once(adapter_dir: Path | None) -> Measured:
+            # The nearest teacher is often the same task's (or the same task for every batch).
+            if adapter_dir not in measured:
+                measured[adapter_dir] = measure(adapter_dir, task)
+            return measured[adapter_dir]
+
+        results["base"].append(measure_once(None))
+        results["teacher"].append(measure_once(final[task.name]))
+        results["mean_teacher"].append(measure_once(mean_dir))
+        for k in range(prompt_batches):
+            prompts = [task.test[i].prompt for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
+            condition = embeddings.lookup(prompts)
+            out_dir = adapters_dir / task.name / f"generated-{k}"
+            loaded.save(loaded.tensors(condition), out_dir)
+            results["generated"].append(measure_once(out_dir))
+            nearest_names.append(nearest_task(condition, task_embeddings))
+            results["nearest_teacher"].append(measure_once(final[nearest_names[-1]]))
+        teacher = results["teacher"][0].deltas
+        cached_teacher = cache.get(teacher_key)
+        # The cache is in training's precision and PEFT's path in full precision: under bf16 only a
+        # coarse agreement is expected (a stale cache is still far off).
+        tolerance = 1e-4 if cache.definition["precision"] == "no" else 0.1
+        if (teacher["train_probes"] - cached_teacher).norm() > tolerance * cached_teacher.norm():
+            raise LlgbmError(f"{final[task.name]}: PEFT-loaded delta disagrees with the delta cache; rerun the deltas stage")
+        accuracy = {m: sum(r.accuracy for r in results[m]) / len(results[m]) for m in METHODS}
+        per_task[task.name] = {
+            "heldout": task.name in heldout, "chance": task.chance, "nearest_tasks": nearest_names,
+            **{m: {"accuracy": accuracy[m],
+                   "gain_share": gain_share(accuracy[m], accuracy["base"], accuracy["teacher"], task.chance),
+                   **{key: value for where in PROBE_SETS
+                      for key, value in delta_alignment([r.deltas[where] for r in results[m]], teacher[where],
+                                                        where).items()}}
+               for m in METHODS},
+        }
+        eval_deltas[task.name] = {m: [r.deltas["eval"] for r in results[m]] for m in METHODS}
+        print(f"{task.name:>12} ({'held-out' if task.name in heldout else 'seen'}): "
+              + ", ".join(f"{m} {accuracy[m]:.3f}" for m in METHODS), flush=True)
+    # The mean of the training teachers' deltas (not the delta of the mean adapter): what every task's
+    # teacher shares, which a raw cosine rewards in any teacher-like adapter.
+    centre = torch.stack([eval_deltas[t.name]["teacher"][0] for t in training]).mean(0)
+    for name, row in per_task.items():
+        for m in METHODS:
+            row[m].update(cosine_stats(eval_deltas[name][m], eval_deltas[name]["teacher"][0],
+                                       "delta_cosine_eval_centred", centre))
+    heldout = [t for t in per_task if per_task[t]["heldout"]]
+    seen = [t for t in per_task if not per_task[t]["heldout"]]
+    summary = {"heldout": summarise_methods(per_task, heldout), "seen": summarise_methods(per_task, seen),
+               "train_tasks": len(training)}
+    return summary, per_task
+
+
+# The report's columns after the accuracies: (metric, header), each for the generated adapters.
+REPORT_COLUMNS = (("gain_share", "gain share"), ("delta_cosine_eval", "delta cosine, eval probes"),
+                  ("delta_cosine_eval_centred", "centred delta cosine, eval probes"),
+                  ("delta_cosine_train_probes", "delta cosine, training probes"))
+
+
+def markdown_report(summary: dict, per_task: dict) -> str:
+    def cell(value) -> str:
+        return "—" if value is None else f"{value:.3f}"
+
+    lines = ["# Evaluation", "",
+             "Accuracy on each task's test records (multiple choice over the task's options); generated adapters "
+             "come from prompt batches of the test split, held-out tasks were never seen in training. Gain share "
+             "is (acc - floor) / (teacher - floor) with floor = max(base, chance). Delta cosines compare an "
+             "adapter's delta with its task teacher's: on the evaluation probes (test-split prompts no training "
+             "step saw), also centred (the mean delta of the "
+             f"{summary['train_tasks']} training teachers subtracted from both), and on the delta cache's "
+             "training probes (in-sample). The last four columns are the generated adapters'; a mean is over the "
+             "tasks where the value is defined, their count in parentheses.", ""]
+    for split in ("heldout", "seen"):
+        names = [t for t, row in per_task.items() if row["heldout"] == (split == "heldout")]
+        if not names:
+            continue
+        means = summary[split]
+        lines += [f"## {'Held-out' if split == 'heldout' else 'Seen'} tasks", "",
+                  "| task | chance | " + " | ".join(METHODS) + " | " + " | ".join(h for _, h in REPORT_COLUMNS) + " |",
+                  "|---|---|" + "---|" * (len(METHODS) + len(REPORT_COLUMNS))]
+        for t in names:
+            row = per_task[t]
+            lines.append(f"| {t} | {row['chance']:.3f} | " + " | ".join(cell(row[m]["accuracy"]) for m in METHODS)
+                         + " | " + " | ".join(cell(row["generated"][key]) for key, _ in REPORT_COLUMNS) + " |")
+        lines.append("| **mean** | | " + " | ".join(cell(means["accuracy"][m]) for m in METHODS) + " | "
+                     + " | ".join(f"{cell(means[key]['generated'])} ({means['defined'][key]['generated']}/{means['tasks']})"
+                                  for key, _ in REPORT_COLUMNS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def accuracy_rows(per_task: dict) -> list[dict]:
+    return [{"label": f"{t} / {m}", "task": t, "method": m, "accuracy": row[m]["accuracy"]}
+            for t, row in per_task.items() for m in METHODS]
+
+
+def run(cfg: Config) -> None:
+    with atomic_dir(EVALUATION_ADAPTERS_DIR) as adapters:
+        summary, per_task = run_evaluation(cfg, load_tasks(TASKS_FILE), Paths.pipeline(), adapters,
+                                           cfg.evaluate.prompt_batches)
+    out = RESULTS_DIR / "evaluate"
+    write_json_atomic(out / "metrics.json", summary)
+    write_json_atomic(out / "per_task.json", per_task)
+    (out / "report.md").write_text(markdown_report(summary, per_task))
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    with open(out / "plots" / "accuracy.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["label", "task", "method", "accuracy"])
+        writer.writeheader()
+        writer.writerows(accuracy_rows(per_task))

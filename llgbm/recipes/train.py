@@ -1,0 +1,325 @@
+"""The multi-task training recipe: L = lambda_weights * L_weights + lambda(t) * L_delta.
+
+The generator sees N prompts of a training task and emits weight tokens; L_weights compares them with
+the teacher checkpoint's tokens, L_delta compares the behavioural delta of the generated adapter
+(applied to the frozen base in one batched forward) with the teacher's cached delta.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from dvclive import Live
+from tqdm.auto import tqdm
+from transformers import AutoConfig, get_linear_schedule_with_warmup
+
+from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
+from llgbm.artifacts.base_model import load_base, load_tokenizer
+from llgbm.artifacts.delta_cache import DeltaCache, checked_probe_batch, delta_definition
+from llgbm.artifacts.generator_files import save_generator
+from llgbm.artifacts.teacher_index import read_index
+from llgbm.config import Config, to_dict
+from llgbm.core.delta import DeltaComputer, delta_spec
+from llgbm.core.generator import LoraGenerator, generator_shape
+from llgbm.core.lora import LoraSlot, lora_layout, lora_scaling
+from llgbm.core.losses import MultiTaskLoss, delta_coefficient, weight_token_loss
+from llgbm.core.precision import autocast_dtype, resolve_mixed_precision
+from llgbm.core.weight_tokens import WeightTokenizer
+from llgbm.data.batching import GeneratorDataset
+from llgbm.data.encoder import EmbeddingCache
+from llgbm.data.probes import AnswerPrompts, answer_prompts, build_probe_set, generic_length
+from llgbm.data.split import Split
+from llgbm.data.tasks import Task, load_tasks
+from llgbm.infra.errors import LlgbmError
+from llgbm.infra.io import sha256_file, sha256_json, write_atomic, write_json_atomic
+from llgbm.infra.paths import TASKS_FILE, Paths
+from llgbm.infra.provenance import changed_keys, code_fingerprint, library_versions, machine_description
+
+FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
+PROVENANCE = "provenance.json"  # libraries, precision and device of a finished run, beside its metrics
+# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta (whatever loss_balance does to
+# the gradient); loss_delta is the behavioural term (the delta loss, or the KL with behaviour_loss kl).
+# grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
+# weight tokens (logged on steps where the delta is differentiated); delta_coefficient: the factor its
+# gradient entered with (lambda(t) itself unless loss_balance rescales it).
+STEP_METRICS = ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
+                "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio", "grad_norm_weights",
+                "grad_norm_delta", "delta_coefficient")
+
+
+def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaCache, layout: list[LoraSlot],
+                  weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache, answers: AnswerPrompts,
+                  tokenizer) -> GeneratorDataset:
+    """Every checkpoint of every training task; held-out tasks' checkpoints and prompts never enter.
+    With behaviour_loss kl, each also carries its teacher's answer distributions and their prompts."""
+    by_name = {t.name: t for t in training}
+    chosen = [c for c in read_index(paths.teachers) if c["task"] in by_name]
+    tokens, scales, deltas, rows, names, kl_targets, kl_top_ids = [], [], [], [], [], [], []
+    for c in chosen:
+        adapter_dir = paths.teachers / c["path"]
+        key = cache.key_for(sha256_file(adapter_dir / ADAPTER_WEIGHTS))
+        if key not in cache:
+            raise LlgbmError(f"{adapter_dir}: no delta in {cache.root}; rerun the deltas stage")
+        t, s = weight_tokenizer.tokenize(load_adapter_tensors(adapter_dir, layout, cfg.lora))
+        tokens.append(t)
+        scales.append(s)
+        deltas.append(cache.get(key))
+        if cfg.behaviour_loss == "kl":
+            target, top_ids = cache.get_kl(key)
+            kl_targets.append(target)
+            kl_top_ids.append(top_ids)
+        rows.append(embeddings.rows([r.prompt for r in by_name[c["task"]].train]))
+        names.append(f"{c['task']}/{c['step']}")
+    extras = {}
+    if kl_targets:
+        extras["kl_target"] = torch.stack(kl_targets)
+        extras["kl_ids"], extras["kl_mask"] = answers.batch([c["task"] for c in chosen], tokenizer)
+        if kl_top_ids[0] is not None:
+            extras["kl_top_ids"] = torch.stack(kl_top_ids)
+    return GeneratorDataset(torch.stack(tokens), torch.stack(scales), torch.stack(deltas), rows, embeddings.embeddings,
+                            cfg.generator.prompts_per_sample, names, extras)
+
+
+def _checkpoints(directory: Path) -> list[Path]:
+    return sorted(directory.glob("step-*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch.load raises many types for a damaged file (pickle, zip, EOF, ...)
+        raise LlgbmError(f"{path}: unreadable training checkpoint ({type(exc).__name__}); delete it to start "
+                         "afresh or restore it") from None
+    required = {"step", "provenance", "model", "optimizer", "scheduler", "ranks", "history"}
+    if not isinstance(state, dict) or not required <= state.keys():
+        return {"step": None, "provenance": {"format": "older checkpoint format"}}
+    return state
+
+
+def _replay_history(live, history: dict[str, list[tuple[int, float]]]) -> None:
+    """Write the per-step metrics of the resumed steps again: DVC removes the plots output before it
+    reruns the stage, so the checkpoint, not the old files, is where they survive a kill."""
+    for name, rows in history.items():
+        for step, value in rows:
+            live.step = step
+            live.log_metric(name, value)
+
+
+def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_step: int | None = None) -> dict:
+    """Train (or resume) the generator; writes the final generator and returns the last step's metrics.
+
+    stop_after_step ends the run early as a kill would (after that step, without the final outputs);
+    tests use it to check that a resumed run ends where an uninterrupted one does.
+    """
+    tr = cfg.train
+    mixed_precision = resolve_mixed_precision(tr.mixed_precision)
+    # Without CUDA, processes started by `accelerate launch` train on CPU over gloo.
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=tr.gradient_accumulation_steps,
+                              cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    tokenizer = load_tokenizer(paths.base)
+    split = Split.load(paths.split)
+    training = split.training_tasks(tasks)
+    model_config = AutoConfig.from_pretrained(str(paths.base))
+    spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, model_config.num_hidden_layers)
+    cache = DeltaCache.load(paths.deltas)
+    answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
+    # The targets must be computed exactly as training computes deltas, in its precision too.
+    cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora), spec, answers))
+    expected = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
+    probe_ids, probe_mask = checked_probe_batch(cache, expected, tokenizer, paths.base)
+    layout = lora_layout(model_config, cfg.lora)
+    weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
+    embeddings = EmbeddingCache.load(paths.embeddings)
+    dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings, answers, tokenizer)
+    token_mask = weight_tokenizer.mask.to(device)
+
+    torch.manual_seed(cfg.seed)
+    shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim)
+    model = LoraGenerator(shape)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
+    # The schedule counts optimizer steps, so it stays out of accelerator.prepare: accelerate's wrapper
+    # steps a scheduler once per process, which with N processes ends the schedule after steps / N.
+    scheduler = get_linear_schedule_with_warmup(optimizer, tr.warmup_steps, tr.steps)
+    loss_fn = MultiTaskLoss(lambda_delta=cfg.lambda_delta, lambda_schedule=cfg.lambda_schedule,
+                            warmup_steps=tr.lambda_warmup_steps, delta_loss_type=cfg.delta_loss_type,
+                            lambda_weights=tr.lambda_weights, balance=cfg.loss_balance,
+                            behaviour=cfg.behaviour_loss)
+    # Each process draws its own batches (its own stream, saved per rank in checkpoints).
+    data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    base = load_base(paths.base, cfg.base.dtype, device=device)
+    computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
+                             autocast_dtype=autocast_dtype(mixed_precision),
+                             gradient_checkpointing=tr.gradient_checkpointing, spec=spec)
+
+    # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
+    provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),
+                  "libraries": library_versions(), "precision": mixed_precision,
+                  "processes": accelerator.num_processes, "deltas": cache.probes.fingerprint(),
+                  "delta_definition": sha256_json(cache.definition), "base": cache.base_fingerprint,
+                  "checkpoints": sha256_json(dataset.names), "data": dataset.fingerprint()}
+    start = 0
+    history: dict[str, list[tuple[int, float]]] = {name: [] for name in STEP_METRICS}
+    existing = _checkpoints(paths.checkpoints)
+    if existing:
+        state = _load_checkpoint(existing[-1])
+        changed = changed_keys(state["provenance"], provenance)
+        if changed:
+            accelerator.print(f"{existing[-1]}: made by another run ({', '.join(changed)} changed); training "
+                              "starts fresh")
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                for stale in existing:
+                    stale.unlink()
+        else:
+            accelerator.unwrap_model(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            rank_state = state["ranks"][accelerator.process_index]
+            data_generator.set_state(rank_state["data_generator"])
+            torch.set_rng_state(rank_state["torch_rng"])
+            loss_fn.current_step = start = state["step"]
+            history = {name: [tuple(row) for row in rows] for name, rows in state["history"].items()}
+            accelerator.print(f"{existing[-1]}: resuming at step {start} of {tr.steps}")
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    live = None
+    if accelerator.is_main_process:
+        live = Live(str(paths.live), dvcyaml=False, save_dvc_exp=False, report=None)
+        _replay_history(live, history)
+    progress = tqdm(total=tr.steps, initial=start, desc="train", mininterval=5.0,
+                    disable=not accelerator.is_main_process)
+    metrics: dict[str, float] = {}
+    model.train()
+    for step in range(start + 1, tr.steps + 1):
+        sums: dict[str, float] = {}
+        for _ in range(tr.gradient_accumulation_steps):
+            with accelerator.accumulate(model):
+                micro = training_step(model, dataset, data_generator, tr, token_mask, weight_tokenizer, computer,
+                                      loss_fn, device, step)
+                accelerator.backward(micro.pop("_loss"))
+                if accelerator.sync_gradients:
+                    micro["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), tr.max_grad_norm))
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad()
+            for k, v in micro.items():
+                sums[k] = sums.get(k, 0.0) + v
+        metrics = {k: v / tr.gradient_accumulation_steps for k, v in sums.items() if k != "grad_norm"}
+        metrics["grad_norm"] = sums["grad_norm"]
+        metrics["learning_rate"] = scheduler.get_last_lr()[0]
+        if not math.isfinite(metrics["grad_norm"]):
+            raise LlgbmError(f"train: grad_norm is {metrics['grad_norm']} at step {step}; no checkpoint written")
+        loss_fn.step()
+        for name in STEP_METRICS:
+            if name in metrics:
+                history[name].append((step, metrics[name]))
+        if live is not None:
+            live.step = step
+            for name in STEP_METRICS:
+                if name in metrics:
+                    live.log_metric(name, metrics[name])
+            if step % tr.log_interval == 0 or step == tr.steps:
+                live.make_summary()
+        progress.update(1)
+        progress.set_postfix(loss=f"{metrics['loss_total']:.4f}")
+        if step % tr.save_interval == 0 and step < tr.steps:
+            _save_checkpoint(accelerator, paths.checkpoints, step, model, optimizer, scheduler, data_generator,
+                             provenance, history)
+        if stop_after_step is not None and step >= stop_after_step:
+            progress.close()
+            accelerator.wait_for_everyone()
+            return metrics
+    progress.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
+                "base_fingerprint": cache.base_fingerprint, "probes_fingerprint": cache.probes.fingerprint(),
+                "encoder": embeddings.encoder_name, "steps": tr.steps, "seed": cfg.seed,
+                "training_tasks": [t.name for t in training], "heldout_tasks": list(split.heldout)}
+        save_generator(accelerator.unwrap_model(model), meta, paths.generator)
+        live.end()
+        # A finished run leaves nothing a later run could resume from by mistake.
+        for finished in _checkpoints(paths.checkpoints):
+            finished.unlink()
+        write_json_atomic(paths.checkpoints / FINISHED, {"step": tr.steps, "provenance": provenance})
+        # Beside the metrics, so that an experiment's commit says what ran it (llgbm.study.run_archive keys runs by it).
+        write_json_atomic(paths.live / PROVENANCE, {"libraries": provenance["libraries"], "precision": mixed_precision,
+                                                    "processes": accelerator.num_processes, "device": device.type,
+                                                    "machine": machine_description()})
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def training_step(model, dataset: GeneratorDataset, data_generator: torch.Generator, tr, token_mask: torch.Tensor,
+                weight_tokenizer: WeightTokenizer, computer: DeltaComputer, loss_fn: MultiTaskLoss,
+                device: torch.device, step: int) -> dict:
+    batch = {k: v.to(device) for k, v in dataset.draw(tr.batch_size, data_generator).items()}
+    pred_tokens, pred_scales = model(batch["condition"])
+    pred_tokens = pred_tokens.float() * token_mask  # padding is zero, as in the targets
+    pred_scales = pred_scales.float()
+    loss_weights = weight_token_loss(pred_tokens, pred_scales, batch["tokens"], batch["scales"], token_mask)
+    delta_pred = delta_target = None
+    n_delta = tr.delta_batch_size
+    if n_delta:
+        # With lambda(t) = 0 the delta is still measured (for the logs) but not differentiated. The scales
+        # reach the delta detached: a token's mean and log-std move all its r x chunk_width weights at
+        # once, a direction the delta is so sensitive to that its gradient (norm 10^2..10^3 on the
+        # embedded default) swamped everything after clipping; the weight loss trains the scales.
+        with torch.set_grad_enabled(loss_fn.get_lambda() > 0):
+            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta].detach())
+            if loss_fn.behaviour == "kl":  # the reference: answer distributions on each task's own prompts
+                top_ids = batch["kl_top_ids"][:n_delta] if "kl_top_ids" in batch else None
+                delta_pred = computer.answer_log_probs(adapters, batch["kl_ids"][:n_delta], batch["kl_mask"][:n_delta],
+                                                       top_ids)
+                delta_target = batch["kl_target"][:n_delta]
+            else:
+                delta_pred = computer(adapters)
+                delta_target = batch["delta"][:n_delta]
+    total, metrics = loss_fn(loss_weights, delta_pred, delta_target)
+    if delta_pred is not None and delta_pred.requires_grad:
+        # The two terms meet at the generated tokens (the delta sees the scales detached): each term's
+        # gradient there, its norm logged, the delta's weighted by the balance rule, then one backward
+        # through the generator for both. With balance "none" this is exactly the plain sum's gradient.
+        (grad_delta,) = torch.autograd.grad(loss_fn.delta_loss_fn(delta_pred, delta_target), pred_tokens)
+        (grad_weights,) = torch.autograd.grad(loss_weights, pred_tokens, retain_graph=True)
+        norm_weights, norm_delta = grad_weights.norm().item(), grad_delta.norm().item()
+        coefficient = delta_coefficient(loss_fn.get_lambda(), loss_fn.lambda_weights * norm_weights, norm_delta,
+                                        loss_fn.balance)
+        total = loss_fn.lambda_weights * loss_weights + coefficient * (pred_tokens * grad_delta).sum()
+        metrics.update(grad_norm_weights=norm_weights, grad_norm_delta=norm_delta, delta_coefficient=coefficient)
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            raise LlgbmError(f"train: {name} is {value} at step {step}; no checkpoint written")
+    with torch.no_grad():
+        pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
+        target_raw = batch["tokens"] * torch.exp(batch["scales"][..., 1:]) + batch["scales"][..., :1]
+        metrics["weight_norm_ratio"] = ((pred_raw * token_mask).norm() / (target_raw * token_mask).norm()).item()
+    metrics["_loss"] = total
+    return metrics
+
+
+def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, model, optimizer, scheduler,
+                     data_generator: torch.Generator, provenance: dict, history: dict, keep: int = 2) -> None:
+    """Every rank's random state, gathered; the rest (identical on every rank) from the main process."""
+    ranks = gather_object([{"data_generator": data_generator.get_state(), "torch_rng": torch.get_rng_state()}])
+    if accelerator.is_main_process:
+        state = {"step": step, "provenance": provenance, "model": accelerator.unwrap_model(model).state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ranks": ranks,
+                 "history": history}
+        write_atomic(directory / f"step-{step:06d}.pt", lambda tmp: torch.save(state, tmp))
+        for old in _checkpoints(directory)[:-keep]:
+            old.unlink()
+        (directory / FINISHED).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+
+
+def run(cfg: Config) -> None:
+    metrics = train_generator(cfg, load_tasks(TASKS_FILE), Paths.pipeline())
+    print({k: round(v, 5) for k, v in metrics.items()})

@@ -1,0 +1,263 @@
+"""The study's finished runs kept in git (`results/study/runs.json`), each keyed by what made it.
+
+DVC keeps experiments as local git refs, which a fresh clone does not have, and the whole grid takes longer
+than one session: `llgbm compare --record` adds every finished experiment to this file, so the study grows
+across sessions and machines and the README table can be rebuilt from main alone. Nothing is ever removed
+from it.
+
+A run's key is a hash of everything that made it apart from its arm and seed: the code of every stage and
+the outputs every arm shares (their hashes in the run's dvc.lock), every other param (its params.yaml), and
+the libraries, precision, device and process count it trained with (its `results/train/provenance.json`).
+Runs of different keys are never compared or pooled: `llgbm compare` reports one key's runs and says how
+many of other keys it left out."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import MISSING, asdict, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from llgbm.infra.errors import LlgbmError, first_line
+from llgbm.study.experiments import ARM_KEYS, Run, _param, resolve_commit
+from llgbm.infra.io import read_json, read_text, sha256_json, write_json_atomic
+
+FORMAT = 1
+DEFAULT_ARCHIVE = Path("results/study/runs.json")
+LOCK = "dvc.lock"
+PARAMS_FILE = "params.yaml"
+TRAIN_PROVENANCE = "results/train/provenance.json"  # llgbm.recipes.train.PROVENANCE in the train stage's live dir
+CODE_DIRS = ("llgbm/", "stages/")
+# What of results/train/provenance.json makes a run (its machine name is recorded, not keyed).
+PROVENANCE_KEYS = ("libraries", "precision", "device", "processes")
+KEY_LENGTH = 16
+# A run's own params: its arm's knobs and its seed; the key holds every other param.
+RUN_PARAMS = (*ARM_KEYS, "seed")
+
+
+def _has_param(params: Any, dotted: str) -> bool:
+    """Whether a stage's params in dvc.lock (a nested dict) hold `dotted` or a section above it."""
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return True  # a section holding the param: it is read
+        if part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def lock_identity(lock: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Of a dvc.lock: per stage its command and the hashes of its code deps; the output hashes of the stages
+    whose params hold no run param (tasks, base, teachers, embeddings: what every arm shares)."""
+    stages = lock.get("stages") if isinstance(lock, Mapping) else None
+    if not isinstance(stages, Mapping) or not stages:
+        raise LlgbmError(f"{source}: no stages (a dvc.lock of a run of this pipeline is needed)")
+    identity: dict[str, Any] = {}
+    for name, stage in sorted(stages.items()):
+        deps = stage.get("deps") or []
+        code = {d["path"]: d.get("md5") for d in deps if str(d.get("path", "")).startswith(CODE_DIRS)}
+        entry: dict[str, Any] = {"cmd": stage.get("cmd"), "code": code}
+        params = stage.get("params") or {}
+        if not any(_has_param(p, key) for p in params.values() for key in RUN_PARAMS):
+            entry["outs"] = {o["path"]: o.get("md5") for o in stage.get("outs") or []}
+        identity[name] = entry
+    return identity
+
+
+def shared_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """params.yaml without the run's own params (arm knobs and seed), as a nested dict."""
+    def without(node: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        kept = {}
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if dotted in RUN_PARAMS:
+                continue
+            kept[key] = without(value, f"{dotted}.") if isinstance(value, Mapping) else value
+        return kept
+    return without(params, "")
+
+
+def run_key(lock: Mapping[str, Any], params: Mapping[str, Any], provenance: Mapping[str, Any],
+            source: str) -> str:
+    missing = [k for k in PROVENANCE_KEYS if k not in provenance]
+    if missing:
+        raise LlgbmError(f"{source}: {TRAIN_PROVENANCE} lacks {', '.join(missing)}")
+    made_of = {"lock": lock_identity(lock, f"{source}: {LOCK}"), "params": shared_params(params),
+               "provenance": {k: provenance[k] for k in PROVENANCE_KEYS}}
+    return sha256_json(made_of)[:KEY_LENGTH]
+
+
+def _parse(text: str, path: str, source: str) -> Any:
+    try:
+        return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise LlgbmError(f"{source}: {path} does not parse ({first_line(exc)})") from None
+
+
+def _key_of(texts: Mapping[str, str], source: str) -> tuple[str, Mapping[str, Any]]:
+    """(key, provenance) from the texts of a run's dvc.lock, params.yaml and train provenance."""
+    parsed = {path: _parse(texts[path], path, source) for path in (LOCK, PARAMS_FILE, TRAIN_PROVENANCE)}
+    return run_key(parsed[LOCK], parsed[PARAMS_FILE], parsed[TRAIN_PROVENANCE], source), parsed[TRAIN_PROVENANCE]
+
+
+def _git_file(repo: str, rev: str, path: str) -> str | None:
+    result = subprocess.run(["git", "-C", repo, "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else None
+
+
+def key_of_commit(repo: str, rev: str) -> tuple[str, Mapping[str, Any]] | None:
+    """(key, provenance) of the run an experiment commit holds; None where it holds no train provenance
+    (an experiment of code older than the provenance file)."""
+    texts = {path: _git_file(repo, rev, path) for path in (LOCK, PARAMS_FILE, TRAIN_PROVENANCE)}
+    if texts[TRAIN_PROVENANCE] is None:
+        return None
+    if texts[LOCK] is None or texts[PARAMS_FILE] is None:
+        raise LlgbmError(f"{repo}: experiment commit {rev} has no {LOCK} or {PARAMS_FILE}")
+    return _key_of(texts, f"{repo}@{rev}")  # type: ignore[arg-type]
+
+
+def workspace_key(repo: str) -> str:
+    """The key of the run in `repo`'s workspace (the default after `dvc repro`): what new runs made there
+    with the same code, shared params and libraries get."""
+    root = Path(repo)
+    files = {path: root / path for path in (LOCK, PARAMS_FILE, TRAIN_PROVENANCE)}
+    for path, file in files.items():
+        if not file.is_file():
+            raise LlgbmError(f"{file}: not found; run `dvc repro` first (the comparison reports the runs made "
+                             "with the workspace's code and params), or name a key with --key")
+    return _key_of({path: read_text(file, path) for path, file in files.items()}, str(root))[0]
+
+
+# --- the archive file ---------------------------------------------------------------------------------
+
+def run_to_json(run: Run) -> dict[str, Any]:
+    entry = asdict(run)
+    entry["arm"] = {k: list(v) if isinstance(v, tuple) else v for k, v in run.arm}
+    return entry
+
+
+def run_from_json(entry: Mapping[str, Any], source: str) -> Run:
+    try:
+        arm = tuple((k, _param(k, entry["arm"][k])) for k in ARM_KEYS)
+        # A field with a default (failure, added later) may be absent from runs recorded before it.
+        fields = {name: entry[name] if name in entry or field.default is MISSING else field.default
+                  for name, field in Run.__dataclass_fields__.items() if name != "arm"}
+    except (KeyError, TypeError) as exc:
+        raise LlgbmError(f"{source}: a run lacks {exc} (not a run of this archive's format)") from None
+    return Run(arm=arm, **fields)
+
+
+def load_archive(path: Path) -> list[Run]:
+    """The archived runs; none where the file does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    value = read_json(path, "run archive")
+    if not isinstance(value, Mapping) or value.get("format") != FORMAT or not isinstance(value.get("runs"), list):
+        raise LlgbmError(f"{path}: not a run archive of format {FORMAT} (an object with 'format' and 'runs')")
+    return [run_from_json(entry, str(path)) for entry in value["runs"]]
+
+
+def save_archive(path: Path, runs: list[Run]) -> None:
+    ordered = sorted(runs, key=lambda r: (str(r.key), str(r.arm), r.seed, r.failure is not None))
+    write_json_atomic(Path(path), {"format": FORMAT, "runs": [run_to_json(r) for r in ordered]})
+
+
+def identity(run: Run) -> tuple:
+    """A finished run and a failure of the same key, arm and seed are both kept (a run killed by the machine
+    may finish when queued again; the report then counts the finished one)."""
+    return (run.key, run.arm, run.seed, run.failure is not None)
+
+
+def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
+    """The archive with each new run of an identity it lacks added; and the (archived, new) pairs of finished
+    runs whose metrics differ although their key, arm and seed agree: the same inputs gave another result,
+    which a reader must hear about. The archived one is kept: nothing recorded is replaced (a metric it
+    lacks is added from the same experiment, read again)."""
+    merged = list(archived)
+    by_identity = {identity(r): r for r in archived}
+    disagreements = []
+    for run in new:
+        old = by_identity.get(identity(run))
+        if old is None:
+            merged.append(run)
+            by_identity[identity(run)] = run
+            continue
+        shared = set(old.metrics) & set(run.metrics)
+        if run.failure is None and any(old.metrics[m] != run.metrics[m] for m in shared):
+            disagreements.append((old, run))
+        elif run.rev == old.rev and set(run.metrics) - set(old.metrics):
+            # The same experiment read again where the report has gained a metric: recorded values stay,
+            # the new metric is added from the run's own commit.
+            filled = replace(old, metrics={**run.metrics, **old.metrics})
+            merged[merged.index(old)] = by_identity[identity(run)] = filled
+    return merged, disagreements
+
+
+def new_failures(archived: list[Run], runs: list[Run]) -> list[Run]:
+    """The failed runs of `runs` (keyed) that the archive does not hold yet: those whose reason is to be read
+    from DVC's queue log."""
+    known = {identity(r) for r in archived}
+    return [r for r in runs if r.failure is not None and identity(r) not in known]
+
+
+def _code_matches_lock(repo: str, rev: str) -> bool:
+    """Whether every code dep's md5 in `rev`'s dvc.lock is that of the file `rev` holds. A failed experiment's
+    commit is the workspace as queued, with the dvc.lock of the run before it: its key stands for its code
+    only where that code is what the lock says (DVC's md5 of a file is that of its bytes)."""
+    lock = yaml.safe_load(_git_file(repo, rev, LOCK) or "") or {}
+    for stage in (lock.get("stages") or {}).values():
+        for dep in stage.get("deps") or []:
+            path = str(dep.get("path", ""))
+            if path.startswith(CODE_DIRS):
+                result = subprocess.run(["git", "-C", repo, "show", f"{rev}:{path}"], capture_output=True)
+                if result.returncode != 0 or hashlib.md5(result.stdout).hexdigest() != dep.get("md5"):
+                    return False
+    return True
+
+
+def keyed(runs: list[Run], repo: str) -> tuple[list[Run], list[Run]]:
+    """Each experiment's run with its key (read from its commit), the machine it recorded and, as its
+    baseline, the commit it ran on (its experiment commit's parent: exp_show may name a branch, which
+    moves); and the runs that cannot be keyed (their commit holds no train provenance, or, failed, code
+    that its dvc.lock does not describe)."""
+    done, unkeyed = [], []
+    for run in runs:
+        found = key_of_commit(repo, run.rev) if run.rev else None
+        if found is None or (run.failure is not None and not _code_matches_lock(repo, str(run.rev))):
+            unkeyed.append(run)
+            continue
+        key, provenance = found
+        baseline = resolve_commit(repo, f"{run.rev}^") or run.baseline
+        done.append(replace(run, key=key, machine=provenance.get("machine"), baseline=baseline))
+    return done, unkeyed
+
+
+def archive_notes(key: str, runs: list[Run], unkeyed: list[Run], disagreements: list[tuple[Run, Run]],
+                  archive: Path) -> str:
+    """What the report's table covers and what it left out, as lines under it."""
+    selected = [r for r in runs if r.key == key]
+    others: dict[str, int] = {}
+    for run in runs:
+        if run.key != key:
+            others[str(run.key)] = others.get(str(run.key), 0) + 1
+    machines = sorted({r.machine for r in selected if r.machine})
+    lines = ["", f"Runs of key `{key}`: {len(selected)} of the {len(runs)} (finished or failed) read from the archive "
+             f"`{archive.as_posix()}` and DVC's experiments, made by the same code, shared outputs, other params "
+             f"and libraries; ran on {'; '.join(machines) or 'an unrecorded machine'}."]
+    if others:
+        lines.append("Left out, made by other code, params or libraries: "
+                     + ", ".join(f"{n} of key `{k}`" for k, n in sorted(others.items())) + ".")
+    if unkeyed:
+        lines.append(f"Left out: {len(unkeyed)} experiments that cannot be keyed (their commit records no "
+                     f"`{TRAIN_PROVENANCE}`, code older than the run archive, or a failed one's code differs from "
+                     f"its dvc.lock): {', '.join(sorted(str(r.name) for r in unkeyed))}.")
+    for old, new in disagreements:
+        lines.append(f"**Not reproduced:** experiment {new.name} (seed {new.seed}) repeats archived run {old.name} "
+                     f"of the same key and arm with other metrics (held-out accuracy {new.metrics.get('heldout_accuracy')} "
+                     f"vs {old.metrics.get('heldout_accuracy')}); the archived one is kept.")
+    return "\n".join(lines) + "\n"
