@@ -17,21 +17,25 @@ import torch
 from peft import get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from llgbm.artifacts.adapters import (
+    load_adapter_tensors,
+    load_peft_model,
+    peft_config,
+    shared_initialisation,
+    to_peft_state_dict,
+)
+from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.config import Config
-from llgbm.core.lora import LoraConfig
-from llgbm.data.batching import GeneratorDataset
-from llgbm.core.lora import AdapterBatch, stack_adapters
 from llgbm.core.delta import DeltaComputer, DeltaSpec, probe_states, reduce_delta
 from llgbm.core.generator import LoraGenerator, generator_shape
-from llgbm.core.lora import LoraSlot, layout_of_model, lora_scaling
-from llgbm.artifacts.adapters import load_adapter_tensors, load_peft_model, peft_config, shared_initialisation, to_peft_state_dict
+from llgbm.core.lora import AdapterBatch, LoraConfig, LoraSlot, layout_of_model, lora_scaling, stack_adapters
 from llgbm.core.losses import MultiTaskLoss
-from llgbm.artifacts.base_model import load_base, load_tokenizer
-from llgbm.recipes.base import prepare_base
+from llgbm.core.weight_tokens import WeightTokenizer
+from llgbm.data.batching import GeneratorDataset
 from llgbm.data.tasks import make_tasks, pretraining_texts, vocabulary
+from llgbm.recipes.base import prepare_base
 from llgbm.recipes.teachers import train_teacher, train_teachers_together
 from llgbm.recipes.train import training_step
-from llgbm.core.weight_tokens import WeightTokenizer
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)

@@ -85,13 +85,34 @@ def _compare_command(args: argparse.Namespace) -> str:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from llgbm.study.experiments import (DEFAULT_PLOT, DIAGNOSTICS, chance_level, collect_runs, comparison_report, exp_rows,
-                              experiment_commits, failure_reasons, heldout_vs_tasks, readme_block, reference_points,
-                              replace_marked, study_seeds, write_plot)
     from llgbm.infra.io import read_json, read_text, write_bytes_atomic
     from llgbm.infra.provenance import machine_description
-    from llgbm.study.run_archive import (DEFAULT_ARCHIVE, archive_notes, keyed, load_archive, merge_runs, new_failures,
-                              save_archive, workspace_key)
+    from llgbm.study.experiments import (
+        DEFAULT_PLOT,
+        DIAGNOSTICS,
+        chance_level,
+        collect_runs,
+        comparison_report,
+        exp_rows,
+        experiment_commits,
+        failure_reasons,
+        heldout_vs_tasks,
+        readme_block,
+        reference_points,
+        replace_marked,
+        study_seeds,
+        write_plot,
+    )
+    from llgbm.study.run_archive import (
+        DEFAULT_ARCHIVE,
+        archive_notes,
+        keyed,
+        load_archive,
+        merge_runs,
+        new_failures,
+        save_archive,
+        workspace_key,
+    )
 
     readme = Path(args.readme) if args.readme else None
     readme_text = read_text(readme, "README") if readme else None
@@ -135,10 +156,10 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _diagnostics_table(args: argparse.Namespace) -> None:
-    from llgbm.study.experiments import replace_marked, resolve_commit
     from llgbm.infra.io import read_text, write_bytes_atomic
-    from llgbm.infra.provenance import machine_description
     from llgbm.infra.paths import DIAGNOSTICS_REPORT
+    from llgbm.infra.provenance import machine_description
+    from llgbm.study.experiments import replace_marked, resolve_commit
 
     readme = Path(args.readme)
     readme_text = read_text(readme, "README")
@@ -210,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(run=_compare)
     diagnostics = commands.add_parser("diagnostics-table",
                                       help="put the diagnostics stage's table between README's diagnostics markers")
-    diagnostics.add_argument("--readme", default="README.md")
+    diagnostics.add_argument("--readme", default="docs/results.md")
     diagnostics.add_argument("--repo", default=".", help="the workspace whose results/diagnostics/report.md is read")
     diagnostics.set_defaults(run=_diagnostics_table)
     bench = commands.add_parser("bench", help="benchmarks; each prints one JSON object")

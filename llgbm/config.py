@@ -23,10 +23,18 @@ from llgbm.core.precision import MIXED_PRECISION
 from llgbm.data.encoder import EncoderConfig
 from llgbm.data.probes import PROBE_TEMPLATES, PROBE_TYPES, ProbesConfig
 from llgbm.data.split import select_training_names, unsupported_heldout
-from llgbm.data.tasks import BUILTIN_TASKS, SELECTORS, TASK_FAMILIES, TRANSFORMS, TasksConfig, builtin_task_names, compositional_pairs, task_pairs
+from llgbm.data.tasks import (
+    BUILTIN_TASKS,
+    SELECTORS,
+    TASK_FAMILIES,
+    TRANSFORMS,
+    TasksConfig,
+    builtin_task_names,
+    compositional_pairs,
+    task_pairs,
+)
 from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.infra.io import read_text
-
 
 
 @dataclass

@@ -32,6 +32,19 @@ MICRO_PARAMS = {
 }
 
 
+# The micro world's session fixtures: a test that uses one (directly or through another fixture) trains
+# models, so it is an integration test; a test marked e2e runs subprocesses; every other test is a unit test.
+MICRO_FIXTURES = {"micro", "micro_train_inputs", "micro_generator"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.integration if fixtures & MICRO_FIXTURES else pytest.mark.unit)
+
+
 def micro_split(cfg: Config, tasks: list) -> Split:
     """The split the split stage resolves for `cfg`."""
     return resolve_split(tasks, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed)
@@ -50,8 +63,8 @@ def micro_config(**overrides: object) -> Config:
 @pytest.fixture(scope="session")
 def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """tasks, base model and teacher checkpoints of the micro configuration, built once per session."""
-    from llgbm.recipes.base import prepare_base
     from llgbm.data.tasks import make_tasks, pretraining_texts, vocabulary
+    from llgbm.recipes.base import prepare_base
     from llgbm.recipes.teachers import train_all_teachers
 
     root = tmp_path_factory.mktemp("micro")
@@ -68,11 +81,12 @@ def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="session")
 def micro_train_inputs(micro: dict) -> dict:
     """The micro world plus its delta cache and (real, offline) prompt embeddings."""
-    from llgbm.recipes.deltas import fill_cache
     from llgbm.data.encoder import embed_prompts
+    from llgbm.recipes.deltas import fill_cache
 
     root = micro["root"]
-    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], root / "deltas")
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]),
+               micro["base"], micro["teachers"], root / "deltas")
     prompts = [r.prompt for t in micro["tasks"] for r in (*t.train, *t.test)]
     embed_prompts(micro["cfg"].encoder, prompts).save(root / "embeddings")
     return {**micro, "deltas": root / "deltas", "embeddings": root / "embeddings"}

@@ -25,6 +25,8 @@ from llgbm.data.tasks import save_tasks
 
 from .conftest import MICRO_PARAMS, checkpoint_dirs
 
+pytestmark = pytest.mark.e2e  # subprocess CLI, dvc repro or accelerate launch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -1,9 +1,8 @@
 import re
 from pathlib import Path
 
-import yaml
-
 import pytest
+import yaml
 
 from llgbm.config import Config, config_from_dict, load_config
 from llgbm.infra.errors import LlgbmError
@@ -61,8 +60,8 @@ COMPOSITIONAL_HELDOUT = ["smallest_plus_two", "smallest_minus_four", "second_sma
 
 
 def test_compositional_family_with_supported_heldout_pairs() -> None:
-    from llgbm.data.tasks import builtin_task_names, compositional_pairs
     from llgbm.data.split import unsupported_heldout
+    from llgbm.data.tasks import builtin_task_names, compositional_pairs
 
     cfg = config_from_dict({"tasks": {"family": "compositional"}, "heldout_tasks": COMPOSITIONAL_HELDOUT,
                             "base": {"pretrain_primitive_share": 0.5}})
@@ -95,8 +94,8 @@ def test_bad_family_params_name_the_key(raw: dict, fragment: str) -> None:
 
 
 def test_training_subsets_keep_support_and_nest() -> None:
-    from llgbm.data.tasks import compositional_pairs
     from llgbm.data.split import select_training_names
+    from llgbm.data.tasks import compositional_pairs
 
     pairs = compositional_pairs(["smallest", "median", "largest"], ["plus_one", "plus_two", "minus_one", "mirror"])
     names = list(pairs)

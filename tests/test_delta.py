@@ -2,15 +2,13 @@ import pytest
 import torch
 from transformers import AutoConfig, Qwen2Config, Qwen2ForCausalLM
 
-from llgbm.core.lora import LoraConfig
-from llgbm.core.delta import DeltaComputer, DeltaSpec, delta_spec, layer_scales, reduce_delta
-from llgbm.core.lora import batched_lora_forward, stack_adapters
-from llgbm.bench import peft_delta
-from llgbm.infra.errors import LlgbmError
-from llgbm.core.lora import layout_of_model, lora_layout, lora_scaling
 from llgbm.artifacts.adapters import load_adapter_tensors
 from llgbm.artifacts.base_model import load_base, load_tokenizer
+from llgbm.bench import peft_delta
+from llgbm.core.delta import DeltaComputer, DeltaSpec, delta_spec, layer_scales, reduce_delta
+from llgbm.core.lora import LoraConfig, batched_lora_forward, layout_of_model, lora_layout, lora_scaling, stack_adapters
 from llgbm.data.probes import tokenize_probes
+from llgbm.infra.errors import LlgbmError
 
 from .conftest import checkpoint_dirs, micro_probe_set
 

@@ -4,18 +4,17 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from llgbm.core.delta import DeltaComputer, DeltaSpec
-from llgbm.core.lora import stack_adapters
+from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
+from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.artifacts.delta_cache import DeltaCache
-from llgbm.recipes.deltas import delta_geometry, fill_cache
+from llgbm.core.delta import DeltaComputer, DeltaSpec
+from llgbm.core.lora import lora_layout, lora_scaling, stack_adapters
+from llgbm.data.probes import answer_prompts, tokenize_probes
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import read_json, sha256_file
-from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
-from llgbm.core.lora import lora_layout, lora_scaling
-from llgbm.artifacts.base_model import load_base, load_tokenizer
-from llgbm.data.probes import answer_prompts, tokenize_probes
+from llgbm.recipes.deltas import delta_geometry, fill_cache
 
-from .conftest import micro_training, checkpoint_dirs, micro_config, micro_probe_set
+from .conftest import checkpoint_dirs, micro_config, micro_probe_set, micro_training
 
 
 def _cached_deltas(cache_dir) -> dict[str, torch.Tensor]:
@@ -45,7 +44,8 @@ def test_rerun_reuses_and_repairs_entries(micro, tmp_path) -> None:
     cfg, cache_dir = micro["cfg"], tmp_path / "cache"
     fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     before = _cached_deltas(cache_dir)
-    assert fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], cache_dir)["computed"] == 0
+    assert fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]),
+                      micro["base"], micro["teachers"], cache_dir)["computed"] == 0
     # What a kill leaves behind: a stray temporary file, a lost entry, a truncated entry.
     files = sorted((cache_dir / "entries").glob("*.safetensors"))
     files[0].unlink()
@@ -64,7 +64,8 @@ def test_new_probe_set_invalidates_the_cache(micro, tmp_path) -> None:
     cache_dir = tmp_path / "cache"
     fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     old_files = set((cache_dir / "entries").glob("*"))
-    metrics = fill_cache(micro_config(probe_count=3), micro["tasks"], micro_training(micro_config(probe_count=3), micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
+    metrics = fill_cache(micro_config(probe_count=3), micro["tasks"], micro_training(micro_config(probe_count=3),
+                         micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     assert metrics["computed"] == 6 and metrics["probes"] == 3
     assert not old_files & set((cache_dir / "entries").glob("*"))  # stale entries pruned
 
@@ -101,7 +102,8 @@ def test_entries_of_another_delta_definition_are_recomputed(micro, tmp_path, mon
     fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     # What editing llgbm/delta.py (e.g. how it reduces over probes) does to the code fingerprint.
     monkeypatch.setattr(delta_cache_module, "code_fingerprint", lambda *modules: "edited delta code")
-    metrics = fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
+    metrics = fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]),
+                         micro["base"], micro["teachers"], cache_dir)
     assert (metrics["computed"], metrics["reused"]) == (6, 0)
     assert "another definition (library code changed); starting fresh" in capsys.readouterr().out
     assert DeltaCache.load(cache_dir).definition["code"] == "edited delta code"
@@ -133,7 +135,8 @@ def test_each_variant_is_cached_under_its_own_key(micro, tmp_path, variant) -> N
     cache_dir = tmp_path / "cache"
     fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     seed_keys = set(DeltaCache.load(cache_dir).entries)
-    metrics = fill_cache(micro_config(**variant), micro["tasks"], micro_training(micro_config(**variant), micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
+    metrics = fill_cache(micro_config(**variant), micro["tasks"], micro_training(micro_config(**variant),
+                         micro["tasks"]), micro["base"], micro["teachers"], cache_dir)
     assert (metrics["computed"], metrics["reused"]) == (6, 0)
     cache = DeltaCache.load(cache_dir)
     assert not seed_keys & set(cache.entries)
@@ -151,7 +154,8 @@ def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tm
 
     cfg = micro_config(train={**micro_config().train.__dict__, "mixed_precision": "bf16"})
     fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "bf16")
-    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "fp32")
+    fill_cache(micro["cfg"], micro["tasks"], micro_training(micro["cfg"], micro["tasks"]),
+               micro["base"], micro["teachers"], tmp_path / "fp32")
     bf16, fp32 = DeltaCache.load(tmp_path / "bf16"), DeltaCache.load(tmp_path / "fp32")
     assert bf16.definition["precision"] == "bf16"
     tokenizer = load_tokenizer(micro["base"])
@@ -177,8 +181,8 @@ def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tm
 def test_kl_targets_are_the_teachers_answer_distributions_through_peft(micro, tmp_path) -> None:
     """The cached KL target of a checkpoint is its PEFT-loaded model's next-token distribution after each
     of its task's answer prompts; with kl.top_k, the top k of it plus the rest's mass."""
-    from llgbm.core.delta import binned_log_probs
     from llgbm.artifacts.adapters import load_peft_model
+    from llgbm.core.delta import binned_log_probs
 
     cfg = micro["cfg"]
     fill_cache(cfg, micro["tasks"], micro_training(cfg, micro["tasks"]), micro["base"], micro["teachers"], tmp_path / "full")

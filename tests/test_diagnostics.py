@@ -1,9 +1,9 @@
 import pytest
 
-from llgbm.recipes.diagnostics import headroom, headroom_summary, mean_above_chance, split_tasks
 from llgbm.data.split import Split
-from llgbm.infra.errors import LlgbmError
 from llgbm.data.tasks import Record, Task
+from llgbm.infra.errors import LlgbmError
+from llgbm.recipes.diagnostics import headroom, headroom_summary, mean_above_chance, split_tasks
 
 from .conftest import micro_config, micro_split
 

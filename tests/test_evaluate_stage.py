@@ -4,18 +4,27 @@ import sys
 import pytest
 import torch
 
-from llgbm.core.delta import DeltaComputer
-from llgbm.bench import peft_delta
-from llgbm.core.lora import stack_adapters
-from llgbm.artifacts.delta_cache import DeltaCache
-from llgbm.infra.errors import LlgbmError
-from llgbm.recipes.evaluate import (METHODS, cosine_or_none, cosine_stats, delta_alignment, evaluation_probe_set, gain_share,
-                            mean_adapter, nearest_task, run_evaluation, summarise_methods)
-from llgbm.recipes.generate import generate_from_file, read_prompts
-from llgbm.artifacts.generator_files import open_generator
-from llgbm.core.lora import lora_scaling
 from llgbm.artifacts.base_model import load_base, load_tokenizer
+from llgbm.artifacts.delta_cache import DeltaCache
+from llgbm.artifacts.generator_files import open_generator
+from llgbm.bench import peft_delta
+from llgbm.core.delta import DeltaComputer
+from llgbm.core.lora import lora_scaling, stack_adapters
 from llgbm.data.probes import answer_prompts, apply_template, tokenize_probes
+from llgbm.infra.errors import LlgbmError
+from llgbm.recipes.evaluate import (
+    METHODS,
+    cosine_or_none,
+    cosine_stats,
+    delta_alignment,
+    evaluation_probe_set,
+    gain_share,
+    mean_adapter,
+    nearest_task,
+    run_evaluation,
+    summarise_methods,
+)
+from llgbm.recipes.generate import generate_from_file, read_prompts
 
 
 def test_mean_and_nearest_baselines_on_a_hand_made_case() -> None:
@@ -146,6 +155,7 @@ def test_evaluation_probes_never_appear_in_training(micro_generator) -> None:
                                     for prompts in answers.prompts.values() for p in prompts}
 
 
+@pytest.mark.e2e  # a subprocess
 def test_generate_command(micro_generator, tmp_path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(r.prompt for r in micro_generator["tasks"][0].test[:6]))

@@ -9,9 +9,25 @@ import llgbm.study.experiments as experiments
 import llgbm.study.run_archive as run_archive
 from llgbm.cli import main
 from llgbm.infra.errors import LlgbmError
-from llgbm.study.experiments import (README_BEGIN, README_END, collect_runs, comparison_report, failure_reasons, failure_text,
-                               grid_arms, heldout_vs_tasks, knob_defaults, objective_of, queue_commands, queue_grid,
-                               reference_points, replace_marked, study_arms, training_task_count, write_plot)
+from llgbm.study.experiments import (
+    README_BEGIN,
+    README_END,
+    collect_runs,
+    comparison_report,
+    failure_reasons,
+    failure_text,
+    grid_arms,
+    heldout_vs_tasks,
+    knob_defaults,
+    objective_of,
+    queue_commands,
+    queue_grid,
+    reference_points,
+    replace_marked,
+    study_arms,
+    training_task_count,
+    write_plot,
+)
 from llgbm.study.run_archive import DEFAULT_ARCHIVE, save_archive
 from llgbm.study.stats import mean_ci
 

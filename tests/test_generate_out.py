@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 import llgbm.recipes.generate
-from llgbm.infra.errors import LlgbmError
 from llgbm.artifacts.generator_files import ADAPTER_MARKER, is_llgbm_adapter
-from llgbm.recipes.generate import check_out_dir, generate_from_file
+from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import atomic_dir
+from llgbm.recipes.generate import check_out_dir, generate_from_file
 
 
 def _listing(directory: Path) -> dict[str, bytes]:

@@ -6,10 +6,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, Qwen2Config
 
-from llgbm.core.lora import LoraConfig
-from llgbm.infra.errors import LlgbmError
 from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
-from llgbm.core.lora import lora_layout
+from llgbm.core.lora import LoraConfig, lora_layout
+from llgbm.infra.errors import LlgbmError
 
 from .conftest import checkpoint_dirs
 

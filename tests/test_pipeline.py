@@ -18,6 +18,8 @@ from llgbm.config import to_dict
 
 from .conftest import micro_config
 
+pytestmark = pytest.mark.e2e  # subprocess CLI, dvc repro or accelerate launch
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -5,10 +5,16 @@ from dataclasses import replace
 
 import pytest
 
-from llgbm.infra.errors import LlgbmError
 from llgbm.artifacts.base_model import build_tiny_tokenizer
-from llgbm.data.probes import assert_disjoint, build_evaluation_probe_set, build_probe_set, generic_length, training_texts
+from llgbm.data.probes import (
+    assert_disjoint,
+    build_evaluation_probe_set,
+    build_probe_set,
+    generic_length,
+    training_texts,
+)
 from llgbm.data.tasks import make_tasks, vocabulary
+from llgbm.infra.errors import LlgbmError
 
 from .conftest import micro_config, micro_training
 

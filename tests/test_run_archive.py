@@ -15,8 +15,17 @@ import llgbm.study.experiments as experiments
 from llgbm.cli import main
 from llgbm.infra.errors import LlgbmError
 from llgbm.study.experiments import Run
-from llgbm.study.run_archive import (key_of_commit, keyed, load_archive, merge_runs, new_failures, run_key, run_to_json,
-                               save_archive, workspace_key)
+from llgbm.study.run_archive import (
+    key_of_commit,
+    keyed,
+    load_archive,
+    merge_runs,
+    new_failures,
+    run_key,
+    run_to_json,
+    save_archive,
+    workspace_key,
+)
 
 LOCK = {"schema": "2.0", "stages": {
     "tasks": {"cmd": "python stages/tasks.py", "deps": [{"path": "stages/tasks.py", "md5": "a1"},

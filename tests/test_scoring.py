@@ -1,7 +1,6 @@
 import torch
 
-from llgbm.artifacts.base_model import BaseConfig
-from llgbm.artifacts.base_model import build_tiny_model, build_tiny_tokenizer
+from llgbm.artifacts.base_model import BaseConfig, build_tiny_model, build_tiny_tokenizer
 from llgbm.core.scoring import completion_log_likelihoods, option_scores, task_accuracy
 from llgbm.data.tasks import Record, Task
 

@@ -3,9 +3,8 @@ from collections import Counter
 
 import pytest
 
-from llgbm.data.tasks import TasksConfig
+from llgbm.data.tasks import CUES, TasksConfig, builtin_tasks, load_task_file, load_tasks, make_tasks, save_tasks
 from llgbm.infra.errors import LlgbmError
-from llgbm.data.tasks import CUES, builtin_tasks, load_task_file, load_tasks, make_tasks, save_tasks
 
 
 def test_builtin_family_is_deterministic_and_balanced() -> None:
@@ -128,8 +127,7 @@ def test_compositional_cue_names_both_parts_and_options_set_chance() -> None:
 
 
 def test_transforms_are_bijections_with_their_inverse() -> None:
-    from llgbm.data.tasks import TRANSFORMS
-    from llgbm.data.tasks import apply_transform, invert_transform
+    from llgbm.data.tasks import TRANSFORMS, apply_transform, invert_transform
 
     for transform in TRANSFORMS:
         assert sorted(apply_transform(transform, d) for d in range(10)) == list(range(10))
@@ -183,8 +181,7 @@ def test_primitive_tasks_measure_each_part_alone() -> None:
 def test_every_selector_picks_the_value_it_was_drawn_for() -> None:
     import random
 
-    from llgbm.data.tasks import SELECTORS
-    from llgbm.data.tasks import apply_selector, selector_items, selector_options
+    from llgbm.data.tasks import SELECTORS, apply_selector, selector_items, selector_options
 
     for length in (4, 5, 7):
         for selector in SELECTORS:

@@ -1,8 +1,8 @@
 import pytest
 
+from llgbm.artifacts.adapters import ADAPTER_WEIGHTS
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import sha256_file
-from llgbm.artifacts.adapters import ADAPTER_WEIGHTS
 from llgbm.recipes.teachers import check_bar, snapshot_steps, summarise, train_all_teachers
 
 from .conftest import checkpoint_dirs
@@ -48,8 +48,8 @@ def test_teachers_trained_together_equal_each_trained_alone(micro, tmp_path) -> 
     from peft import PeftModel, get_peft_model_state_dict
 
     from llgbm.artifacts.adapters import load_adapter_tensors, shared_initialisation
-    from llgbm.core.lora import layout_of_model
     from llgbm.artifacts.base_model import load_base, load_tokenizer
+    from llgbm.core.lora import layout_of_model
     from llgbm.recipes.teachers import train_teacher, train_teachers_together
 
     cfg, tasks = micro["cfg"], micro["tasks"]

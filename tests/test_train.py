@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from llgbm.infra.errors import LlgbmError
 from llgbm.artifacts.generator_files import load_generator
+from llgbm.infra.errors import LlgbmError
+from llgbm.infra.paths import Paths
 from llgbm.infra.provenance import library_versions
 from llgbm.recipes.train import FINISHED, PROVENANCE, train_generator
-from llgbm.infra.paths import Paths
 
 from .conftest import micro_config
 
@@ -190,12 +190,11 @@ def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_pa
 def _bench_world(cfg):
     """A random base, teachers and prompts of the micro shapes (as `llgbm bench train` builds them)."""
     from llgbm.bench import random_adapter, random_model, random_probes, tiny_shape
-    from llgbm.data.batching import GeneratorDataset
     from llgbm.core.delta import DeltaComputer
-    from llgbm.core.lora import stack_adapters
     from llgbm.core.generator import LoraGenerator, generator_shape
-    from llgbm.core.lora import layout_of_model, lora_scaling
+    from llgbm.core.lora import layout_of_model, lora_scaling, stack_adapters
     from llgbm.core.weight_tokens import WeightTokenizer
+    from llgbm.data.batching import GeneratorDataset
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)

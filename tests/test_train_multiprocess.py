@@ -14,11 +14,13 @@ import pytest
 import torch
 import yaml
 
-from llgbm.config import to_dict
 from llgbm.artifacts.generator_files import load_generator
+from llgbm.config import to_dict
 from llgbm.data.tasks import save_tasks
 
 from .conftest import micro_config
+
+pytestmark = pytest.mark.e2e  # subprocess CLI, dvc repro or accelerate launch
 
 LAUNCHER = Path(__file__).with_name("multiprocess_train.py")
 

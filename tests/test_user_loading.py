@@ -14,8 +14,8 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from llgbm.recipes.generate import generate_from_file
 from llgbm.artifacts.base_model import load_tokenizer
+from llgbm.recipes.generate import generate_from_file
 
 from .conftest import checkpoint_dirs
 
@@ -36,6 +36,7 @@ def test_auto_tokenizer_gives_the_ids_load_tokenizer_gives(micro: dict) -> None:
                                                                          ours.unk_token_id)
 
 
+@pytest.mark.e2e  # a subprocess
 def test_auto_tokenizer_with_trust_remote_code(micro: dict, tmp_path: Path) -> None:
     # Scripts that pass trust_remote_code=True load the class through the module in models/base; a
     # subprocess, so the module cache goes to tmp_path and not the user's.

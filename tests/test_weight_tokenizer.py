@@ -4,10 +4,9 @@ from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
 from transformers import AutoConfig, Qwen2Config
 
-from llgbm.core.lora import LoraConfig
 from llgbm.artifacts.adapters import load_adapter_tensors, save_adapter
-from llgbm.core.lora import lora_layout
 from llgbm.artifacts.base_model import load_base
+from llgbm.core.lora import LoraConfig, lora_layout
 from llgbm.core.weight_tokens import WeightTokenizer
 
 from .conftest import checkpoint_dirs

@@ -4,11 +4,10 @@ choice over a task's options by the log-likelihood of each completion.
 Shared by the teachers stage (its bar), evaluation and the diagnostics; it knows nothing of either."""
 from __future__ import annotations
 
-import torch
 from typing import Protocol, Sequence
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
 
 
 class Example(Protocol):

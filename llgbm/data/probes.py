@@ -9,10 +9,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from llgbm.data.tasks import Task, TasksConfig, generic_texts
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import sha256_json, write_json_atomic
-from llgbm.data.tasks import Task, TasksConfig, generic_texts
-
 
 PROBE_TYPES = ("generic", "task")
 PROBE_TEMPLATES = ("raw", "chat")

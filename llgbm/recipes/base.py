@@ -7,8 +7,14 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llgbm.artifacts.base_model import (BaseConfig, build_tiny_model, build_tiny_tokenizer, load_base, load_tokenizer,
-                                        make_tokenizer_auto_loadable)
+from llgbm.artifacts.base_model import (
+    BaseConfig,
+    build_tiny_model,
+    build_tiny_tokenizer,
+    load_base,
+    load_tokenizer,
+    make_tokenizer_auto_loadable,
+)
 from llgbm.config import Config
 from llgbm.core.scoring import completion_batch
 from llgbm.core.training import run_steps

@@ -11,8 +11,13 @@ import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
-from llgbm.artifacts.adapters import (load_adapter_tensors, peft_config, save_adapter, save_peft_model,
-                                     shared_initialisation)
+from llgbm.artifacts.adapters import (
+    load_adapter_tensors,
+    peft_config,
+    save_adapter,
+    save_peft_model,
+    shared_initialisation,
+)
 from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.artifacts.teacher_index import final_checkpoints
 from llgbm.config import Config
@@ -25,8 +30,16 @@ from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks, primitive_tasks, task_pairs
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import atomic_dir, write_json_atomic
-from llgbm.infra.paths import (BASE_DIR, DIAGNOSTICS_DIR, DIAGNOSTICS_REPORT, EMBEDDINGS_DIR, RESULTS_DIR, SPLIT_FILE,
-                               TASKS_FILE, TEACHERS_DIR)
+from llgbm.infra.paths import (
+    BASE_DIR,
+    DIAGNOSTICS_DIR,
+    DIAGNOSTICS_REPORT,
+    EMBEDDINGS_DIR,
+    RESULTS_DIR,
+    SPLIT_FILE,
+    TASKS_FILE,
+    TEACHERS_DIR,
+)
 
 
 def train_multitask_lora(base_dir: Path, tokenizer: PreTrainedTokenizerBase, tasks: list[Task],

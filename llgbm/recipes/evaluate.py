@@ -3,7 +3,6 @@ task's teacher, and the mean and nearest training teachers; every adapter loaded
 from __future__ import annotations
 
 import csv
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,15 @@ from llgbm.config import Config
 from llgbm.core.delta import delta_spec, probe_states, reduce_delta
 from llgbm.core.scoring import task_accuracy
 from llgbm.data.encoder import EmbeddingCache
-from llgbm.data.probes import (ProbeSet, assert_disjoint, build_evaluation_probe_set, build_probe_set, generic_length,
-                               tokenize_probes, training_texts)
+from llgbm.data.probes import (
+    ProbeSet,
+    assert_disjoint,
+    build_evaluation_probe_set,
+    build_probe_set,
+    generic_length,
+    tokenize_probes,
+    training_texts,
+)
 from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks
 from llgbm.infra.errors import LlgbmError

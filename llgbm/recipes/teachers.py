@@ -16,8 +16,13 @@ import torch.nn.functional as F
 from peft import get_peft_model, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase
 
-from llgbm.artifacts.adapters import (from_peft_state_dict, peft_config, save_peft_model, shared_initialisation,
-                                     write_adapter)
+from llgbm.artifacts.adapters import (
+    from_peft_state_dict,
+    peft_config,
+    save_peft_model,
+    shared_initialisation,
+    write_adapter,
+)
 from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.artifacts.teacher_index import write_index
 from llgbm.config import Config

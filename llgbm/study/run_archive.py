@@ -22,8 +22,8 @@ from typing import Any, Mapping
 import yaml
 
 from llgbm.infra.errors import LlgbmError, first_line
-from llgbm.study.experiments import ARM_KEYS, Run, _param, resolve_commit
 from llgbm.infra.io import read_json, read_text, sha256_json, write_json_atomic
+from llgbm.study.experiments import ARM_KEYS, Run, _param, resolve_commit
 
 FORMAT = 1
 DEFAULT_ARCHIVE = Path("results/study/runs.json")
