@@ -132,6 +132,7 @@ def scramble(data: bytes) -> bytes:
 def deltas_workspace(d: Path, w: dict) -> Path:
     params(d)
     save_tasks(w["tasks"], d / "data" / "tasks.json")
+    shutil.copy(w["split"], d / "data" / "split.json")
     shutil.copytree(w["base"], d / "models" / "base")
     shutil.copytree(w["teachers"], d / "models" / "teachers")
     return checkpoint_dirs(d / "models" / "teachers")[0]
@@ -149,6 +150,7 @@ def broken_adapter(d: Path, w: dict, name: str, content: bytes | None) -> list[s
 def train_workspace(d: Path, w: dict, **overrides: object) -> Path:
     params(d, **overrides)
     save_tasks(w["tasks"], d / "data" / "tasks.json")
+    shutil.copy(w["split"], d / "data" / "split.json")
     shutil.copytree(w["base"], d / "models" / "base")
     shutil.copytree(w["teachers"], d / "models" / "teachers")
     shutil.copytree(w["deltas"], d / "cache" / "deltas")
@@ -200,6 +202,14 @@ CASES = [
                                       stage("train"))[1], ("params.yaml", "'train.mixed_precision'", "fp16")),
     Case("params-delta-layers", lambda d, w: (params(d, delta_layers="middle"), stage("deltas"))[1],
          ("params.yaml", "'delta_layers'")),
+    # data/split.json (the split stage's output, read by diagnostics, deltas, train and evaluate)
+    Case("split-json-not-a-split",
+         lambda d, w: (deltas_workspace(d, w), write(d / "data" / "split.json", '{"training": 1}'), stage("deltas"))[2],
+         ("data/split.json", "not a task split"), needs="micro"),
+    Case("split-heldout-not-a-task",
+         lambda d, w: (params(d, heldout_tasks=["first"]), save_tasks(w["tasks"][1:], d / "data" / "tasks.json"),
+                       stage("split"))[2],
+         ("heldout_tasks", "not tasks of the tasks file", "last"), needs="micro"),
     # training state: the delta cache and checkpoints
     Case("train-cache-entry-truncated", truncated_cache_entry, ("cache/deltas/entries", "unreadable delta cache entry"),
          needs="micro_train_inputs"),
