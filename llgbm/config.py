@@ -57,7 +57,7 @@ class DiagnosticsConfig:
     multitask_steps: int = 1000
     multitask_batch_size: int = 64
     multitask_learning_rate: float = 5e-3
-    # Prompt -> task recoverability: a ridge probe on this many train-prompt embeddings per task.
+    # Prompt -> task recoverability: a ridge read-out (not a behavioural probe) on this many train-prompt embeddings per task.
     probe_prompts: int = 32
     ridge_penalty: float = 1.0
     nearest_k: int = 3  # the k-nearest-teachers baseline: similarity-weighted mean of k teachers' updates
@@ -193,7 +193,8 @@ def _check_positive(value: float, key: str, source: str, allow_zero: bool = Fals
         raise LlgbmError(f"{source}: '{key}' must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def validate(cfg: Config, source: str = "params.yaml") -> Config:
+def _validate_knobs(cfg: Config, source: str) -> None:
+    """The grid's top-level knobs and the KL reference."""
     _check_choice(cfg.delta_loss_type, DELTA_LOSS_TYPES, "delta_loss_type", source)
     _check_choice(cfg.lambda_schedule, LAMBDA_SCHEDULES, "lambda_schedule", source)
     _check_positive(cfg.lambda_delta, "lambda_delta", source, allow_zero=True)
@@ -208,6 +209,10 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
             isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in layers))):
         raise LlgbmError(f"{source}: 'delta_layers' is {layers!r}, expected last, all or a non-empty list of "
                          "layer indices >= 0")
+
+
+def _validate_tasks(cfg: Config, source: str) -> None:
+    """Where the tasks come from and their sizes."""
     _check_choice(cfg.tasks.family, TASK_FAMILIES, "tasks.family", source)
     if cfg.tasks.source == "builtin" and cfg.tasks.family == "eight":
         for name in cfg.tasks.names:
@@ -232,6 +237,10 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
         _check_positive(getattr(cfg.tasks, key), f"tasks.{key}", source)
     if cfg.tasks.sequence_length < 4 or cfg.tasks.sequence_length > 9:
         raise LlgbmError(f"{source}: 'tasks.sequence_length' must be between 4 and 9")
+
+
+def _validate_base(cfg: Config, source: str) -> None:
+    """The base model and the LoRA every adapter shares."""
     _check_choice(cfg.base.dtype, DTYPES, "base.dtype", source)
     for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
         _check_positive(getattr(cfg.base.tiny, key), f"base.tiny.{key}", source)
@@ -247,6 +256,10 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_positive(cfg.lora.alpha, "lora.alpha", source)
     if not cfg.lora.target_modules:
         raise LlgbmError(f"{source}: 'lora.target_modules' is empty")
+
+
+def _validate_teachers(cfg: Config, source: str) -> None:
+    """Teachers and the diagnostics' references."""
     t = cfg.teachers
     for key in ("steps", "batch_size", "learning_rate", "checkpoints_per_task", "checkpoint_interval", "tasks_per_batch"):
         _check_positive(getattr(t, key), f"teachers.{key}", source)
@@ -255,6 +268,10 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "probe_prompts", "ridge_penalty",
                 "nearest_k"):
         _check_positive(getattr(cfg.diagnostics, key), f"diagnostics.{key}", source)
+
+
+def _validate_probes(cfg: Config, source: str) -> None:
+    """The probes and the deltas stage."""
     for probe_type in cfg.probes.types:
         _check_choice(probe_type, PROBE_TYPES, "probes.types", source)
     if not cfg.probes.types:
@@ -262,6 +279,11 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
     _check_choice(cfg.probes.template, PROBE_TEMPLATES, "probes.template", source)
     _check_positive(cfg.probes.max_length, "probes.max_length", source)
     _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
+
+
+def _validate_split(cfg: Config, source: str) -> None:
+    """heldout_tasks and max_training_tasks, against the built-in family's names (task files
+    are checked by the split stage, which reads them)."""
     if cfg.max_training_tasks is not None:
         _check_positive(cfg.max_training_tasks, "max_training_tasks", source)
     if cfg.tasks.source == "builtin":
@@ -284,6 +306,10 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
                                       cfg.tasks.seed)
             except LlgbmError as exc:
                 raise LlgbmError(f"{source}: {exc}") from None
+
+
+def _validate_training(cfg: Config, source: str) -> None:
+    """The encoder, generator, training and evaluation, and the rules that join them."""
     _check_positive(cfg.encoder.batch_size, "encoder.batch_size", source)
     g = cfg.generator
     for key in ("chunk_width", "prompts_per_sample", "feature_dim"):
@@ -312,6 +338,13 @@ def validate(cfg: Config, source: str = "params.yaml") -> Config:
                          "which train.lambda_weights 0 removes; use loss_balance none for delta-only training")
     if tr.lambda_weights == 0 and (cfg.lambda_delta == 0 or tr.delta_batch_size == 0):
         raise LlgbmError(f"{source}: 'train.lambda_weights' and 'lambda_delta' are both 0: nothing to train on")
+
+
+def validate(cfg: Config, source: str = "params.yaml") -> Config:
+    """Every value and cross-key rule that needs no data; the first violation is a one-line error."""
+    for check in (_validate_knobs, _validate_tasks, _validate_base, _validate_teachers, _validate_probes,
+                  _validate_split, _validate_training):
+        check(cfg, source)
     return cfg
 
 

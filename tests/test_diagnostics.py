@@ -57,7 +57,7 @@ def test_lstsq_r2_and_nearest_cosine_are_exact() -> None:
 def test_ridge_probe_names_the_part_shared_with_training_tasks() -> None:
     import torch
 
-    from llgbm.recipes.diagnostics import leave_one_task_out, probe_scores
+    from llgbm.recipes.diagnostics import leave_one_task_out, readout_scores
 
     # Embedding = selector direction + transform direction: a held-out pair is a sum of seen parts.
     s = {"a": torch.tensor([1.0, 0, 0, 0]), "b": torch.tensor([0, 1.0, 0, 0])}
@@ -65,9 +65,9 @@ def test_ridge_probe_names_the_part_shared_with_training_tasks() -> None:
     embed = {f"{i}_{j}": (s[i] + t[j]).repeat(3, 1) for i in s for j in t}
     selector = {name: name.split("_")[0] for name in embed}
     fit = {n: e for n, e in embed.items() if n != "b_y"}
-    assert probe_scores(fit, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 1.0}
+    assert readout_scores(fit, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 1.0}
     only_a = {n: e for n, e in embed.items() if n.startswith("a")}
-    assert probe_scores(only_a, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 0.0}  # 'b' unseen: unpredictable
+    assert readout_scores(only_a, {"b_y": embed["b_y"]}, selector, 1e-3) == {"b_y": 0.0}  # 'b' unseen: unpredictable
     assert leave_one_task_out(embed, selector, 1e-3) == {name: 1.0 for name in embed}
 
 

@@ -19,7 +19,7 @@ from llgbm.recipes.evaluate import (
     delta_alignment,
     evaluation_probe_set,
     gain_share,
-    mean_adapter,
+    mean_of_factors,
     nearest_task,
     run_evaluation,
     summarise_methods,
@@ -30,7 +30,7 @@ from llgbm.recipes.generate import generate_from_file, read_prompts
 def test_mean_and_nearest_baselines_on_a_hand_made_case() -> None:
     one = {"m": (torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0], [5.0]]))}
     two = {"m": (torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0], [1.0]]))}
-    mean = mean_adapter([one, two])
+    mean = mean_of_factors([one, two])
     assert torch.equal(mean["m"][0], torch.tensor([[2.0, 3.0]])) and torch.equal(mean["m"][1], torch.tensor([[2.0], [3.0]]))
     tasks = {"north": torch.tensor([[0.0, 1.0], [0.2, 1.0]]), "east": torch.tensor([[1.0, 0.0], [1.0, 0.3]])}
     assert nearest_task(torch.tensor([[0.9, 0.2], [1.0, -0.1]]), tasks) == "east"

@@ -16,7 +16,7 @@ from llgbm.infra.paths import Paths
 from llgbm.infra.provenance import library_versions
 from llgbm.recipes.train import FINISHED, PROVENANCE, train_generator
 
-from .conftest import micro_config
+from .conftest import micro_config, micro_training
 
 
 def _paths(inputs: dict, run: Path) -> Paths:
@@ -177,8 +177,8 @@ def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_pa
 
     train = {**micro_config().train.__dict__, "steps": 12, "save_interval": 100, "lambda_warmup_steps": 2}
     cfg = micro_config(delta_reduce="per_probe", delta_layers="all", train=train)
-    fill_cache(cfg, micro_train_inputs["tasks"], micro_train_inputs["base"], micro_train_inputs["teachers"],
-               tmp_path / "deltas")
+    fill_cache(cfg, micro_train_inputs["tasks"], micro_training(cfg, micro_train_inputs["tasks"]),
+               micro_train_inputs["base"], micro_train_inputs["teachers"], tmp_path / "deltas")
     metrics = train_generator(cfg, micro_train_inputs["tasks"],
                               _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "run"))
     assert math.isfinite(metrics["loss_delta"]) and metrics["loss_delta"] > 0
@@ -248,8 +248,8 @@ def test_the_kl_reference_trains(micro_train_inputs, tmp_path) -> None:
 
     train = {**micro_config().train.__dict__, "steps": 12, "save_interval": 100, "lambda_warmup_steps": 2}
     cfg = micro_config(behaviour_loss="kl", kl={"top_k": 4}, train=train)
-    fill_cache(cfg, micro_train_inputs["tasks"], micro_train_inputs["base"], micro_train_inputs["teachers"],
-               tmp_path / "deltas")
+    fill_cache(cfg, micro_train_inputs["tasks"], micro_training(cfg, micro_train_inputs["tasks"]),
+               micro_train_inputs["base"], micro_train_inputs["teachers"], tmp_path / "deltas")
     run = tmp_path / "run"
     metrics = train_generator(cfg, micro_train_inputs["tasks"], _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, run))
     assert metrics["loss_delta"] > 0 and math.isfinite(metrics["grad_norm_delta"])

@@ -205,11 +205,6 @@ def _position(selector: str, length: int) -> int:
     return {"first": 0, "second": 1, "third": 2, "fourth": 3, "penultimate": length - 2, "last": length - 1}[selector]
 
 
-def apply_selector(selector: str, items: list[int]) -> int:
-    rank = _rank(selector, len(items))
-    return items[_position(selector, len(items))] if rank is None else sorted(items)[rank]
-
-
 def selector_items(selector: str, value: int, length: int, rng: random.Random) -> list[int]:
     """`length` distinct digits from which `selector` picks `value`."""
     rank = _rank(selector, length)

@@ -140,9 +140,9 @@ def ridge_predict(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) @ weights
 
 
-def probe_scores(fit: dict[str, torch.Tensor], test: dict[str, torch.Tensor], labels: dict[str, str],
+def readout_scores(fit: dict[str, torch.Tensor], test: dict[str, torch.Tensor], labels: dict[str, str],
                  penalty: float) -> dict[str, float]:
-    """A ridge probe from prompt embeddings to one-hot labels, fitted on the prompts of the `fit` tasks;
+    """A ridge read-out from prompt embeddings to one-hot labels, fitted on the prompts of the `fit` tasks;
     per `test` task, the share of its prompts whose arg-max is the task's own label (a label no fit task
     has cannot be predicted: it scores 0)."""
     classes = sorted({labels[n] for n in (*fit, *test)})
@@ -158,8 +158,8 @@ def probe_scores(fit: dict[str, torch.Tensor], test: dict[str, torch.Tensor], la
 
 
 def leave_one_task_out(embeddings: dict[str, torch.Tensor], labels: dict[str, str], penalty: float) -> dict[str, float]:
-    """probe_scores for each task with the probe fitted on every other task."""
-    return {name: probe_scores({n: e for n, e in embeddings.items() if n != name}, {name: embeddings[name]},
+    """readout_scores for each task with the read-out fitted on every other task."""
+    return {name: readout_scores({n: e for n, e in embeddings.items() if n != name}, {name: embeddings[name]},
                                labels, penalty)[name] for name in embeddings}
 
 
@@ -217,7 +217,7 @@ def structure(cfg: Config, tasks: list[Task], split: Split, base_dir: Path, teac
         penalty = cfg.diagnostics.ridge_penalty
         for part, position in (("selector", 0), ("transform", 1)):
             labels = {name: pair[position] for name, pair in pairs.items()}
-            result[f"recover_{part}"] = {"heldout": probe_scores(fit, test, labels, penalty),
+            result[f"recover_{part}"] = {"heldout": readout_scores(fit, test, labels, penalty),
                                          "training_leave_one_out": leave_one_task_out(fit, labels, penalty)}
     return result
 
@@ -239,7 +239,9 @@ Adapter = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def combine_updates(adapters: list[Adapter], weights: list[float]) -> Adapter:
-    """An adapter of rank sum(r_i) whose update B @ A is sum_i w_i B_i A_i, exactly (ranks concatenated)."""
+    """An adapter of rank sum(r_i) whose update B @ A is sum_i w_i B_i A_i, exactly (ranks concatenated): with
+    equal weights, the diagnostics' "mean_teacher" (the mean update), unlike the evaluation's, which
+    averages A and B separately (evaluate.mean_of_factors)."""
     return {name: (torch.cat([a[name][0] for a in adapters]),
                    torch.cat([w * a[name][1] for a, w in zip(adapters, weights)], 1)) for name in adapters[0]}
 
@@ -331,7 +333,7 @@ def markdown_report(summary: dict, result: dict) -> str:
              "Held-out tasks (never trained on): accuracy of the base, the multi-task LoRA reference and the "
              "baselines built from training teachers (each loaded through PEFT); how much of each held-out "
              "teacher's update the training teachers' updates explain (least squares R², per target module, "
-             "mean); and how often a ridge probe on the frozen encoder's prompt embeddings, fitted on the "
+             "mean); and how often a ridge read-out on the frozen encoder's prompt embeddings, fitted on the "
              "training tasks, names the held-out task's selector and transform.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     weight = result["structure"]["weight_space"]

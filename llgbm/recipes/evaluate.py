@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig
+from transformers import AutoConfig, PreTrainedTokenizerBase
 
 from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors, load_peft_model
 from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.artifacts.delta_cache import DeltaCache, checked_probe_batch
-from llgbm.artifacts.generator_files import open_generator
+from llgbm.artifacts.generator_files import LoadedGenerator, open_generator
 from llgbm.artifacts.teacher_index import final_checkpoints, read_index
 from llgbm.config import Config
-from llgbm.core.delta import delta_spec, probe_states, reduce_delta
+from llgbm.core.delta import DeltaSpec, delta_spec, probe_states, reduce_delta
 from llgbm.core.scoring import task_accuracy
 from llgbm.data.encoder import EmbeddingCache
 from llgbm.data.probes import (
@@ -36,8 +36,10 @@ from llgbm.infra.paths import EVALUATION_ADAPTERS_DIR, RESULTS_DIR, TASKS_FILE, 
 METHODS = ("base", "generated", "teacher", "mean_teacher", "nearest_teacher")
 
 
-def mean_adapter(adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The element-wise mean of A and of B over adapters (meaningful because all share one init)."""
+def mean_of_factors(adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The element-wise mean of A and of B over adapters (meaningful because all share one init): the
+    evaluation's "mean_teacher", over every training checkpoint. Not the diagnostics' mean teacher, which
+    averages the updates B @ A of the final checkpoints (diagnostics.combine_updates)."""
     return {name: (torch.stack([a[name][0] for a in adapters]).mean(0), torch.stack([a[name][1] for a in adapters]).mean(0))
             for name in adapters[0]}
 
@@ -141,6 +143,105 @@ class Measured:
     deltas: dict[str, torch.Tensor]  # per probe set (PROBE_SETS)
 
 
+class AdapterMeter:
+    """Measures adapters as a client loads them (`PeftModel.from_pretrained` on a fresh base): accuracy on a
+    task's test records and the delta on each probe set, from one model load. The models in `resident`
+    (the base, None, and the mean teacher) are the same for every task: loaded and probed once."""
+
+    def __init__(self, base_dir: Path, dtype: str, tokenizer: PreTrainedTokenizerBase,
+                 probe_batches: dict[str, tuple[torch.Tensor, torch.Tensor]], spec: DeltaSpec,
+                 resident: set[Path | None]):
+        self.base_dir, self.dtype, self.tokenizer = base_dir, dtype, tokenizer
+        self.probe_batches, self.spec = probe_batches, spec
+        self.resident = {key: None for key in resident}
+        self.base_states = self._states(load_base(base_dir, dtype))
+
+    def _states(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {where: probe_states(model, ids, mask, self.spec.layers) for where, (ids, mask) in self.probe_batches.items()}
+
+    def _load_and_probe(self, adapter_dir: Path | None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+        model = load_base(self.base_dir, self.dtype)
+        if adapter_dir is not None:
+            model = load_peft_model(model, adapter_dir)
+        deltas = {where: reduce_delta(adapted[None], self.base_states[where], self.spec)[0]
+                  for where, adapted in self._states(model).items()}
+        return model, deltas
+
+    def measure(self, adapter_dir: Path | None, task: Task) -> Measured:
+        if adapter_dir in self.resident:
+            if self.resident[adapter_dir] is None:
+                self.resident[adapter_dir] = self._load_and_probe(adapter_dir)
+            model, deltas = self.resident[adapter_dir]
+        else:
+            model, deltas = self._load_and_probe(adapter_dir)
+        return Measured(task_accuracy(model, self.tokenizer, task, "test"), deltas)
+
+
+@dataclass(frozen=True)
+class References:
+    """What every task's generated adapters are compared with: the teachers' final checkpoints, the mean
+    teacher's directory, and the training tasks' prompt embeddings (for the nearest teacher)."""
+    final: dict[str, Path]
+    mean_dir: Path
+    task_embeddings: dict[str, torch.Tensor]
+
+
+def measure_task(task: Task, meter: AdapterMeter, loaded: LoadedGenerator, refs: References,
+                 embeddings: EmbeddingCache, prompt_batches: int, out_dir: Path,
+                 seed: int) -> tuple[dict[str, list[Measured]], list[str]]:
+    """Every method's measurements on `task` (generated: one adapter per batch of its test prompts, each
+    saved under out_dir), and the nearest training task of each batch."""
+    if len(task.test) < loaded.prompts:
+        raise LlgbmError(f"task '{task.name}': {len(task.test)} test prompts, the generator takes {loaded.prompts}")
+    rng = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, task.name)))
+    results: dict[str, list[Measured]] = {m: [] for m in METHODS}
+    nearest_names: list[str] = []
+    measured: dict[Path | None, Measured] = {}  # the nearest teacher is often the task's own, or repeats
+
+    def measure_once(adapter_dir: Path | None) -> Measured:
+        if adapter_dir not in measured:
+            measured[adapter_dir] = meter.measure(adapter_dir, task)
+        return measured[adapter_dir]
+
+    results["base"].append(measure_once(None))
+    results["teacher"].append(measure_once(refs.final[task.name]))
+    results["mean_teacher"].append(measure_once(refs.mean_dir))
+    for k in range(prompt_batches):
+        prompts = [task.test[i].prompt for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
+        condition = embeddings.lookup(prompts)
+        adapter_dir = out_dir / f"generated-{k}"
+        loaded.save(loaded.tensors(condition), adapter_dir)
+        results["generated"].append(measure_once(adapter_dir))
+        nearest_names.append(nearest_task(condition, refs.task_embeddings))
+        results["nearest_teacher"].append(measure_once(refs.final[nearest_names[-1]]))
+    return results, nearest_names
+
+
+def check_teacher_against_cache(teacher_dir: Path, teacher_delta: torch.Tensor, cache: DeltaCache) -> None:
+    """The PEFT-loaded teacher's delta on the cache's probes must be the cached one."""
+    cached = cache.get(cache.key_for(sha256_file(teacher_dir / ADAPTER_WEIGHTS)))
+    # The cache is in training's precision and PEFT's path in full precision: under bf16 only a
+    # coarse agreement is expected (a stale cache is still far off).
+    tolerance = 1e-4 if cache.definition["precision"] == "no" else 0.1
+    if (teacher_delta - cached).norm() > tolerance * cached.norm():
+        raise LlgbmError(f"{teacher_dir}: PEFT-loaded delta disagrees with the delta cache; rerun the deltas stage")
+
+
+def task_row(task: Task, results: dict[str, list[Measured]], nearest_names: list[str], heldout: bool) -> dict:
+    """A task's per_task.json entry: per method, accuracy, gain share and delta alignment to the teacher."""
+    teacher = results["teacher"][0].deltas
+    accuracy = {m: sum(r.accuracy for r in results[m]) / len(results[m]) for m in METHODS}
+    return {
+        "heldout": heldout, "chance": task.chance, "nearest_tasks": nearest_names,
+        **{m: {"accuracy": accuracy[m],
+               "gain_share": gain_share(accuracy[m], accuracy["base"], accuracy["teacher"], task.chance),
+               **{key: value for where in PROBE_SETS
+                  for key, value in delta_alignment([r.deltas[where] for r in results[m]], teacher[where],
+                                                    where).items()}}
+           for m in METHODS},
+    }
+
+
 def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: Path,
                    prompt_batches: int) -> tuple[dict, dict]:
     """Generate adapters for every task from prompt batches of its test split, save every compared adapter
@@ -153,109 +254,49 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     training, heldout = split.training_tasks(tasks), list(split.heldout)
     spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, AutoConfig.from_pretrained(str(paths.base)).num_hidden_layers)
     expected = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
-    train_probes = checked_probe_batch(cache, expected, tokenizer, paths.base)
-    probe_batches = {"train_probes": train_probes,
+    probe_batches = {"train_probes": checked_probe_batch(cache, expected, tokenizer, paths.base),
                      "eval": tokenize_probes(evaluation_probe_set(cfg, tasks, heldout, cache, tokenizer), tokenizer)}
     loaded = open_generator(paths.generator, paths.base)
     if sorted(loaded.meta["heldout_tasks"]) != sorted(heldout):
         raise LlgbmError(f"{paths.generator}: trained with heldout_tasks {loaded.meta['heldout_tasks']}, the split "
                          f"says {heldout}; rerun the train stage")
     embeddings = EmbeddingCache.load(paths.embeddings)
-    index = read_index(paths.teachers)
-    final = final_checkpoints(paths.teachers)
     train_names = {t.name for t in training}
-
-    def states(model) -> dict[str, torch.Tensor]:
-        return {where: probe_states(model, ids, mask, spec.layers) for where, (ids, mask) in probe_batches.items()}
-
-    # The base and the mean teacher are the same model for every task: loaded and probed once, scored per task.
-    resident: dict[Path | None, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
-
-    def load_and_probe(adapter_dir: Path | None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-        model = load_base(paths.base, cfg.base.dtype)
-        if adapter_dir is not None:
-            model = load_peft_model(model, adapter_dir)
-        deltas = {where: reduce_delta(adapted[None], base_states[where], spec)[0]
-                  for where, adapted in states(model).items()}
-        return model, deltas
-
-    def measure(adapter_dir: Path | None, task: Task) -> Measured:
-        if adapter_dir is None or adapter_dir == mean_dir:
-            if adapter_dir not in resident:
-                resident[adapter_dir] = load_and_probe(adapter_dir)
-            model, deltas = resident[adapter_dir]
-        else:
-            model, deltas = load_and_probe(adapter_dir)
-        return Measured(task_accuracy(model, tokenizer, task, "test"), deltas)
-
-    base_states = states(load_base(paths.base, cfg.base.dtype))
-    mean_dir = adapters_dir / "mean_teacher"
-    loaded.save(mean_adapter([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
-                              for c in index if c["task"] in train_names]), mean_dir)
-    task_embeddings = {t.name: embeddings.lookup([r.prompt for r in t.train]) for t in training}
-
+    refs = References(final_checkpoints(paths.teachers), adapters_dir / "mean_teacher",
+                      {t.name: embeddings.lookup([r.prompt for r in t.train]) for t in training})
+    meter = AdapterMeter(paths.base, cfg.base.dtype, tokenizer, probe_batches, spec, {None, refs.mean_dir})
+    loaded.save(mean_of_factors([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
+                              for c in read_index(paths.teachers) if c["task"] in train_names]), refs.mean_dir)
     per_task: dict[str, dict] = {}
     eval_deltas: dict[str, dict[str, list[torch.Tensor]]] = {}  # task -> method -> deltas on the evaluation probes
     # Held-out and training tasks: with max_training_tasks, the other tasks are neither seen nor held out.
     evaluated = [t for t in tasks if t.name in heldout or t.name in train_names]
     for task in sorted(evaluated, key=lambda t: (t.name not in heldout, t.name)):
-        if len(task.test) < loaded.prompts:
-            raise LlgbmError(f"task '{task.name}': {len(task.test)} test prompts, the generator takes {loaded.prompts}")
-        teacher_key = cache.key_for(sha256_file(final[task.name] / ADAPTER_WEIGHTS))
-        rng = torch.Generator().manual_seed(cfg.seed * 1000 + sum(map(ord, task.name)))
-        results: dict[str, list[Measured]] = {m: [] for m in METHODS}
-        nearest_names = []
-        measured: dict[Path | None, Measured] = {}
-
-        def measure_once(adapter_dir: Path | None) -> Measured:
-            # The nearest teacher is often the same task's (or the same task for every batch).
-            if adapter_dir not in measured:
-                measured[adapter_dir] = measure(adapter_dir, task)
-            return measured[adapter_dir]
-
-        results["base"].append(measure_once(None))
-        results["teacher"].append(measure_once(final[task.name]))
-        results["mean_teacher"].append(measure_once(mean_dir))
-        for k in range(prompt_batches):
-            prompts = [task.test[i].prompt for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
-            condition = embeddings.lookup(prompts)
-            out_dir = adapters_dir / task.name / f"generated-{k}"
-            loaded.save(loaded.tensors(condition), out_dir)
-            results["generated"].append(measure_once(out_dir))
-            nearest_names.append(nearest_task(condition, task_embeddings))
-            results["nearest_teacher"].append(measure_once(final[nearest_names[-1]]))
-        teacher = results["teacher"][0].deltas
-        cached_teacher = cache.get(teacher_key)
-        # The cache is in training's precision and PEFT's path in full precision: under bf16 only a
-        # coarse agreement is expected (a stale cache is still far off).
-        tolerance = 1e-4 if cache.definition["precision"] == "no" else 0.1
-        if (teacher["train_probes"] - cached_teacher).norm() > tolerance * cached_teacher.norm():
-            raise LlgbmError(f"{final[task.name]}: PEFT-loaded delta disagrees with the delta cache; rerun the deltas stage")
-        accuracy = {m: sum(r.accuracy for r in results[m]) / len(results[m]) for m in METHODS}
-        per_task[task.name] = {
-            "heldout": task.name in heldout, "chance": task.chance, "nearest_tasks": nearest_names,
-            **{m: {"accuracy": accuracy[m],
-                   "gain_share": gain_share(accuracy[m], accuracy["base"], accuracy["teacher"], task.chance),
-                   **{key: value for where in PROBE_SETS
-                      for key, value in delta_alignment([r.deltas[where] for r in results[m]], teacher[where],
-                                                        where).items()}}
-               for m in METHODS},
-        }
+        results, nearest_names = measure_task(task, meter, loaded, refs, embeddings, prompt_batches,
+                                              adapters_dir / task.name, cfg.seed)
+        check_teacher_against_cache(refs.final[task.name], results["teacher"][0].deltas["train_probes"], cache)
+        per_task[task.name] = task_row(task, results, nearest_names, task.name in heldout)
         eval_deltas[task.name] = {m: [r.deltas["eval"] for r in results[m]] for m in METHODS}
         print(f"{task.name:>12} ({'held-out' if task.name in heldout else 'seen'}): "
-              + ", ".join(f"{m} {accuracy[m]:.3f}" for m in METHODS), flush=True)
-    # The mean of the training teachers' deltas (not the delta of the mean adapter): what every task's
-    # teacher shares, which a raw cosine rewards in any teacher-like adapter.
-    centre = torch.stack([eval_deltas[t.name]["teacher"][0] for t in training]).mean(0)
+              + ", ".join(f"{m} {per_task[task.name][m]['accuracy']:.3f}" for m in METHODS), flush=True)
+    add_centred_cosines(per_task, eval_deltas, [t.name for t in training])
+    heldout_names = [t for t in per_task if per_task[t]["heldout"]]
+    seen = [t for t in per_task if not per_task[t]["heldout"]]
+    summary = {"heldout": summarise_methods(per_task, heldout_names), "seen": summarise_methods(per_task, seen),
+               "train_tasks": len(training)}
+    return summary, per_task
+
+
+def add_centred_cosines(per_task: dict[str, dict], eval_deltas: dict[str, dict[str, list[torch.Tensor]]],
+                        training: list[str]) -> None:
+    """delta_cosine_eval_centred per task and method, centred on the mean of the training teachers' deltas
+    (not the delta of the mean adapter): what every task's teacher shares, which a raw cosine rewards in any
+    teacher-like adapter."""
+    centre = torch.stack([eval_deltas[name]["teacher"][0] for name in training]).mean(0)
     for name, row in per_task.items():
         for m in METHODS:
             row[m].update(cosine_stats(eval_deltas[name][m], eval_deltas[name]["teacher"][0],
                                        "delta_cosine_eval_centred", centre))
-    heldout = [t for t in per_task if per_task[t]["heldout"]]
-    seen = [t for t in per_task if not per_task[t]["heldout"]]
-    summary = {"heldout": summarise_methods(per_task, heldout), "seen": summarise_methods(per_task, seen),
-               "train_tasks": len(training)}
-    return summary, per_task
 
 
 # The report's columns after the accuracies: (metric, header), each for the generated adapters.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -109,12 +110,32 @@ def _replay_history(live, history: dict[str, list[tuple[int, float]]]) -> None:
             live.log_metric(name, value)
 
 
-def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_step: int | None = None) -> dict:
-    """Train (or resume) the generator; writes the final generator and returns the last step's metrics.
+@dataclass
+class Run:
+    """Everything one training run holds: built once by `_set_up`, advanced by `_train_step`."""
+    cfg: Config
+    paths: Paths
+    accelerator: Accelerator
+    mixed_precision: str
+    training: list[Task]
+    heldout: list[str]
+    cache: DeltaCache
+    embeddings: EmbeddingCache
+    weight_tokenizer: WeightTokenizer
+    dataset: GeneratorDataset
+    token_mask: torch.Tensor
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: MultiTaskLoss
+    data_generator: torch.Generator
+    computer: DeltaComputer
+    provenance: dict
 
-    stop_after_step ends the run early as a kill would (after that step, without the final outputs);
-    tests use it to check that a resumed run ends where an uninterrupted one does.
-    """
+
+def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
+    """Data, targets and the checks that they match params; then the generator, its optimizer and the
+    frozen base's delta path (in this order: the seed fixes the generator's initialisation)."""
     tr = cfg.train
     mixed_precision = resolve_mixed_precision(tr.mixed_precision)
     # Without CUDA, processes started by `accelerate launch` train on CPU over gloo.
@@ -136,7 +157,6 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
     embeddings = EmbeddingCache.load(paths.embeddings)
     dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings, answers, tokenizer)
-    token_mask = weight_tokenizer.mask.to(device)
 
     torch.manual_seed(cfg.seed)
     shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim)
@@ -156,38 +176,117 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
                              autocast_dtype=autocast_dtype(mixed_precision),
                              gradient_checkpointing=tr.gradient_checkpointing, spec=spec)
-
     # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
     provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),
                   "libraries": library_versions(), "precision": mixed_precision,
                   "processes": accelerator.num_processes, "deltas": cache.probes.fingerprint(),
                   "delta_definition": sha256_json(cache.definition), "base": cache.base_fingerprint,
                   "checkpoints": sha256_json(dataset.names), "data": dataset.fingerprint()}
-    start = 0
-    history: dict[str, list[tuple[int, float]]] = {name: [] for name in STEP_METRICS}
-    existing = _checkpoints(paths.checkpoints)
-    if existing:
-        state = _load_checkpoint(existing[-1])
-        changed = changed_keys(state["provenance"], provenance)
-        if changed:
-            accelerator.print(f"{existing[-1]}: made by another run ({', '.join(changed)} changed); training "
-                              "starts fresh")
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                for stale in existing:
-                    stale.unlink()
-        else:
-            accelerator.unwrap_model(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            rank_state = state["ranks"][accelerator.process_index]
-            data_generator.set_state(rank_state["data_generator"])
-            torch.set_rng_state(rank_state["torch_rng"])
-            loss_fn.current_step = start = state["step"]
-            history = {name: [tuple(row) for row in rows] for name, rows in state["history"].items()}
-            accelerator.print(f"{existing[-1]}: resuming at step {start} of {tr.steps}")
-    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    return Run(cfg, paths, accelerator, mixed_precision, training, list(split.heldout), cache, embeddings,
+               weight_tokenizer, dataset, weight_tokenizer.mask.to(device), model, optimizer, scheduler, loss_fn,
+               data_generator, computer, provenance)
 
+
+def _resume(run: Run) -> tuple[int, dict[str, list[tuple[int, float]]]]:
+    """(the step to continue after, the per-step history so far) from the last checkpoint of this very
+    run; a checkpoint made by another run (any provenance entry changed) is removed and training starts
+    fresh."""
+    accelerator, history = run.accelerator, {name: [] for name in STEP_METRICS}
+    existing = _checkpoints(run.paths.checkpoints)
+    if not existing:
+        return 0, history
+    state = _load_checkpoint(existing[-1])
+    changed = changed_keys(state["provenance"], run.provenance)
+    if changed:
+        accelerator.print(f"{existing[-1]}: made by another run ({', '.join(changed)} changed); training "
+                          "starts fresh")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for stale in existing:
+                stale.unlink()
+        return 0, history
+    accelerator.unwrap_model(run.model).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    rank_state = state["ranks"][accelerator.process_index]
+    run.data_generator.set_state(rank_state["data_generator"])
+    torch.set_rng_state(rank_state["torch_rng"])
+    run.loss_fn.current_step = state["step"]
+    accelerator.print(f"{existing[-1]}: resuming at step {state['step']} of {run.cfg.train.steps}")
+    return state["step"], {name: [tuple(row) for row in rows] for name, rows in state["history"].items()}
+
+
+def _optimizer_step(run: Run, step: int) -> dict[str, float]:
+    """One optimizer step over gradient_accumulation_steps micro-batches; its metrics (means over the
+    micro-batches, grad_norm as clipped on the last)."""
+    tr, accelerator = run.cfg.train, run.accelerator
+    sums: dict[str, float] = {}
+    for _ in range(tr.gradient_accumulation_steps):
+        with accelerator.accumulate(run.model):
+            micro = training_step(run.model, run.dataset, run.data_generator, tr, run.token_mask, run.weight_tokenizer,
+                                  run.computer, run.loss_fn, accelerator.device, step)
+            accelerator.backward(micro.pop("_loss"))
+            if accelerator.sync_gradients:
+                micro["grad_norm"] = float(accelerator.clip_grad_norm_(run.model.parameters(), tr.max_grad_norm))
+            run.optimizer.step()
+            if accelerator.sync_gradients:
+                run.scheduler.step()
+            run.optimizer.zero_grad()
+        for k, v in micro.items():
+            sums[k] = sums.get(k, 0.0) + v
+    metrics = {k: v / tr.gradient_accumulation_steps for k, v in sums.items() if k != "grad_norm"}
+    metrics["grad_norm"] = sums["grad_norm"]
+    metrics["learning_rate"] = run.scheduler.get_last_lr()[0]
+    if not math.isfinite(metrics["grad_norm"]):
+        raise LlgbmError(f"train: grad_norm is {metrics['grad_norm']} at step {step}; no checkpoint written")
+    run.loss_fn.step()
+    return metrics
+
+
+def _log(live: Live | None, history: dict[str, list[tuple[int, float]]], step: int, metrics: dict[str, float],
+         summary: bool) -> None:
+    for name in STEP_METRICS:
+        if name in metrics:
+            history[name].append((step, metrics[name]))
+    if live is not None:
+        live.step = step
+        for name in STEP_METRICS:
+            if name in metrics:
+                live.log_metric(name, metrics[name])
+        if summary:
+            live.make_summary()
+
+
+def _finish(run: Run, live: Live | None) -> None:
+    """The final generator and its metadata; no resumable state is left behind."""
+    cfg, paths, accelerator = run.cfg, run.paths, run.accelerator
+    meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
+            "base_fingerprint": run.cache.base_fingerprint, "probes_fingerprint": run.cache.probes.fingerprint(),
+            "encoder": run.embeddings.encoder_name, "steps": cfg.train.steps, "seed": cfg.seed,
+            "training_tasks": [t.name for t in run.training], "heldout_tasks": run.heldout}
+    save_generator(accelerator.unwrap_model(run.model), meta, paths.generator)
+    live.end()
+    # A finished run leaves nothing a later run could resume from by mistake.
+    for finished in _checkpoints(paths.checkpoints):
+        finished.unlink()
+    write_json_atomic(paths.checkpoints / FINISHED, {"step": cfg.train.steps, "provenance": run.provenance})
+    # Beside the metrics, so that an experiment's commit says what ran it (llgbm.study.run_archive keys runs by it).
+    write_json_atomic(paths.live / PROVENANCE, {"libraries": run.provenance["libraries"],
+                                                "precision": run.mixed_precision,
+                                                "processes": accelerator.num_processes,
+                                                "device": accelerator.device.type, "machine": machine_description()})
+
+
+def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_step: int | None = None) -> dict:
+    """Train (or resume) the generator; writes the final generator and returns the last step's metrics.
+
+    stop_after_step ends the run early as a kill would (after that step, without the final outputs);
+    tests use it to check that a resumed run ends where an uninterrupted one does.
+    """
+    run = _set_up(cfg, tasks, paths)
+    accelerator, tr = run.accelerator, cfg.train
+    start, history = _resume(run)
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
     live = None
     if accelerator.is_main_process:
         live = Live(str(paths.live), dvcyaml=False, save_dvc_exp=False, report=None)
@@ -195,43 +294,15 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     progress = tqdm(total=tr.steps, initial=start, desc="train", mininterval=5.0,
                     disable=not accelerator.is_main_process)
     metrics: dict[str, float] = {}
-    model.train()
+    run.model.train()
     for step in range(start + 1, tr.steps + 1):
-        sums: dict[str, float] = {}
-        for _ in range(tr.gradient_accumulation_steps):
-            with accelerator.accumulate(model):
-                micro = training_step(model, dataset, data_generator, tr, token_mask, weight_tokenizer, computer,
-                                      loss_fn, device, step)
-                accelerator.backward(micro.pop("_loss"))
-                if accelerator.sync_gradients:
-                    micro["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), tr.max_grad_norm))
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    scheduler.step()
-                optimizer.zero_grad()
-            for k, v in micro.items():
-                sums[k] = sums.get(k, 0.0) + v
-        metrics = {k: v / tr.gradient_accumulation_steps for k, v in sums.items() if k != "grad_norm"}
-        metrics["grad_norm"] = sums["grad_norm"]
-        metrics["learning_rate"] = scheduler.get_last_lr()[0]
-        if not math.isfinite(metrics["grad_norm"]):
-            raise LlgbmError(f"train: grad_norm is {metrics['grad_norm']} at step {step}; no checkpoint written")
-        loss_fn.step()
-        for name in STEP_METRICS:
-            if name in metrics:
-                history[name].append((step, metrics[name]))
-        if live is not None:
-            live.step = step
-            for name in STEP_METRICS:
-                if name in metrics:
-                    live.log_metric(name, metrics[name])
-            if step % tr.log_interval == 0 or step == tr.steps:
-                live.make_summary()
+        metrics = _optimizer_step(run, step)
+        _log(live, history, step, metrics, summary=step % tr.log_interval == 0 or step == tr.steps)
         progress.update(1)
         progress.set_postfix(loss=f"{metrics['loss_total']:.4f}")
         if step % tr.save_interval == 0 and step < tr.steps:
-            _save_checkpoint(accelerator, paths.checkpoints, step, model, optimizer, scheduler, data_generator,
-                             provenance, history)
+            _save_checkpoint(accelerator, paths.checkpoints, step, run.model, run.optimizer, run.scheduler,
+                             run.data_generator, run.provenance, history)
         if stop_after_step is not None and step >= stop_after_step:
             progress.close()
             accelerator.wait_for_everyone()
@@ -239,20 +310,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
-                "base_fingerprint": cache.base_fingerprint, "probes_fingerprint": cache.probes.fingerprint(),
-                "encoder": embeddings.encoder_name, "steps": tr.steps, "seed": cfg.seed,
-                "training_tasks": [t.name for t in training], "heldout_tasks": list(split.heldout)}
-        save_generator(accelerator.unwrap_model(model), meta, paths.generator)
-        live.end()
-        # A finished run leaves nothing a later run could resume from by mistake.
-        for finished in _checkpoints(paths.checkpoints):
-            finished.unlink()
-        write_json_atomic(paths.checkpoints / FINISHED, {"step": tr.steps, "provenance": provenance})
-        # Beside the metrics, so that an experiment's commit says what ran it (llgbm.study.run_archive keys runs by it).
-        write_json_atomic(paths.live / PROVENANCE, {"libraries": provenance["libraries"], "precision": mixed_precision,
-                                                    "processes": accelerator.num_processes, "device": device.type,
-                                                    "machine": machine_description()})
+        _finish(run, live)
     accelerator.wait_for_everyone()
     return metrics
 

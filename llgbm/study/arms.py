@@ -1,0 +1,87 @@
+"""What an arm of the study is: the knobs that make one and the study's objectives; and how an arm is named
+in the report and the plot, which weight-only arm it is compared with, and where its row goes."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Mapping
+
+# The knobs an arm is made of: top-level params, and `train.lambda_weights` (exp_show and `-S` both name a
+# nested param by its dotted path).
+ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
+            "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights")
+
+# The study's objectives: the knobs that define each, others at params.yaml's values. Training on the
+# behaviour term alone (train.lambda_weights = 0) needs the plain sum: grad_norm balancing scales the
+# behaviour term by the weight term's gradient norm, which is then zero (the config rejects the pair).
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "weight-only": {"lambda_delta": 0.0},
+    "delta": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last"},
+    "per-probe delta": {"behaviour_loss": "delta", "delta_reduce": "per_probe", "delta_layers": "last"},
+    "multi-layer delta": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "all"},
+    "KL": {"behaviour_loss": "kl"},
+    "delta-only": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last",
+                   "train.lambda_weights": 0.0, "loss_balance": "none"},
+    "KL-only": {"behaviour_loss": "kl", "train.lambda_weights": 0.0, "loss_balance": "none"},
+}
+
+# An arm as read back (llgbm.study.experiments.arm_of): (knob, value) pairs in ARM_KEYS' order, hashable.
+Arm = tuple[tuple[str, Any], ...]
+
+
+def objective_of(arm: Mapping[str, Any]) -> str:
+    """An arm's objective in words: weight-only, delta (with its variants), KL, and their "-only" forms."""
+    if not arm.get("lambda_delta"):
+        return "weight-only"
+    only = "-only" if arm.get("train.lambda_weights") == 0 else ""
+    if arm.get("behaviour_loss") == "kl":
+        return f"KL{only}"
+    words = ["per-probe"] if arm.get("delta_reduce") == "per_probe" else []
+    layers = arm.get("delta_layers")
+    if layers == "all":
+        words.append("multi-layer")
+    name = " ".join(words + [f"delta{only}"])
+    if layers not in (None, "last", "all"):
+        name += " at layers " + ", ".join(str(layer) for layer in layers)
+    return name
+
+
+# Knobs the objective's name says (or, for the task count, a column of its own).
+_NAMED_KNOBS = ("behaviour_loss", "delta_reduce", "delta_layers", "max_training_tasks")
+
+
+def arm_knobs(arms: list[Arm]) -> dict[Arm, str]:
+    """Per arm, the knobs its name does not say that differ from the most common value among `arms`."""
+    common = {key: Counter(dict(a)[key] for a in arms).most_common(1)[0][0] for key in ARM_KEYS} if arms else {}
+    knobs = {}
+    for arm in arms:
+        values = dict(arm)
+        objective = objective_of(values)
+        implied = set(_NAMED_KNOBS)
+        if objective == "weight-only":
+            implied.add("lambda_delta")
+        if objective.endswith("-only") or "-only " in objective:
+            implied |= {"train.lambda_weights", "loss_balance"}
+        knobs[arm] = ", ".join(f"{k}={_text(v)}" for k, v in arm if k not in implied and v != common[k])
+    return knobs
+
+
+def _text(value: Any) -> str:
+    return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, tuple) else str(value)
+
+
+def reference_of(arm: Arm, arms: list[Arm]) -> Arm | None:
+    """The weight-only arm with the same max_training_tasks and otherwise the most knobs equal to `arm`'s
+    (with lambda_delta = 0 the behaviour knobs do not train)."""
+    task_count = dict(arm)["max_training_tasks"]
+    candidates = sorted((a for a in arms if objective_of(dict(a)) == "weight-only"
+                         and dict(a)["max_training_tasks"] == task_count), key=str)
+    return max(candidates, key=lambda a: sum(x == y for x, y in zip(a, arm)), default=None)
+
+
+def arm_order(arm: Arm) -> tuple:
+    """Rows by training-task count (all last), then objective in the study's order, then knobs."""
+    values = dict(arm)
+    count = values["max_training_tasks"]
+    objective = objective_of(values)
+    rank = list(OBJECTIVES).index(objective) if objective in OBJECTIVES else len(OBJECTIVES)
+    return (count is None, count or 0, rank, objective, str(arm))

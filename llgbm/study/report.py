@@ -1,0 +1,194 @@
+"""The comparison the study exists to make (`llgbm compare`'s markdown table): each arm's metrics over seeds
+and its paired difference from the weight-only arm of the same training-task count (llgbm.study.stats),
+the testbed's baselines as extra rows, then how to read it and which runs failed."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from llgbm.study.arms import Arm, arm_knobs, arm_order, objective_of, reference_of
+from llgbm.study.experiments import (
+    COUNT_METRICS,
+    DIAGNOSTIC_BASELINES,
+    KEY_METRICS,
+    Run,
+    diagnostics_by_count,
+    failed_seeds,
+    group_runs,
+    metric_value,
+)
+from llgbm.study.stats import detectable_difference, mean_ci, paired_difference
+
+RANGE_METRICS = ("weight_norm_ratio",)  # reported as their range over seeds (`_range_cell`)
+PAIRED_METRICS = ("heldout_accuracy", "seen_accuracy")
+DETECTION_POWER = 0.8  # of the detectable held-out difference: could these seeds have shown an effect at all?
+
+
+# --- cells ------------------------------------------------------------------------------------------
+
+def _mean_cell(values: list[float], seeds: int) -> str:
+    if not values:
+        return "—"
+    mean, half = mean_ci(values)
+    text = f"{mean:.3f} ± {half:.3f}" if half is not None else f"{mean:.3f} (1 seed, no CI)"
+    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
+
+
+def _range_cell(values: list[float], seeds: int) -> str:
+    """A ratio that can span orders of magnitude across seeds: its range, not a t interval."""
+    if not values:
+        return "—"
+    low, high = min(values), max(values)
+    text = f"{low:.3g}" if low == high else f"{low:.3g}–{high:.3g}"
+    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
+
+
+def _paired(bucket: dict[int, Run], reference: dict[int, Run], metric: str) -> tuple[float, float | None, int] | None:
+    values = {s: r.metrics[metric] for s, r in bucket.items() if r.metrics[metric] is not None}
+    base = {s: r.metrics[metric] for s, r in reference.items() if r.metrics[metric] is not None}
+    return paired_difference(values, base)
+
+
+def _paired_cell(result: tuple[float, float | None, int] | None) -> str:
+    if result is None:
+        return "no common seed"
+    mean, half, n = result
+    if half is None:
+        return f"{mean:+.3f} (1 seed, no CI)"
+    return f"{mean:+.3f} ± {half:.3f} ({n} seeds)"
+
+
+def _detectable_cell(result: tuple[float, float | None, int] | None) -> str:
+    """The paired difference this arm's seeds could have shown (80% power), from its own spread."""
+    if result is None or result[1] is None:
+        return "—"
+    return f"{detectable_difference(result[1], result[2], DETECTION_POWER):.3f}"
+
+
+def _counts_cell(values: list[int | None]) -> str:
+    """A count over seeds: the one value, a range where seeds differ, "?" where a run did not record it."""
+    if not values or any(v is None for v in values):
+        return "?"
+    low, high = min(values), max(values)  # type: ignore[type-var]
+    return str(low) if low == high else f"{low}–{high}"
+
+
+def _task_count_text(count: int | None) -> str:
+    return "all" if count is None else str(count)
+
+
+# --- rows -------------------------------------------------------------------------------------------
+
+def _diagnostic_rows(runs: list[Run], fallback: Mapping[str, Any] | None, width: int) -> list[str]:
+    """The testbed's baselines as extra rows: per max_training_tasks where the diagnostics differ between
+    counts, once ("any") where they do not; from `fallback` (the workspace's diagnostics) if no run has them."""
+    by_count = diagnostics_by_count(runs, lambda run: dict(run.arm)["max_training_tasks"])
+    if by_count:
+        tables = {_task_count_text(c): v for c, v in sorted(by_count.items(), key=lambda i: (i[0] is None, i[0] or 0))}
+        distinct = {str(sorted((k, sorted(set(v))) for k, v in table.items())) for table in tables.values()}
+        if len(distinct) == 1:
+            tables = {"any": next(iter(tables.values()))}
+    elif fallback:
+        tables = {"workspace": {k: [float(v)] for k, v in fallback.items() if metric_value(v) is not None}}
+    else:
+        return []
+
+    def cell(values: list[float] | None) -> str:
+        if not values:
+            return "—"
+        low, high = min(values), max(values)
+        return f"{low:.3f}" if low == high else f"{low:.3f}–{high:.3f}"
+
+    lines = []
+    for count, table in tables.items():
+        for name, (heldout, seen_metric) in DIAGNOSTIC_BASELINES.items():
+            if heldout not in table:
+                continue
+            cells = [f"baseline: {name}", "testbed diagnostics", count, "—", "—",
+                     cell(table.get(heldout)), cell(table.get(seen_metric) if seen_metric else None)]
+            lines.append("| " + " | ".join(cells + ["—"] * (width - len(cells))) + " |")
+    return lines
+
+
+def _header() -> list[str]:
+    return ["arm", "knobs", "max training tasks", "seeds", "tasks (held-out / seen)",
+            *(KEY_METRICS[m][0] for m in ("heldout_accuracy", "seen_accuracy", "heldout_gain_share")),
+            "gain share defined (per seed)",
+            *(KEY_METRICS[m][0] for m in ("heldout_cosine", "heldout_cosine_centred", "weight_norm_ratio")),
+            *(f"Δ {KEY_METRICS[m][0]} vs weight-only (paired)" for m in PAIRED_METRICS),
+            f"Δ held-out accuracy detectable ({DETECTION_POWER:.0%} power)"]
+
+
+def _arm_row(arm: Arm, groups: dict[Arm, dict[int, Run]], failed: dict[Arm, dict[int, Run]], knobs: str) -> str:
+    """One arm's row: its metrics over seeds, then its paired differences from its weight-only reference."""
+    bucket = groups.get(arm, {})
+    reference = reference_of(arm, list(groups))
+    if reference is None:
+        diffs = ["no weight-only run"] * (len(PAIRED_METRICS) + 1)
+    elif reference == arm:
+        diffs = ["reference"] * (len(PAIRED_METRICS) + 1)
+    else:
+        paired = {m: _paired(bucket, groups[reference], m) for m in PAIRED_METRICS}
+        diffs = [*(_paired_cell(paired[m]) for m in PAIRED_METRICS), _detectable_cell(paired["heldout_accuracy"])]
+    n, n_failed = len(bucket), len(failed.get(arm, {}))
+    # .get: a run archived before a metric joined the report lacks it
+    metric_cells = {m: (_range_cell if m in RANGE_METRICS else _mean_cell)(
+                        [r.metrics[m] for r in bucket.values() if r.metrics.get(m) is not None], n)
+                    for m in KEY_METRICS}
+    counts = {c: [r.counts[c] for r in bucket.values()] for c in COUNT_METRICS}
+    seeds_cell = f"{n} (+{n_failed} failed)" if n_failed else str(n)
+    cells = [objective_of(dict(arm)), knobs or "—", _task_count_text(dict(arm)["max_training_tasks"]), seeds_cell,
+             f"{_counts_cell(counts['heldout_tasks'])} / {_counts_cell(counts['seen_tasks'])}",
+             metric_cells["heldout_accuracy"], metric_cells["seen_accuracy"], metric_cells["heldout_gain_share"],
+             _counts_cell(counts["gain_defined"]), metric_cells["heldout_cosine"],
+             metric_cells["heldout_cosine_centred"], metric_cells["weight_norm_ratio"], *diffs]
+    return "| " + " | ".join(cells) + " |"
+
+
+# --- notes under the table --------------------------------------------------------------------------
+
+_HOW_TO_READ = (
+    "Each cell: mean ± half-width of the 95% Student's t interval over seeds (df = seeds - 1). The Δ columns "
+    "pair each arm with the weight-only arm of the same max training tasks by seed: only seeds present in "
+    "both count (their number shown), and the interval is that of the mean per-seed difference. "
+    f"Detectable: the true held-out difference a two-sided 5% paired t test over those seeds would find "
+    f"with {DETECTION_POWER:.0%} power, (t(0.975) + t({DETECTION_POWER:g})) x sd / sqrt(seeds) from the arm's "
+    "own per-seed differences: an interval around 0 rules out effects of about that size, not smaller "
+    "ones. Tasks: "
+    "the held-out and seen tasks each mean covers, from the evaluation's `heldout.tasks` / `seen.tasks` "
+    "(? where a run did not record them). Delta cosine on the evaluation probe set, raw and centred on "
+    "the mean training-teacher delta. Weight norm: the generated weights' norm over their teachers' in the "
+    "last training batch (`weight_norm_ratio` of `results/train/metrics.json`), its range over seeds. "
+    "Baseline rows: the testbed's diagnostics "
+    "(`results/diagnostics/metrics.json`; no seed, so no interval; a range where runs differ). "
+    "Training curves side by side: `dvc plots diff <experiment names>`.")
+
+
+def _failure_notes(arms: list[Arm], failed: dict[Arm, dict[int, Run]], knobs: dict[Arm, str]) -> list[str]:
+    """The failed runs, one line each with why it stopped."""
+    notes = ["", "Failed runs (the seeds counted as failed above; no metric of theirs is in any mean or "
+             "difference, so an arm's numbers cover only the seeds that finished):"]
+    for arm in arms:
+        for seed, run in sorted(failed.get(arm, {}).items()):
+            label = objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs[arm] else "")
+            notes.append(f"- {label}, max training tasks {_task_count_text(dict(arm)['max_training_tasks'])}, "
+                         f"seed {seed} ({run.name}): {run.failure}")
+    return notes
+
+
+def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] | None = None) -> str:
+    """The markdown table: each arm's metrics over seeds and its paired difference from the weight-only arm
+    of its training-task count, then the testbed's baselines as extra rows, then how to read it. `runs` are
+    of one key (llgbm.study.run_archive): runs made by other code or params are not comparable."""
+    groups, failed = group_runs(runs), failed_seeds(runs)
+    if not groups and not failed:
+        return "No finished experiments with evaluation metrics.\n"
+    arms = sorted(set(groups) | set(failed), key=arm_order)
+    knobs = arm_knobs(arms)
+    header = _header()
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += [_arm_row(arm, groups, failed, knobs[arm]) for arm in arms]
+    lines += _diagnostic_rows(runs, diagnostics_fallback, len(header))
+    notes = ["", _HOW_TO_READ]
+    if failed:
+        notes += _failure_notes(arms, failed, knobs)
+    return "\n".join(lines + notes) + "\n"
