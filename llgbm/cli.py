@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
-from pathlib import Path
 
 from llgbm.config import load_config
 from llgbm.infra.errors import LlgbmError
@@ -47,138 +44,34 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _grid(args: argparse.Namespace) -> None:
     from llgbm.config import to_dict
-    from llgbm.study.experiments import knob_defaults, queue_grid, study_arms
+    from llgbm.study.grid import knob_defaults, queue_grid, queued_or_done, study_arms
 
     defaults = knob_defaults(to_dict(load_config(args.params)), args.params)
     arms = study_arms(defaults, args.study, args.params)
     have = None
     if args.missing:
-        from llgbm.study.experiments import collect_runs, exp_rows, pending_runs
-        from llgbm.study.run_archive import DEFAULT_ARCHIVE, keyed, load_archive, workspace_key
-
-        archived = load_archive(DEFAULT_ARCHIVE)
-        rows = exp_rows(".")
-        key = workspace_key(".")
-        # A failed (arm, seed) is not queued again: the same code and params would fail the same way.
-        done = [r for r in archived + keyed(collect_runs(rows), ".")[0] if r.key == key]
-        pending = pending_runs(rows)
-        have = {(r.arm, r.seed) for r in done} | pending
-        print(f"--missing: {len({(r.arm, r.seed) for r in done if r.failure is None})} finished and "
-              f"{len({(r.arm, r.seed) for r in done if r.failure is not None})} failed runs of key {key}, "
-              f"{len(pending)} queued or running, are not queued again")
+        have, said = queued_or_done(".")
+        print(said)
     for line in queue_grid(args.seeds, args.dry_run, arms, have):
         print(line)
 
 
-def _compare_command(args: argparse.Namespace) -> str:
-    """The command line that regenerates what this `llgbm compare` writes (from the archive: --record is
-    not needed again)."""
-    words = ["llgbm", "compare"]
-    if args.repo != ".":
-        words += ["--repo", args.repo]
-    if args.rev:
-        words += ["--rev", *args.rev]
-    for option in ("runs", "key", "out", "readme", "plot"):
-        if getattr(args, option):
-            words += [f"--{option}", str(getattr(args, option))]
-    return shlex.join(words)
-
-
 def _compare(args: argparse.Namespace) -> None:
-    from llgbm.infra.io import read_json, read_text, write_bytes_atomic
-    from llgbm.infra.provenance import machine_description
-    from llgbm.study.experiments import (
-        DEFAULT_PLOT,
-        DIAGNOSTICS,
-        chance_level,
-        collect_runs,
-        comparison_report,
-        exp_rows,
-        experiment_commits,
-        failure_reasons,
-        heldout_vs_tasks,
-        readme_block,
-        reference_points,
-        replace_marked,
-        study_seeds,
-        write_plot,
-    )
-    from llgbm.study.run_archive import (
-        DEFAULT_ARCHIVE,
-        archive_notes,
-        keyed,
-        load_archive,
-        merge_runs,
-        new_failures,
-        save_archive,
-        workspace_key,
-    )
+    from llgbm.study.compare import compare
 
-    readme = Path(args.readme) if args.readme else None
-    readme_text = read_text(readme, "README") if readme else None
-    if readme_text is not None:
-        replace_marked(readme_text, "", str(readme))  # no markers: stop before the slow part
-    archive = Path(args.runs) if args.runs else Path(args.repo) / DEFAULT_ARCHIVE
-    archived = load_archive(archive)  # a bad archive: stop before the slow part too
-    rows = exp_rows(args.repo, args.rev)  # not a DVC repository: say that first
-    key = args.key or workspace_key(args.repo)
-    new, unkeyed = keyed(collect_runs(rows), args.repo)
-    # Why a run failed lives in DVC's queue log, on this machine only: read once, then kept in the archive.
-    failures = new_failures(archived, new)
-    explained = dict(zip(map(id, failures), failure_reasons(failures, args.repo)))
-    runs, disagreements = merge_runs(archived, [explained.get(id(r), r) for r in new])
-    if args.record:
-        save_archive(archive, runs)
-        print(f"recorded {len(runs) - len(archived)} new runs in {archive} ({len(runs)} in all)")
-    selected = [run for run in runs if run.key == key]
-    workspace_diagnostics = Path(args.repo) / DIAGNOSTICS
-    fallback = read_json(workspace_diagnostics, "diagnostics metrics") if workspace_diagnostics.is_file() else None
-    report = comparison_report(selected, fallback) + archive_notes(key, runs, unkeyed, disagreements, archive)
-    print(report, end="")
-    if args.out:
-        write_bytes_atomic(Path(args.out), report.encode())
-    plot = Path(args.plot) if args.plot else (readme.parent / DEFAULT_PLOT if readme else None)
-    plotted = False
-    if plot is not None:
-        series = heldout_vs_tasks(selected)
-        if series:
-            write_plot(series, chance_level(selected, fallback), plot, reference_points(selected))
-            plotted = True
-            print(f"wrote {plot}")
-        else:
-            print(f"no plot: no finished run with a known number of training tasks (not written: {plot})")
-    if readme is not None and readme_text is not None:
-        block = readme_block(report, machine=machine_description(), seeds=study_seeds(selected),
-                             commits=experiment_commits(args.repo, selected), command=_compare_command(args),
-                             plot=Path(os.path.relpath(plot, readme.parent)).as_posix() if plotted and plot else None)
-        write_bytes_atomic(readme, replace_marked(readme_text, block, str(readme)).encode())
-        print(f"wrote the results between the markers of {readme}")
+    compare(repo=args.repo, revs=args.rev, runs=args.runs, record=args.record, key=args.key, out=args.out,
+            readme=args.readme, plot=args.plot, echo=lambda text: print(text, end=""))
 
 
 def _diagnostics_table(args: argparse.Namespace) -> None:
-    from llgbm.infra.io import read_text, write_bytes_atomic
-    from llgbm.infra.paths import DIAGNOSTICS_REPORT
-    from llgbm.infra.provenance import machine_description
-    from llgbm.study.experiments import replace_marked, resolve_commit
+    from llgbm.study.diagnostics_table import diagnostics_table
 
-    readme = Path(args.readme)
-    readme_text = read_text(readme, "README")
-    replace_marked(readme_text, "", str(readme), "diagnostics")  # no markers: stop before reading anything else
-    report = read_text(Path(args.repo) / DIAGNOSTICS_REPORT, "diagnostics report; run `dvc repro diagnostics`")
-    table = report.split("\n", 1)[1].strip() if report.startswith("# ") else report.strip()  # its title is README's
-    command = shlex.join(["llgbm", "diagnostics-table", "--readme", args.readme]
-                         + (["--repo", args.repo] if args.repo != "." else []))
-    block = "\n".join([f"_Written by `{command}` from `{DIAGNOSTICS_REPORT}` (the `diagnostics` stage); edit the "
-                       "command, not this text._", "", f"- machine: {machine_description()}",
-                       f"- workspace commit: {resolve_commit(args.repo, 'HEAD') or 'unknown (no git commit)'}", "",
-                       table])
-    write_bytes_atomic(readme, replace_marked(readme_text, block, str(readme), "diagnostics").encode())
-    print(f"wrote the diagnostics table between the markers of {readme}")
+    print(diagnostics_table(args.readme, args.repo))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llgbm")
-    commands = parser.add_subparsers(dest="command", required=True)
+# --- the parser: one function per subcommand --------------------------------------------------------
+
+def _add_generate(commands: argparse._SubParsersAction) -> None:
     generate = commands.add_parser("generate", help="write a PEFT adapter generated from a file of prompts")
     generate.add_argument("--generator", required=True, help="a trained generator directory (models/generator)")
     generate.add_argument("--prompts", required=True, help=".txt (one per line), .json or .jsonl")
@@ -188,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="replace --out if it holds an adapter llgbm wrote (never anything else)")
     generate.add_argument("--base", default=None, help="base model directory (default: the one it was trained on)")
     generate.set_defaults(run=_generate)
+
+
+def _add_grid(commands: argparse._SubParsersAction) -> None:
     grid = commands.add_parser(
         "grid", help="queue issue 11's study (or the old ablation grid) as DVC experiments",
         description="Queue one `dvc exp run --queue` per arm, swept over --seeds; other knobs at --params' values. "
@@ -205,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="queue only the (arm, seed) runs that the run archive and DVC's experiments lack for the "
                            "workspace's key (finished, failed, queued or running ones are not queued again)")
     grid.set_defaults(run=_grid)
+
+
+def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser(
         "compare", help="report each arm against the weight-only arm, paired by seed",
         description="Finished runs (the run archive and the DVC experiments) of one key, grouped by arm: mean "
@@ -229,11 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="write held-out accuracy against training tasks here (PNG; default with --readme: "
                               "results/compare/heldout_vs_tasks.png beside it)")
     compare.set_defaults(run=_compare)
+
+
+def _add_diagnostics_table(commands: argparse._SubParsersAction) -> None:
     diagnostics = commands.add_parser("diagnostics-table",
                                       help="put the diagnostics stage's table between README's diagnostics markers")
     diagnostics.add_argument("--readme", default="docs/results.md")
     diagnostics.add_argument("--repo", default=".", help="the workspace whose results/diagnostics/report.md is read")
     diagnostics.set_defaults(run=_diagnostics_table)
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks; each prints one JSON object")
     bench_kinds = bench.add_subparsers(dest="kind", required=True)
     delta = bench_kinds.add_parser("delta", help="batched delta vs one-at-a-time, PEFT and the base-model floor")
@@ -256,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     teachers.add_argument("--tasks", type=int, default=None, help="the first N tasks of params (default: all)")
     teachers.add_argument("--steps", type=int, default=40)
     teachers.set_defaults(run=_bench_teachers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llgbm")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_generate, _add_grid, _add_compare, _add_diagnostics_table, _add_bench):
+        add(commands)
     return parser
 
 

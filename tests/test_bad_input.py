@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +36,6 @@ class Case:
     build: Callable[[Path, dict], list[str]]  # (case dir, world) -> command after `python`, run in case dir
     expect: tuple[str, ...]  # fragments of the one error line; at least one names the file or key
     needs: str | None = None  # a conftest fixture the build reads (e.g. "micro", "micro_train_inputs", "micro_generator")
-    marks: list = field(default_factory=list)
 
 
 # --- entry points -----------------------------------------------------------------------------------
@@ -359,7 +358,7 @@ def run_case(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES])
 def test_bad_input_is_one_line_error_and_writes_nothing(case: Case, tmp_path: Path,
                                                          request: pytest.FixtureRequest) -> None:
     world = request.getfixturevalue(case.needs) if case.needs else {}

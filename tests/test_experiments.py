@@ -6,28 +6,16 @@ from pathlib import Path
 import pytest
 
 import llgbm.study.experiments as experiments
+import llgbm.study.grid as grid
 import llgbm.study.run_archive as run_archive
 from llgbm.cli import main
 from llgbm.infra.errors import LlgbmError
-from llgbm.study.experiments import (
-    README_BEGIN,
-    README_END,
-    collect_runs,
-    comparison_report,
-    failure_reasons,
-    failure_text,
-    grid_arms,
-    heldout_vs_tasks,
-    knob_defaults,
-    objective_of,
-    queue_commands,
-    queue_grid,
-    reference_points,
-    replace_marked,
-    study_arms,
-    training_task_count,
-    write_plot,
-)
+from llgbm.study.arms import objective_of
+from llgbm.study.blocks import README_BEGIN, README_END, replace_marked
+from llgbm.study.experiments import collect_runs, failure_reasons, failure_text
+from llgbm.study.grid import grid_arms, knob_defaults, queue_commands, queue_grid, study_arms
+from llgbm.study.plot import heldout_vs_tasks, reference_points, training_task_count, write_plot
+from llgbm.study.report import comparison_report
 from llgbm.study.run_archive import DEFAULT_ARCHIVE, save_archive
 from llgbm.study.stats import mean_ci
 
@@ -62,7 +50,7 @@ def test_ablation_grid_covers_the_spec_once_each() -> None:
 def no_dvc(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a dry run called a subprocess")
-    monkeypatch.setattr(experiments.subprocess, "run", refuse)
+    monkeypatch.setattr(grid.subprocess, "run", refuse)
 
 
 def _queued(study: str) -> list[str]:
@@ -109,7 +97,7 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
             {**_row("running", 4, None, lambda_delta=0.0), "State": "Running"}]
     assert experiments.pending_runs(rows) == {(experiments.arm_of(weight_only), 3), (experiments.arm_of(weight_only), 4)}
     have = experiments.pending_runs(rows) | {(experiments.arm_of(delta), 0)}
-    assert experiments.missing_seeds([weight_only, delta], [0, 3, 4], have) == [(weight_only, [0]), (delta, [3, 4])]
+    assert grid.missing_seeds([weight_only, delta], [0, 3, 4], have) == [(weight_only, [0]), (delta, [3, 4])]
     assert queue_grid([3, 4], True, [weight_only], have) == []
     assert queue_grid([0, 3], True, [delta], have)[0].endswith(" -S seed=3")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import llgbm.study.arms as arms
 import llgbm.study.experiments as experiments
 from llgbm.cli import main
 from llgbm.infra.errors import LlgbmError
@@ -89,7 +90,7 @@ def _write_run(repo: Path, lock: dict, params: dict, provenance: dict | None) ->
 
 def _run(name: str, seed: int, heldout: float, rev: str | None = None, key: str | None = None) -> Run:
     arm = tuple((k, (0, 1) if k == "delta_layers" else None if k == "max_training_tasks" else 1.0)
-                for k in experiments.ARM_KEYS)
+                for k in arms.ARM_KEYS)
     return Run(arm=arm, seed=seed, metrics={"heldout_accuracy": heldout, "seen_accuracy": 0.5}, counts={},
                train_tasks=None, diagnostics={"heldout_chance_mean": 0.1}, baseline="main", name=name, rev=rev,
                key=key)

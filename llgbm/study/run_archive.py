@@ -23,7 +23,8 @@ import yaml
 
 from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.infra.io import read_json, read_text, sha256_json, write_json_atomic
-from llgbm.study.experiments import ARM_KEYS, Run, _param, resolve_commit
+from llgbm.study.arms import ARM_KEYS
+from llgbm.study.experiments import Run, _param, resolve_commit
 
 FORMAT = 1
 DEFAULT_ARCHIVE = Path("results/study/runs.json")
