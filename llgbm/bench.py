@@ -33,6 +33,7 @@ from llgbm.core.losses import MultiTaskLoss
 from llgbm.core.weight_tokens import WeightTokenizer
 from llgbm.data.batching import GeneratorDataset
 from llgbm.data.tasks import make_tasks, pretraining_texts, vocabulary
+from llgbm.infra.paths import TASK_FILES_DIR
 from llgbm.recipes.base import prepare_base
 from llgbm.recipes.teachers import train_teacher, train_teachers_together
 from llgbm.recipes.train import training_step
@@ -274,7 +275,7 @@ def bench_teachers(cfg: Config, task_count: int | None, steps: int) -> dict:
     bench_cfg = copy.deepcopy(cfg)
     bench_cfg.teachers.steps, bench_cfg.teachers.checkpoints_per_task, bench_cfg.teachers.checkpoint_interval = steps, 1, 1
     bench_cfg.base.pretrain_steps = 0
-    tasks = make_tasks(bench_cfg.tasks)[:task_count]
+    tasks = make_tasks(bench_cfg.tasks, TASK_FILES_DIR)[:task_count]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         prepare_base(bench_cfg.base, vocabulary(tasks), pretraining_texts(bench_cfg.tasks, tasks, bench_cfg.base.pretrain_texts,

@@ -6,6 +6,7 @@ wrong types and unknown option names are rejected at load time with the key name
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from llgbm.data.tasks import (
 )
 from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.infra.io import read_text
+from llgbm.infra.paths import TASK_FILES_DIR
+
+BELOW_BAR = ("fail", "warn")
 
 
 @dataclass
@@ -45,7 +49,8 @@ class TeachersConfig:
     learning_rate: float = 5e-3
     checkpoints_per_task: int = 3  # the last K snapshots of each task's trajectory
     checkpoint_interval: int = 20
-    min_accuracy: float = 0.9  # the stage fails if a checkpoint is below this on held-out records
+    min_accuracy: float = 0.9  # the bar: every checkpoint's accuracy on its own task's test records
+    below_bar: str = "fail"  # a teacher below the bar: "fail" the stage (nothing kept) or "warn" and keep all
     # Teachers trained together: this many tasks' LoRAs share one batched forward of the frozen base.
     tasks_per_batch: int = 64
 
@@ -171,6 +176,8 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
             raise LlgbmError(f"{source}: '{key}' must be a list, got {value!r}")
         return [_coerce(item, v, key, source) for v in value]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # YAML's .inf and .nan are floats no knob of ours can take
+            raise LlgbmError(f"{source}: '{key}' must be a finite number, got {value!r}")
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -229,6 +236,10 @@ def _validate_tasks(cfg: Config, source: str) -> None:
     elif cfg.tasks.source == "files":
         if not cfg.tasks.files:
             raise LlgbmError(f"{source}: 'tasks.files' is empty but tasks.source is 'files'")
+        for name in cfg.tasks.files:
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise LlgbmError(f"{source}: 'tasks.files' entry '{name}' must be a file name inside {TASK_FILES_DIR}/ "
+                                 "(the folder DVC tracks for the tasks stage)")
     else:
         raise LlgbmError(f"{source}: 'tasks.source' is '{cfg.tasks.source}', expected builtin or files")
     if not 0.0 < cfg.tasks.test_fraction < 1.0:
@@ -251,7 +262,8 @@ def _validate_base(cfg: Config, source: str) -> None:
     if not 0.0 <= cfg.base.pretrain_primitive_share <= 1.0:
         raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' must be in [0, 1]")
     if cfg.base.pretrain_primitive_share > 0 and not (cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional"):
-        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' needs tasks.family 'compositional' (built-in)")
+        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' needs tasks.family 'compositional' (built-in); "
+                         "set it to 0 for other tasks")
     _check_positive(cfg.lora.rank, "lora.rank", source)
     _check_positive(cfg.lora.alpha, "lora.alpha", source)
     if not cfg.lora.target_modules:
@@ -263,6 +275,7 @@ def _validate_teachers(cfg: Config, source: str) -> None:
     t = cfg.teachers
     for key in ("steps", "batch_size", "learning_rate", "checkpoints_per_task", "checkpoint_interval", "tasks_per_batch"):
         _check_positive(getattr(t, key), f"teachers.{key}", source)
+    _check_choice(t.below_bar, BELOW_BAR, "teachers.below_bar", source)
     if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
         raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
     for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "probe_prompts", "ridge_penalty",
@@ -276,6 +289,9 @@ def _validate_probes(cfg: Config, source: str) -> None:
         _check_choice(probe_type, PROBE_TYPES, "probes.types", source)
     if not cfg.probes.types:
         raise LlgbmError(f"{source}: 'probes.types' is empty")
+    if "generic" in cfg.probes.types and cfg.tasks.source != "builtin":
+        raise LlgbmError(f"{source}: 'probes.types' has 'generic', whose texts exist for the built-in tasks only; "
+                         "use [task] with tasks.source files")
     _check_choice(cfg.probes.template, PROBE_TEMPLATES, "probes.template", source)
     _check_positive(cfg.probes.max_length, "probes.max_length", source)
     _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
@@ -283,7 +299,10 @@ def _validate_probes(cfg: Config, source: str) -> None:
 
 def _validate_split(cfg: Config, source: str) -> None:
     """heldout_tasks and max_training_tasks, against the built-in family's names (task files
-    are checked by the split stage, which reads them)."""
+    are checked by the check stage, which reads them)."""
+    repeated = sorted({name for name in cfg.heldout_tasks if cfg.heldout_tasks.count(name) > 1})
+    if repeated:
+        raise LlgbmError(f"{source}: 'heldout_tasks' names {repeated} more than once")
     if cfg.max_training_tasks is not None:
         _check_positive(cfg.max_training_tasks, "max_training_tasks", source)
     if cfg.tasks.source == "builtin":

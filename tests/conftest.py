@@ -64,12 +64,13 @@ def micro_config(**overrides: object) -> Config:
 def micro(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """tasks, base model and teacher checkpoints of the micro configuration, built once per session."""
     from llgbm.data.tasks import make_tasks, pretraining_texts, vocabulary
+    from llgbm.infra.paths import TASK_FILES_DIR
     from llgbm.recipes.base import prepare_base
     from llgbm.recipes.teachers import train_all_teachers
 
     root = tmp_path_factory.mktemp("micro")
     cfg = micro_config()
-    tasks = make_tasks(cfg.tasks)
+    tasks = make_tasks(cfg.tasks, TASK_FILES_DIR)
     texts = pretraining_texts(cfg.tasks, tasks, cfg.base.pretrain_texts, cfg.base.pretrain_primitive_share)
     prepare_base(cfg.base, vocabulary(tasks), texts, root / "base")
     micro_split(cfg, tasks).save(root / "split.json")

@@ -62,10 +62,17 @@ def params(d: Path, **overrides: object) -> None:
 
 
 def task_files(d: Path, content: str | bytes, name: str = "task.jsonl") -> list[str]:
-    """params.yaml naming one user task file, and the tasks stage to read it."""
-    params(d, tasks={"source": "files", "files": [name]}, heldout_tasks=[])
-    write(d / name, content)
+    """params.yaml naming one user task file (in data/tasks/), and the tasks stage to read it."""
+    params(d, tasks={"source": "files", "files": [name]}, heldout_tasks=[], probes={"types": ["task"]},
+           base={**MICRO_PARAMS["base"], "pretrain_primitive_share": 0.0})
+    write(d / "data" / "tasks" / name, content)
     return stage("tasks")
+
+
+def truncated_embeddings(d: Path, w: dict) -> list[str]:
+    path = train_workspace(d, w) / "cache" / "embeddings" / "embeddings.safetensors"
+    path.write_bytes(path.read_bytes()[:40])
+    return stage("train")
 
 
 def tasks_json(d: Path, content: str | bytes) -> list[str]:
@@ -218,8 +225,27 @@ CASES = [
          ("checkpoints/train/step-000010.pt", "unreadable training checkpoint"), needs="micro_train_inputs"),
     # user task files (tasks stage)
     Case("task-file-missing", lambda d, w: (params(d, tasks={"source": "files", "files": ["nope.jsonl"]},
-                                                   heldout_tasks=[]), stage("tasks"))[1],
-         ("nope.jsonl", "not found")),
+                                                   heldout_tasks=[], probes={"types": ["task"]}), stage("tasks"))[1],
+         ("data/tasks/nope.jsonl", "not found")),
+    Case("task-file-outside-the-folder", lambda d, w: (params(d, tasks={"source": "files", "files": ["../x.jsonl"]},
+                                                              heldout_tasks=[]), stage("check"))[1],
+         ("'tasks.files'", "data/tasks/")),
+    Case("generic-probes-with-task-files", lambda d, w: (params(d, tasks={"source": "files", "files": ["a.jsonl"]},
+                                                                heldout_tasks=[]), stage("check"))[1],
+         ("'probes.types'", "generic")),
+    # checked before any stage runs (the check stage)
+    Case("lora-target-matches-nothing", lambda d, w: (params(d, lora={**MICRO_PARAMS["lora"],
+                                                                      "target_modules": ["no_such_proj"]}),
+                                                      stage("check"))[1], ("lora.target_modules", "no_such_proj")),
+    Case("heldout-named-twice", lambda d, w: (params(d, heldout_tasks=["largest", "largest"]), stage("check"))[1],
+         ("'heldout_tasks'", "more than once")),
+    Case("lambda-delta-infinite", lambda d, w: (write(d / "params.yaml", yaml.safe_dump(MICRO_PARAMS) + "lambda_delta: .inf\n"),
+                                                stage("check"))[1], ("'lambda_delta'", "finite")),
+    Case("heldout-not-a-task-file", lambda d, w: (task_files(d, ''.join(f'{{"prompt": "p{i}", "response": "b"}}\n' for i in range(6))),
+                                                  params(d, tasks={"source": "files", "files": ["task.jsonl"]},
+                                                         heldout_tasks=["tusk"], probes={"types": ["task"]},
+                                                         base={**MICRO_PARAMS["base"], "pretrain_primitive_share": 0.0}),
+                                                  stage("check"))[2], ("heldout_tasks", "'tusk'", "its tasks: task")),
     Case("task-file-not-utf8", lambda d, w: task_files(d, b'{"prompt": "\xff", "response": "a"}\n'),
          ("task.jsonl", "UTF-8")),
     Case("task-jsonl-bad-line", lambda d, w: task_files(d, '{"prompt": "a", "response": "b"}\n{"prompt": \n'),
@@ -270,6 +296,12 @@ CASES = [
     Case("prompts-jsonl-record-no-prompt", lambda d, w: generate(
         d, w, prompt_file=prompts(d, w, "p.jsonl", '{"prompt": "a"}\n{"text": "b"}\n')), ("p.jsonl", "line 2", "'prompt'"),
         needs="micro_generator"),
+    Case("prompts-a-directory", lambda d, w: generate(d, w, prompt_file=d), ("is a directory", "prompt file"),
+         needs="micro_generator"),
+    Case("generator-is-an-adapter", lambda d, w: generate(d, w, gen=checkpoint_dirs(Path(w["teachers"]))[0]),
+         ("not a generator", "models/generator"), needs="micro_generator"),
+    Case("train-embeddings-truncated", truncated_embeddings, ("embeddings.safetensors", "unreadable embeddings"),
+         needs="micro_train_inputs"),
     Case("prompts-too-few", lambda d, w: generate(d, w, prompt_file=prompts(d, w, content="one prompt\n")),
          ("prompts.txt", "1 prompts"), needs="micro_generator"),
     # generate: generator directories

@@ -15,6 +15,7 @@ from llgbm.data.probes import (
 )
 from llgbm.data.tasks import make_tasks, vocabulary
 from llgbm.infra.errors import LlgbmError
+from llgbm.infra.paths import TASK_FILES_DIR
 
 from .conftest import micro_config, micro_training
 
@@ -22,7 +23,7 @@ from .conftest import micro_config, micro_training
 @pytest.fixture(scope="module")
 def world():
     cfg = micro_config()
-    tasks = make_tasks(cfg.tasks)
+    tasks = make_tasks(cfg.tasks, TASK_FILES_DIR)
     tokenizer = build_tiny_tokenizer(vocabulary(tasks))
     return cfg, tasks, tokenizer
 

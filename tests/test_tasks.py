@@ -67,7 +67,7 @@ def test_user_task_files(tmp_path) -> None:
     (tmp_path / "qa.json").write_text(json.dumps({"name": "qa", "options": ["yes", "no"],
                                                   "train": [{"prompt": "a?", "response": "yes"}],
                                                   "test": [{"prompt": "b?", "response": "no"}]}))
-    tasks = make_tasks(TasksConfig(source="files", files=[str(tmp_path / "reviews.jsonl"), str(tmp_path / "qa.json")]))
+    tasks = make_tasks(TasksConfig(source="files", files=["reviews.jsonl", "qa.json"]), tmp_path)
     reviews, qa = tasks
     assert reviews.name == "reviews" and len(reviews.train) == 16 and len(reviews.test) == 4
     assert reviews.options == ("bad", "good")

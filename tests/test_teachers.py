@@ -37,8 +37,18 @@ def test_bar_names_the_weakest_task() -> None:
     assert summary["teacher_accuracy_min"] == 0.85
     assert summary["base_accuracy_max_distance_from_chance"] == pytest.approx(0.2)
     check_bar(summary, 0.8)
-    with pytest.raises(LlgbmError, match="task 'b' has a checkpoint at held-out accuracy 0.850"):
+    with pytest.raises(LlgbmError, match=r"1 of 2 tasks .* below teachers.min_accuracy 0.9 \(accuracy on the test "
+                                         r"records of the task itself\): 'b' 0.850; train longer"):
         check_bar(summary, 0.9)
+    with pytest.raises(LlgbmError, match="2 of 2 tasks .*: 'b' 0.850, 'a' 0.950;"):  # every task, weakest first
+        check_bar(summary, 0.99)
+
+
+def test_below_bar_warns_and_keeps_with_the_knob(capsys) -> None:
+    summary = summarise({"a": {"base_accuracy": 0.1, "chance": 0.1, "teacher_accuracy_min": 0.5,
+                               "teacher_accuracy_final": 0.5}})
+    check_bar(summary, 0.9, "warn")
+    assert "warning: teachers: 1 of 1 tasks" in capsys.readouterr().err
 
 
 def test_teachers_trained_together_equal_each_trained_alone(micro, tmp_path) -> None:

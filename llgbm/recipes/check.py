@@ -1,0 +1,25 @@
+"""The check recipe: every rule that can be decided before training, run first and cheaply.
+
+params.yaml was loaded and validated already (unknown keys, types, choices, cross-key rules); here the
+task files are read, the split is resolved against the real task names, and the LoRA targets are found
+in the tiny base's architecture. Its one output never changes while params pass, so a fix reruns only
+what the fixed params feed, and a failure stops `dvc repro` before any stage deletes an output.
+"""
+from __future__ import annotations
+
+from llgbm.artifacts.base_model import build_tiny_model
+from llgbm.config import Config
+from llgbm.core.lora import layout_of_model
+from llgbm.data.split import resolve_split
+from llgbm.data.tasks import make_tasks, task_pairs, vocabulary
+from llgbm.infra.io import write_json_atomic
+from llgbm.infra.paths import CHECKED_FILE, TASK_FILES_DIR
+
+
+def run(cfg: Config) -> None:
+    tasks = make_tasks(cfg.tasks, TASK_FILES_DIR)
+    split = resolve_split(tasks, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed)
+    if cfg.base.model == "tiny":  # a hub model's architecture is read only when the base stage fetches it
+        layout_of_model(build_tiny_model(cfg.base, len(vocabulary(tasks)) + 3, cfg.base.seed), cfg.lora)
+    write_json_atomic(CHECKED_FILE, {"params": "checked"})
+    print(f"params.yaml and {len(tasks)} tasks checked: {len(split.training)} training, {len(split.heldout)} held out")
