@@ -132,8 +132,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
 
 def _add_diagnostics_table(commands: argparse._SubParsersAction) -> None:
     diagnostics = commands.add_parser("diagnostics-table",
-                                      help="put the diagnostics stage's table between README's diagnostics markers")
-    diagnostics.add_argument("--readme", default="docs/results.md")
+                                      help="put the diagnostics stage's table between a document's diagnostics markers")
+    # Required: the table is stamped with this machine and commit, so no document is rewritten unless named.
+    diagnostics.add_argument("--readme", required=True, help="the document to write into, e.g. docs/results.md")
     diagnostics.add_argument("--repo", default=".", help="the workspace whose results/diagnostics/report.md is read")
     diagnostics.set_defaults(run=_diagnostics_table)
 

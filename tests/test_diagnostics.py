@@ -159,3 +159,15 @@ def test_diagnostics_table_goes_between_the_readme_markers(tmp_path, capsys) -> 
         main(["diagnostics-table", "--readme", str(readme), "--repo", str(tmp_path)])
     assert exit_info.value.code == 2 and readme.read_text() == "no markers\n"
     assert capsys.readouterr().err.startswith(f"error: {readme}: needs one '<!-- diagnostics:begin -->'")
+
+
+def test_diagnostics_table_writes_only_a_named_document(tmp_path, monkeypatch) -> None:
+    # The table is stamped with this machine and commit: no default document is rewritten.
+    from llgbm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("<!-- diagnostics:begin -->\n<!-- diagnostics:end -->\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["diagnostics-table", "--repo", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert (tmp_path / "README.md").read_text() == "<!-- diagnostics:begin -->\n<!-- diagnostics:end -->\n"

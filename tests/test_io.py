@@ -31,3 +31,22 @@ def test_atomic_writes_follow_the_umask_and_keep_an_existing_mode(tmp_path: Path
     finally:
         os.umask(old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "new.json", "private"]  # no temporary left
+
+
+def test_files_a_library_writes_0600_get_the_default_mode(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from llgbm.infra.io import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "entry.safetensors", lambda tmp: save_file({"a": torch.zeros(1)}, tmp))
+        with atomic_dir(tmp_path / "adapter") as scratch:
+            save_file({"a": torch.zeros(1)}, str(scratch / "adapter_model.safetensors"))
+            (scratch / "sub").mkdir(mode=0o700)
+        assert _mode(tmp_path / "entry.safetensors") == 0o644  # safetensors alone makes it 0600
+        assert _mode(tmp_path / "adapter" / "adapter_model.safetensors") == 0o644
+        assert _mode(tmp_path / "adapter" / "sub") == 0o755
+    finally:
+        os.umask(old)

@@ -52,9 +52,11 @@ def write_atomic(path: Path, write: Callable[[str], None]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = temp_file_beside(path)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, mode)  # a writer may have replaced the file (safetensors makes it 0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -73,6 +75,15 @@ def write_json_atomic(path: Path, value: Any) -> None:
 def _missing_parents(path: Path) -> list[Path]:
     """The ancestors of `path` that do not exist yet, deepest first."""
     return [p for p in path.absolute().parents if not p.exists()]
+
+
+def _give_default_modes(directory: Path) -> None:
+    """The modes open() and mkdir() would give (0666 / 0777 less the umask) to everything under directory:
+    some writers (safetensors) create their files 0600, which would lock out other users of the outputs."""
+    umask = _umask()
+    for path in directory.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 @contextlib.contextmanager
@@ -96,6 +107,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 parent.rmdir()
         raise
+    _give_default_modes(tmp)
     if path.exists() or path.is_symlink():
         old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
         os.replace(path, old / path.name)
