@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from llgbm.config import load_config
 from llgbm.infra.errors import LlgbmError
@@ -164,10 +165,22 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     teachers.set_defaults(run=_bench_teachers)
 
 
+def _summary(args: argparse.Namespace) -> None:
+    from llgbm.study.summary import summary
+
+    print(summary(Path(args.repo)))
+
+
+def _add_summary(commands: argparse._SubParsersAction) -> None:
+    summary = commands.add_parser("summary", help="the first numbers to read, from results/<stage>/metrics.json")
+    summary.add_argument("--repo", default=".", help="the workspace whose results/ is read")
+    summary.set_defaults(run=_summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llgbm")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_grid, _add_compare, _add_diagnostics_table, _add_bench):
+    for add in (_add_generate, _add_grid, _add_compare, _add_diagnostics_table, _add_summary, _add_bench):
         add(commands)
     return parser
 

@@ -30,6 +30,7 @@ from llgbm.data.probes import (
 from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks
 from llgbm.infra.errors import LlgbmError
+from llgbm.infra.figures import grouped_bars
 from llgbm.infra.io import atomic_dir, sha256_file, write_json_atomic
 from llgbm.infra.paths import EVALUATION_ADAPTERS_DIR, RESULTS_DIR, TASKS_FILE, Paths
 
@@ -355,3 +356,5 @@ def run(cfg: Config) -> None:
         writer = csv.DictWriter(handle, fieldnames=["label", "task", "method", "accuracy"])
         writer.writeheader()
         writer.writerows(accuracy_rows(per_task))
+    grouped_bars({f"{task} ({'held-out' if row['heldout'] else 'seen'})": {m: row[m]["accuracy"] for m in METHODS}
+                  for task, row in per_task.items()}, out / "accuracy.png", "accuracy per task and method", "accuracy")

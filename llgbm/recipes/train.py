@@ -36,12 +36,14 @@ from llgbm.data.probes import AnswerPrompts, answer_prompts, build_probe_set, ge
 from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks
 from llgbm.infra.errors import LlgbmError
+from llgbm.infra.figures import line_panels
 from llgbm.infra.io import sha256_file, sha256_json, write_atomic, write_json_atomic
 from llgbm.infra.paths import TASKS_FILE, Paths
 from llgbm.infra.provenance import changed_keys, code_fingerprint, library_versions, machine_description
 
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
 PROVENANCE = "provenance.json"  # libraries, precision and device of a finished run, beside its metrics
+CURVES = "curves.png"  # every per-step metric as a PNG, beside dvclive's files (which need a browser)
 # loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta (whatever loss_balance does to
 # the gradient); loss_delta is the behavioural term (the delta loss, or the KL with behaviour_loss kl).
 # grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
@@ -257,7 +259,7 @@ def _log(live: Live | None, history: dict[str, list[tuple[int, float]]], step: i
             live.make_summary()
 
 
-def _finish(run: Run, live: Live | None) -> None:
+def _finish(run: Run, live: Live | None, history: dict[str, list[tuple[int, float]]]) -> None:
     """The final generator and its metadata; no resumable state is left behind."""
     cfg, paths, accelerator = run.cfg, run.paths, run.accelerator
     meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
@@ -266,6 +268,7 @@ def _finish(run: Run, live: Live | None) -> None:
             "training_tasks": [t.name for t in run.training], "heldout_tasks": run.heldout}
     save_generator(accelerator.unwrap_model(run.model), meta, paths.generator)
     live.end()
+    line_panels(history, paths.live / CURVES, f"training, {cfg.train.steps} steps (seed {cfg.seed})")
     # A finished run leaves nothing a later run could resume from by mistake.
     for finished in _checkpoints(paths.checkpoints):
         finished.unlink()
@@ -310,7 +313,7 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     progress.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _finish(run, live)
+        _finish(run, live, history)
     accelerator.wait_for_everyone()
     return metrics
 
