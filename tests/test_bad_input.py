@@ -241,6 +241,14 @@ CASES = [
          ("'heldout_tasks'", "more than once")),
     Case("lambda-delta-infinite", lambda d, w: (write(d / "params.yaml", yaml.safe_dump(MICRO_PARAMS) + "lambda_delta: .inf\n"),
                                                 stage("check"))[1], ("'lambda_delta'", "finite")),
+    Case("task-file-empty-at-the-check", lambda d, w: (task_files(d, "\n"), stage("check"))[1],
+         ("data/tasks/task.jsonl", "no prompts")),
+    Case("tasks-sharing-every-prompt", lambda d, w: (
+        [write(d / "data" / "tasks" / f"{n}.jsonl", "".join(f'{{"prompt": "p{i}", "response": "{n}{i % 2}"}}\n'
+                                                         for i in range(40))) for n in ("a", "b")],
+        params(d, tasks={"source": "files", "files": ["a.jsonl", "b.jsonl"]}, heldout_tasks=["b"],
+               probes={"types": ["task"]}, base={**MICRO_PARAMS["base"], "pretrain_primitive_share": 0.0}),
+        stage("check"))[2], ("evaluate.probe_count", "share prompts")),
     Case("heldout-not-a-task-file", lambda d, w: (task_files(d, ''.join(f'{{"prompt": "p{i}", "response": "b"}}\n' for i in range(6))),
                                                   params(d, tasks={"source": "files", "files": ["task.jsonl"]},
                                                          heldout_tasks=["tusk"], probes={"types": ["task"]},

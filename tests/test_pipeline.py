@@ -41,6 +41,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / "stages", root / "stages")
     shutil.copytree(REPO / "llgbm", root / "llgbm", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    shutil.copytree(REPO / "data" / "tasks", root / "data" / "tasks")  # a dep of the check and tasks stages
     (root / "params.yaml").write_text(yaml.safe_dump(to_dict(micro_config()), sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)

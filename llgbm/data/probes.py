@@ -108,15 +108,22 @@ def _evaluation_candidates(tasks: list[Task], heldout: list[str], rng: random.Ra
     return list(dict.fromkeys(pool[i] for i in range(max(map(len, pools), default=0)) for pool in pools if i < len(pool)))
 
 
+def evaluation_candidates(count: int, seed: int, tasks: list[Task], heldout: list[str]) -> list[str]:
+    """The evaluation probes' candidate texts in draw order; fewer than `count` is an error (the check
+    stage calls this before any training)."""
+    candidates = _evaluation_candidates(tasks, heldout, random.Random(f"{seed}:evaluation-probes"))
+    if len(candidates) < count:
+        raise LlgbmError(f"evaluate.probe_count: {count} evaluation probes asked for, only {len(candidates)} test "
+                         "prompts are no task's train prompt (tasks that share prompts leave none)")
+    return candidates
+
+
 def build_evaluation_probe_set(settings: ProbesConfig, count: int, seed: int, tasks: list[Task], heldout: list[str],
                                tokenizer: PreTrainedTokenizerBase) -> ProbeSet:
     """The evaluation probe set: `count` test-split prompts of every task (held-out ones included), no
     train prompt of any task, formatted with the training probes' template and max length. Generic
     probes are not used: they are training probes."""
-    candidates = _evaluation_candidates(tasks, heldout, random.Random(f"{seed}:evaluation-probes"))
-    if len(candidates) < count:
-        raise LlgbmError(f"evaluate.probe_count: {count} evaluation probes asked for, only {len(candidates)} test "
-                         "prompts are no task's train prompt")
+    candidates = evaluation_candidates(count, seed, tasks, heldout)
     texts = [apply_template(t, settings.template, tokenizer) for t in candidates[:count]]
     return ProbeSet(tuple(texts), settings.template, settings.max_length)
 

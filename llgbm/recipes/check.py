@@ -10,8 +10,10 @@ from __future__ import annotations
 from llgbm.artifacts.base_model import build_tiny_model
 from llgbm.config import Config
 from llgbm.core.lora import layout_of_model
+from llgbm.data.probes import evaluation_candidates
 from llgbm.data.split import resolve_split
 from llgbm.data.tasks import make_tasks, task_pairs, vocabulary
+from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import write_json_atomic
 from llgbm.infra.paths import CHECKED_FILE, TASK_FILES_DIR
 
@@ -19,6 +21,11 @@ from llgbm.infra.paths import CHECKED_FILE, TASK_FILES_DIR
 def run(cfg: Config) -> None:
     tasks = make_tasks(cfg.tasks, TASK_FILES_DIR)
     split = resolve_split(tasks, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed)
+    evaluation_candidates(cfg.evaluate.probe_count, cfg.evaluate.probe_seed, tasks, list(split.heldout))
+    short = [t.name for t in tasks if len(t.test) < cfg.generator.prompts_per_sample]
+    if short:
+        raise LlgbmError(f"generator.prompts_per_sample: {cfg.generator.prompts_per_sample} test prompts condition each "
+                         f"evaluated adapter; tasks {short} have fewer")
     if cfg.base.model == "tiny":  # a hub model's architecture is read only when the base stage fetches it
         layout_of_model(build_tiny_model(cfg.base, len(vocabulary(tasks)) + 3, cfg.base.seed), cfg.lora)
     write_json_atomic(CHECKED_FILE, {"params": "checked"})
