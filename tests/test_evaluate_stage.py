@@ -142,7 +142,7 @@ def test_evaluation_probes_never_appear_in_training(micro_generator) -> None:
     cfg, tasks = micro_generator["cfg"], micro_generator["tasks"]
     tokenizer = load_tokenizer(micro_generator["base"])
     cache = DeltaCache.load(micro_generator["deltas"])
-    probes = evaluation_probe_set(cfg, tasks, cache, tokenizer)
+    probes = evaluation_probe_set(cfg, tasks, cfg.heldout_tasks, cache, tokenizer)
     assert len(probes.texts) == cfg.evaluate.probe_count
     assert (probes.template, probes.max_length) == (cache.probes.template, cache.probes.max_length)
     test_prompts = {apply_template(r.prompt, probes.template, tokenizer): t.name for t in tasks for r in t.test}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import llgbm.recipes.generate
+import llgbm.artifacts.generator_files
 from llgbm.artifacts.generator_files import ADAPTER_MARKER, is_llgbm_adapter
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import atomic_dir
@@ -131,7 +131,7 @@ def test_a_failed_generation_leaves_the_old_adapter_intact(micro_generator: dict
         (Path(out_dir) / "adapter_model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(llgbm.recipes.generate, "save_adapter", failing_save)
+    monkeypatch.setattr(llgbm.artifacts.generator_files, "save_adapter", failing_save)
     with pytest.raises(LlgbmError, match="disk full"):
         generate_from_file(micro_generator["generator"], prompts_file, out, force=True)
     assert _listing(out) == before

@@ -98,10 +98,10 @@ def generate_from_file(generator_dir: Path, prompts_file: Path, out_dir: Path, b
     if len(prompts) < needed:
         raise LlgbmError(f"{prompts_file}: {len(prompts)} prompts, the generator reads {needed} of one task "
                          "(generator.prompts_per_sample)")
-    if len(prompts) > needed:
+    loaded = open_generator(generator_dir, base_dir)
+    if len(prompts) > needed:  # a note only once every input has passed: errors stay one line
         print(f"note: {prompts_file} has {len(prompts)} prompts; the generator reads the first {needed}",
               file=sys.stderr)
-    loaded = open_generator(generator_dir, base_dir)
     unknown = unknown_words(load_tokenizer(loaded.base_dir), prompts[:needed])
     if unknown:
         print(f"note: {len(unknown)} words of the prompts are not in the base model's vocabulary and read as its "
