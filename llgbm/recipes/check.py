@@ -7,7 +7,7 @@ what the fixed params feed, and a failure stops `dvc repro` before any stage del
 """
 from __future__ import annotations
 
-from llgbm.artifacts.base_model import build_tiny_model
+from llgbm.artifacts.base_model import build_tiny_model, build_tiny_tokenizer
 from llgbm.config import Config
 from llgbm.core.lora import layout_of_model
 from llgbm.data.probes import evaluation_candidates
@@ -27,6 +27,7 @@ def run(cfg: Config) -> None:
         raise LlgbmError(f"generator.prompts_per_sample: {cfg.generator.prompts_per_sample} test prompts condition each "
                          f"evaluated adapter; tasks {short} have fewer")
     if cfg.base.model == "tiny":  # a hub model's architecture is read only when the base stage fetches it
-        layout_of_model(build_tiny_model(cfg.base, len(vocabulary(tasks)) + 3, cfg.base.seed), cfg.lora)
+        vocab_size = len(build_tiny_tokenizer(vocabulary(tasks)))
+        layout_of_model(build_tiny_model(cfg.base, vocab_size, cfg.base.seed), cfg.lora)
     write_json_atomic(CHECKED_FILE, {"params": "checked"})
     print(f"params.yaml and {len(tasks)} tasks checked: {len(split.training)} training, {len(split.heldout)} held out")
