@@ -5,6 +5,7 @@ All figures are median wall seconds over `repeats` runs after one warm-up, measu
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import platform
 import statistics
@@ -94,18 +95,47 @@ def in_memory_peft_delta(base: PreTrainedModel, adapter: dict, layout: list[Lora
     return reduce_delta(probe_states(model, ids, mask)[None], base_states, DeltaSpec())[0]
 
 
+def linear_flops(model: PreTrainedModel, tokens: int, backward: bool) -> float:
+    """2 x (decoder linear parameters) x tokens, doubled for the backward to the inputs: the base's own
+    matrix products, the work any adapted forward must at least do (the LoRA adds ~2% at rank 16)."""
+    params = sum(m.weight.numel() for name, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and ".layers." in name)
+    return 2.0 * params * tokens * (2 if backward else 1)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """Measured TFLOP/s of one size^3 matrix product in `dtype` on `device`: the ceiling the same run's
+    figures are read against."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2.0 * size**3 / _median_seconds(lambda: a @ b, repeats) / 1e12
+
+
+def _timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tuple[float, float | None]:
+    """(median seconds, peak GPU memory in GiB of this path alone; None off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = _median_seconds(fn, repeats)
+    return seconds, (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None)
+
+
 def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, length: int, lora: LoraConfig,
-          repeats: int, device: torch.device, autocast_dtype: torch.dtype | None) -> list[dict]:
+          repeats: int, device: torch.device, autocast_dtype: torch.dtype | None,
+          bf16_model: PreTrainedModel | None) -> list[dict]:
     generator = torch.Generator().manual_seed(n_adapters)
     layout = layout_of_model(model, lora)
     ids, mask = random_probes(model.config.vocab_size, probes, length, generator)
     ids, mask = ids.to(device), mask.to(device)
     adapters = [{k: (a.to(device), b.to(device)) for k, (a, b) in random_adapter(layout, generator).items()}
                 for _ in range(n_adapters)]
-    computer = DeltaComputer(model, layout, lora_scaling(lora), ids, mask, autocast_dtype=autocast_dtype)
+    computers = {checkpointing: DeltaComputer(model, layout, lora_scaling(lora), ids, mask, autocast_dtype=autocast_dtype,
+                                              gradient_checkpointing=checkpointing) for checkpointing in (False, True)}
+    autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    tokens = int(mask.sum()) * n_adapters
     rows = []
-    for mode in ("forward", "forward_backward"):
-        backward = mode == "forward_backward"
+    for mode, checkpointing in (("forward", False), ("forward_backward", False), ("forward_backward", True)):
+        backward, computer = mode == "forward_backward", computers[checkpointing]
 
         def leaves(batch: AdapterBatch) -> AdapterBatch:
             return {k: (a.clone().requires_grad_(backward), b.clone().requires_grad_(backward)) for k, (a, b) in batch.items()}
@@ -116,10 +146,11 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
                 if backward:
                     delta.square().sum().backward()
 
-        def plain() -> None:
-            with torch.set_grad_enabled(backward):
-                embeds = model.get_input_embeddings()(ids.repeat(n_adapters, 1)).detach().requires_grad_(backward)
-                hidden = model.base_model(inputs_embeds=embeds, attention_mask=mask.repeat(n_adapters, 1)).last_hidden_state
+        def plain(base: PreTrainedModel, precision: Callable[[], contextlib.AbstractContextManager]) -> None:
+            # The base alone on the same rows, in the given precision: the floor of the adapted forward.
+            with torch.set_grad_enabled(backward), precision():
+                embeds = base.get_input_embeddings()(ids.repeat(n_adapters, 1)).detach().requires_grad_(backward)
+                hidden = base.base_model(inputs_embeds=embeds, attention_mask=mask.repeat(n_adapters, 1)).last_hidden_state
                 states = hidden[torch.arange(hidden.shape[0], device=device), mask.repeat(n_adapters, 1).sum(-1) - 1]
                 if backward:
                     states.float().square().sum().backward()
@@ -127,15 +158,22 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
         stacked = stack_adapters(adapters)
         singles = [stack_adapters([a]) for a in adapters]
         row = {"model": name, "adapters": n_adapters, "probes": probes, "probe_length": length, "mode": mode,
-               "batched": _median_seconds(lambda: delta_of(stacked), repeats),
-               "loop": _median_seconds(lambda: [delta_of(s) for s in singles], repeats),
-               "plain": _median_seconds(plain, repeats),
-               "peft": None}
-        if not backward:
-            row["peft"] = _median_seconds(lambda: [in_memory_peft_delta(model, a, layout, lora, ids, mask, computer.base_states.cpu())
-                                                   for a in adapters], repeats)
+               "gradient_checkpointing": checkpointing, "peft": None, "plain_bf16_weights": None}
+        row["batched"], row["peak_gib_batched"] = _timed(lambda: delta_of(stacked), repeats, device)
+        row["loop"], row["peak_gib_loop"] = _timed(lambda: [delta_of(s) for s in singles], repeats, device)
+        # The floor in the delta path's own precision (autocast where it runs under autocast).
+        row["plain"], row["peak_gib_plain"] = _timed(lambda: plain(model, autocast), repeats, device)
+        if bf16_model is not None:
+            row["plain_bf16_weights"], _ = _timed(lambda: plain(bf16_model, contextlib.nullcontext), repeats, device)
+        if mode == "forward":
+            row["peft"], _ = _timed(lambda: [in_memory_peft_delta(model, a, layout, lora, ids, mask,
+                                                                  computers[False].base_states.cpu())
+                                             for a in adapters], repeats, device)
         row["batched_over_plain"] = row["batched"] / row["plain"]
+        row["batched_over_plain_bf16_weights"] = (row["batched"] / row["plain_bf16_weights"]
+                                                  if row["plain_bf16_weights"] else None)
         row["loop_over_batched"] = row["loop"] / row["batched"]
+        row["batched_tflops"] = linear_flops(model, tokens, backward) / row["batched"] / 1e12
         rows.append(row)
     return rows
 
@@ -187,21 +225,23 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
     for name in models:
         shape, lora, n_probes, length = shapes[name]
         model = random_model(shape).to(torch_device)
-        if torch_device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        # A bf16-weights copy of the base: the floor a bf16 run could reach with the frozen base in bf16.
+        bf16_model = copy.deepcopy(model).to(torch.bfloat16) if autocast_dtype == torch.bfloat16 else None
         for n_adapters in adapter_counts:
-            rows = _case(model, name, n_adapters, n_probes, length, lora, repeats, torch_device, autocast_dtype)
-            if torch_device.type == "cuda":
-                for row in rows:
-                    row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            cases.extend(rows)
-        del model
+            cases.extend(_case(model, name, n_adapters, n_probes, length, lora, repeats, torch_device, autocast_dtype,
+                               bf16_model))
+        del model, bf16_model
+    peak_dtype = autocast_dtype or torch.float32
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch_threads": torch.get_num_threads(), "device": str(torch_device),
                     "gpu": torch.cuda.get_device_name() if torch_device.type == "cuda" else None,
                     "dtype": dtype, "torch": torch.__version__},
         "repeats": repeats,
+        # Measured in this run: what batched_tflops is read against (bf16 on a GPU, the run's dtype else).
+        "matmul_peak_tflops": matmul_peak_tflops(torch_device, peak_dtype, 4096 if torch_device.type == "cuda" else 1024,
+                                                 repeats),
+        "matmul_peak_dtype": str(peak_dtype).removeprefix("torch."),
         "cases": cases,
         "deltas_stage": bench_deltas_stage(cfg, 24, repeats) if "embedded-default" in models else None,
     }

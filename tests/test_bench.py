@@ -7,12 +7,38 @@ from .conftest import micro_config
 def test_bench_delta_reports_every_case() -> None:
     result = bench_delta(micro_config(), ["embedded-default"], [1, 2], repeats=1, probes=2, probe_length=6,
                          device="cpu", dtype="float32")
-    assert [(c["adapters"], c["mode"]) for c in result["cases"]] == [
-        (1, "forward"), (1, "forward_backward"), (2, "forward"), (2, "forward_backward")]
+    assert [(c["adapters"], c["mode"], c["gradient_checkpointing"]) for c in result["cases"]] == [
+        (n, mode, checkpointing) for n in (1, 2)
+        for mode, checkpointing in (("forward", False), ("forward_backward", False), ("forward_backward", True))]
     for case in result["cases"]:
-        assert all(case[k] > 0 for k in ("batched", "loop", "plain"))
+        assert all(case[k] > 0 for k in ("batched", "loop", "plain", "batched_tflops"))
         assert (case["peft"] is None) == (case["mode"] == "forward_backward")
+        assert case["plain_bf16_weights"] is None and case["peak_gib_batched"] is None  # fp32 run, no GPU
+        assert case["batched_over_plain"] == case["batched"] / case["plain"]
+    assert result["matmul_peak_tflops"] > 0 and result["matmul_peak_dtype"] == "float32"
     assert result["deltas_stage"]["stage"] > 0 and result["deltas_stage"]["peft"] > 0
+
+
+def test_bench_delta_in_bf16_has_a_bf16_weights_floor() -> None:
+    result = bench_delta(micro_config(), ["embedded-default"], [2], repeats=1, probes=2, probe_length=6,
+                         device="cpu", dtype="bfloat16")
+    for case in result["cases"]:
+        assert case["plain_bf16_weights"] > 0
+        assert case["batched_over_plain_bf16_weights"] == case["batched"] / case["plain_bf16_weights"]
+    assert result["matmul_peak_dtype"] == "bfloat16"
+
+
+def test_linear_flops_counts_the_decoder_linears() -> None:
+    from llgbm.bench import linear_flops, random_model, tiny_shape
+
+    cfg = micro_config()
+    model = random_model(tiny_shape(cfg))
+    t = cfg.base.tiny
+    head = t.hidden_size // t.num_heads
+    per_layer = (t.hidden_size * t.hidden_size * 2 + t.hidden_size * head * t.num_kv_heads * 2
+                 + 3 * t.hidden_size * t.intermediate_size)  # q, o; k, v; gate, up, down
+    assert linear_flops(model, 10, backward=False) == 2.0 * per_layer * t.num_layers * 10
+    assert linear_flops(model, 10, backward=True) == 2 * linear_flops(model, 10, backward=False)
 
 
 def test_bench_train_reports_every_objective() -> None:
