@@ -1,7 +1,10 @@
 """The one validated configuration object, loaded from params.yaml.
 
-Every knob of the pipeline lives here with its default; params.yaml overrides them. Unknown keys,
-wrong types and unknown option names are rejected at load time with the key named, before any work.
+The recipes' own sections (teachers, diagnostics, deltas, kl, train, evaluate) and the top-level knobs
+are defined here; a component's section (lora, base, tasks, probes, encoder, generator) is defined, with
+its defaults and options, in the module that owns it, and assembled here. params.yaml overrides the
+defaults. Unknown keys, wrong types, unknown option names and cross-key rules are rejected at load time
+with the key named, before any work.
 """
 from __future__ import annotations
 
