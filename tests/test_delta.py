@@ -151,3 +151,20 @@ def test_gradient_checkpointing_gives_the_same_gradients(micro, checkpointing: b
     other(batch).sum().backward()
     for name in batch:
         torch.testing.assert_close(batch[name][0].grad, reference[name][0].grad, rtol=1e-5, atol=1e-6)
+
+
+def test_a_bf16_frozen_base_gives_the_fp32_weights_delta_within_one_percent(micro) -> None:
+    """Under bf16 mixed precision the frozen base is loaded with bf16 weights (core.precision.frozen_base_dtype):
+    its delta stays within 1% (relative norm) of the fp32-weights delta (0.3% on the micro base)."""
+    from llgbm.core.precision import frozen_base_dtype
+
+    computer, adapters, ids, mask = _setup(micro)
+    assert frozen_base_dtype("float32", "bf16") == "bfloat16" and frozen_base_dtype("float32", "no") == "float32"
+    bf16 = DeltaComputer(load_base(micro["base"], "bfloat16"), computer.layout, computer.scaling, ids, mask,
+                         autocast_dtype=torch.bfloat16)
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        reference, delta = computer(stack_adapters(adapters)), bf16(stack_adapters(adapters))
+    assert delta.dtype == torch.float32  # the delta itself is fp32 whatever the compute dtype
+    relative = (delta - reference).flatten(1).norm(dim=1) / reference.flatten(1).norm(dim=1)
+    assert relative.max() < 0.01

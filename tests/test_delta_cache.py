@@ -150,6 +150,7 @@ def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tm
     """Under bf16 autocast (as training runs on a GPU) with activation checkpointing, a teacher's own weight
     tokens, detokenised as the generator's are, reproduce its cached delta: L_delta is ~0 at the teacher."""
     from llgbm.core.losses import DeltaLoss
+    from llgbm.core.precision import frozen_base_dtype
     from llgbm.core.weight_tokens import WeightTokenizer
 
     cfg = micro_config(train={**micro_config().train.__dict__, "mixed_precision": "bf16"})
@@ -158,10 +159,11 @@ def test_training_precision_delta_of_a_teacher_matches_its_cache_entry(micro, tm
                micro["base"], micro["teachers"], tmp_path / "fp32")
     bf16, fp32 = DeltaCache.load(tmp_path / "bf16"), DeltaCache.load(tmp_path / "fp32")
     assert bf16.definition["precision"] == "bf16"
+    assert bf16.definition["dtype"] == frozen_base_dtype(cfg.base.dtype, "bf16") == "bfloat16"  # as training loads it
     tokenizer = load_tokenizer(micro["base"])
     layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
-    computer = DeltaComputer(load_base(micro["base"]), layout, lora_scaling(cfg.lora),
+    computer = DeltaComputer(load_base(micro["base"], "bfloat16"), layout, lora_scaling(cfg.lora),
                              *tokenize_probes(bf16.probes, tokenizer), autocast_dtype=torch.bfloat16,
                              gradient_checkpointing=True)
     directory = checkpoint_dirs(micro["teachers"])[0]

@@ -25,3 +25,11 @@ def resolve_mixed_precision(setting: str) -> str:
 def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved mixed-precision setting (None: full precision)."""
     return torch.bfloat16 if mixed_precision == "bf16" else None
+
+
+def frozen_base_dtype(base_dtype: str, mixed_precision: str) -> str:
+    """The dtype the frozen base's weights are loaded in for deltas and training: bf16 under bf16 mixed
+    precision (the base is never trained, so fp32 weights only double its memory traffic; the delta then
+    differs from the fp32-weights one by well under 1%, tests/test_delta.py), else base.dtype. The deltas
+    stage and training use the same rule, and the delta cache is keyed by its result."""
+    return "bfloat16" if mixed_precision == "bf16" else base_dtype

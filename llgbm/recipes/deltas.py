@@ -15,7 +15,7 @@ from llgbm.artifacts.teacher_index import read_index
 from llgbm.config import Config
 from llgbm.core.delta import DeltaComputer, binned_log_probs, delta_spec
 from llgbm.core.lora import lora_layout, lora_scaling, stack_adapters
-from llgbm.core.precision import autocast_dtype, resolve_mixed_precision
+from llgbm.core.precision import autocast_dtype, frozen_base_dtype, resolve_mixed_precision
 from llgbm.data.probes import answer_prompts, build_probe_set, generic_length, tokenize_probes
 from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks
@@ -35,9 +35,10 @@ def fill_cache(cfg: Config, tasks: list[Task], training: list[Task], base_dir: P
     layout = lora_layout(model_config, cfg.lora)
     spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, model_config.num_hidden_layers)
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
+    base_dtype = frozen_base_dtype(cfg.base.dtype, precision)
     answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
     cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), spec.shape(len(probes.texts), model_config.hidden_size),
-                            delta_definition(cfg.base.dtype, precision, lora_scaling(cfg.lora), spec, answers))
+                            delta_definition(base_dtype, precision, lora_scaling(cfg.lora), spec, answers))
     checkpoints = read_index(teachers_dir)
     for c in checkpoints:
         weights = Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS
@@ -49,7 +50,7 @@ def fill_cache(cfg: Config, tasks: list[Task], training: list[Task], base_dir: P
     for c in todo:  # a damaged adapter stops the stage before anything is written
         load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora)
     cache.begin_writing()
-    computer = DeltaComputer(load_base(base_dir, cfg.base.dtype), layout, lora_scaling(cfg.lora),
+    computer = DeltaComputer(load_base(base_dir, base_dtype), layout, lora_scaling(cfg.lora),
                              *tokenize_probes(probes, tokenizer), autocast_dtype=autocast_dtype(precision), spec=spec)
     cache.save_base_state(computer.base_states)
     answers.save(Path(cache_dir) / ANSWERS)

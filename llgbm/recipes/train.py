@@ -28,7 +28,7 @@ from llgbm.core.delta import DeltaComputer, delta_spec
 from llgbm.core.generator import LoraGenerator, generator_shape
 from llgbm.core.lora import LoraSlot, lora_layout, lora_scaling
 from llgbm.core.losses import MultiTaskLoss, delta_coefficient, weight_token_loss
-from llgbm.core.precision import autocast_dtype, resolve_mixed_precision
+from llgbm.core.precision import autocast_dtype, frozen_base_dtype, resolve_mixed_precision
 from llgbm.core.weight_tokens import WeightTokenizer
 from llgbm.data.batching import GeneratorDataset
 from llgbm.data.encoder import EmbeddingCache
@@ -152,7 +152,8 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
     cache = DeltaCache.load(paths.deltas)
     answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
     # The targets must be computed exactly as training computes deltas, in its precision too.
-    cache.check_definition(delta_definition(cfg.base.dtype, mixed_precision, lora_scaling(cfg.lora), spec, answers))
+    base_dtype = frozen_base_dtype(cfg.base.dtype, mixed_precision)
+    cache.check_definition(delta_definition(base_dtype, mixed_precision, lora_scaling(cfg.lora), spec, answers))
     expected = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
     probe_ids, probe_mask = checked_probe_batch(cache, expected, tokenizer, paths.base)
     layout = lora_layout(model_config, cfg.lora)
@@ -174,7 +175,7 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
     # Each process draws its own batches (its own stream, saved per rank in checkpoints).
     data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
     model, optimizer = accelerator.prepare(model, optimizer)
-    base = load_base(paths.base, cfg.base.dtype, device=device)
+    base = load_base(paths.base, base_dtype, device=device)
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
                              autocast_dtype=autocast_dtype(mixed_precision),
                              gradient_checkpointing=tr.gradient_checkpointing, spec=spec)
