@@ -122,16 +122,24 @@ def check_generator_meta(meta: object, path: Path) -> None:
         raise LlgbmError(f"{path}: key 'lora' or 'chunk_width' has a value of the wrong type")
 
 
-def open_generator(generator_dir: Path, base_dir: Path | None = None) -> LoadedGenerator:
-    """The trained generator and the base model it was trained for; a mismatch is an error."""
+def read_generator_meta(generator_dir: Path) -> dict:
+    """A generator directory's config.json, checked, without loading any model (cheap: say what is wrong
+    with the directory before anything heavy loads)."""
     generator_dir = Path(generator_dir)
     if not generator_dir.is_dir():
         raise LlgbmError(f"{generator_dir}: generator directory not found")
     if (generator_dir / ADAPTER_CONFIG).is_file() and not (generator_dir / GENERATOR_CONFIG).is_file():
         raise LlgbmError(f"{generator_dir}: this is a LoRA adapter, not a generator; pass the trained generator "
                          "(models/generator)")
-    check_generator_meta(read_json(generator_dir / GENERATOR_CONFIG, "generator config"),
-                         generator_dir / GENERATOR_CONFIG)
+    meta = read_json(generator_dir / GENERATOR_CONFIG, "generator config")
+    check_generator_meta(meta, generator_dir / GENERATOR_CONFIG)
+    return meta
+
+
+def open_generator(generator_dir: Path, base_dir: Path | None = None) -> LoadedGenerator:
+    """The trained generator and the base model it was trained for; a mismatch is an error."""
+    generator_dir = Path(generator_dir)
+    read_generator_meta(generator_dir)
     model, meta = load_generator(generator_dir)
     base_dir = Path(base_dir or meta["base_path"])
     if not (base_dir / "config.json").is_file():

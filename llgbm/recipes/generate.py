@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from llgbm.artifacts.base_model import load_tokenizer
-from llgbm.artifacts.generator_files import GENERATOR_CONFIG, is_llgbm_adapter, open_generator
+from llgbm.artifacts.generator_files import is_llgbm_adapter, open_generator, read_generator_meta
 from llgbm.data.encoder import EncoderConfig, encode, load_encoder
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import read_json, read_jsonl, read_text
@@ -66,19 +66,6 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def prompts_needed(generator_dir: Path) -> int:
-    """How many prompts the generator at generator_dir reads (from its config.json alone)."""
-    path = Path(generator_dir) / GENERATOR_CONFIG
-    if not Path(generator_dir).is_dir():
-        raise LlgbmError(f"{generator_dir}: generator directory not found")
-    meta = read_json(path, "generator config") if path.is_file() else None
-    shape = meta.get("shape") if isinstance(meta, dict) else None
-    if not (isinstance(shape, dict) and isinstance(shape.get("prompts"), int)):
-        open_generator(generator_dir)  # says what the directory is instead
-        raise LlgbmError(f"{path}: not a generator config (shape.prompts)")
-    return shape["prompts"]
-
-
 def unknown_words(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[str]:
     """The distinct whitespace-separated words a word-level tokenizer maps to its unknown token (case and
     attached punctuation count: 'Red' and 'blue,' are not 'red' and 'blue'); none for subword tokenizers."""
@@ -94,7 +81,7 @@ def generate_from_file(generator_dir: Path, prompts_file: Path, out_dir: Path, b
     anything is written, and out_dir is replaced only by a complete adapter."""
     check_out_dir(out_dir, force)
     prompts = read_prompts(prompts_file)
-    needed = prompts_needed(generator_dir)  # before the models load: a short file fails at once
+    needed = read_generator_meta(generator_dir)["shape"]["prompts"]  # before any model loads
     if len(prompts) < needed:
         raise LlgbmError(f"{prompts_file}: {len(prompts)} prompts, the generator reads {needed} of one task "
                          "(generator.prompts_per_sample)")
