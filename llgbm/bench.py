@@ -28,7 +28,7 @@ from llgbm.artifacts.adapters import (
 from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.config import Config
 from llgbm.core.delta import DeltaComputer, DeltaSpec, probe_states, reduce_delta
-from llgbm.core.generator import LoraGenerator, generator_shape
+from llgbm.core.generator import LoraGenerator, generator_shape, start_at_mean
 from llgbm.core.lora import AdapterBatch, LoraConfig, LoraSlot, layout_of_model, lora_scaling, stack_adapters
 from llgbm.core.losses import MultiTaskLoss
 from llgbm.core.weight_tokens import WeightTokenizer
@@ -77,6 +77,16 @@ def random_model(shape: dict, seed: int = 0) -> PreTrainedModel:
 def random_adapter(layout: list[LoraSlot], generator: torch.Generator) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {s.name: (torch.randn(s.a_shape, generator=generator) * 0.05, torch.randn(s.b_shape, generator=generator) * 0.05)
             for s in layout}
+
+
+def random_records(vocab: int, count: int, length: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Right-padded records of unequal length (as random_probes) whose last two real tokens are the answer:
+    input_ids, attention_mask and labels (-100 outside the answer), each (count, length)."""
+    ids, mask = random_probes(vocab, count, length, generator)
+    lengths = mask.sum(-1, keepdim=True)
+    positions = torch.arange(length)
+    labels = torch.where((positions >= lengths - 2) & mask.bool(), ids, torch.full_like(ids, -100))
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def random_probes(vocab: int, count: int, length: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,8 +259,9 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
 
 def bench_train(cfg: Config, steps: int) -> dict:
     """Seconds per optimizer step of the training recipe for each objective (weight-only; the seed's delta;
-    the delta variants; the gradient-balanced sum; the KL reference), measured in turn in one process on the embedded
-    default's shapes (random base, teachers and prompts), each arm's ratio to weight-only beside it."""
+    the delta variants; the gradient-balanced sum; the KL reference; the task loss), measured in turn in one
+    process on the embedded default's shapes (random base, teachers, prompts and records), each arm's ratio
+    to weight-only beside it."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     base = random_model(tiny_shape(cfg))
@@ -259,17 +270,22 @@ def bench_train(cfg: Config, steps: int) -> dict:
     n_checkpoints, n_prompts, embed_dim = 18, 256, 384
     tokens, scales = weight_tokenizer.tokenize(stack_adapters([random_adapter(layout, generator) for _ in range(n_checkpoints)]))
     probes = random_probes(32, cfg.probe_count, 12, generator)
-    model = LoraGenerator(generator_shape(cfg.generator, embed_dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim))
+    model = LoraGenerator(generator_shape(cfg.generator, embed_dim, weight_tokenizer.token_roles(), weight_tokenizer.token_dim))
+    start_at_mean(model, tokens, scales)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate)
     lam = max(cfg.lambda_delta, 1.0)
     all_layers = tuple(range(base.config.num_hidden_layers))
     specs = {"weight_only": DeltaSpec(), "delta": DeltaSpec(), "delta_per_probe": DeltaSpec("per_probe"),
              "delta_all_layers": DeltaSpec("mean", all_layers, normalise=True), "delta_grad_norm": DeltaSpec(),
-             "kl": DeltaSpec()}
+             "kl": DeltaSpec(), "sft": DeltaSpec()}
     # The KL reference's inputs: each checkpoint's answer prompts (kl.prompts of 12 tokens) and targets.
     answer_ids, answer_mask = random_probes(32, cfg.kl.prompts, 12, generator)
     kl_extras = {"kl_ids": answer_ids.expand(n_checkpoints, -1, -1), "kl_mask": answer_mask.expand(n_checkpoints, -1, -1),
                  "kl_target": torch.log_softmax(torch.randn(n_checkpoints, cfg.kl.prompts, 32, generator=generator), -1)}
+    # The task loss's inputs: 32 training records of 16 tokens per checkpoint (the default's are shorter).
+    records = random_records(32, 32 * n_checkpoints, 16, generator)
+    record_rows = [torch.arange(32 * i, 32 * (i + 1)) for i in range(n_checkpoints)]
+    record_stream = torch.Generator().manual_seed(1)
     arms = {}
     for name, spec in specs.items():
         computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *probes, spec=spec)
@@ -278,14 +294,14 @@ def bench_train(cfg: Config, steps: int) -> dict:
                                    [torch.arange(n_prompts)] * n_checkpoints,
                                    torch.randn(n_prompts, embed_dim, generator=generator),
                                    cfg.generator.prompts_per_sample, [str(i) for i in range(n_checkpoints)],
-                                   kl_extras if name == "kl" else None)
+                                   kl_extras if name == "kl" else None, records, record_rows)
         if name == "weight_only":
             loss_fn = MultiTaskLoss(lambda_delta=0.0)
             train_cfg = type(cfg.train)(**{**cfg.train.__dict__, "delta_batch_size": 0})
         else:
             loss_fn = MultiTaskLoss(lambda_delta=lam, delta_loss_type=cfg.delta_loss_type,
                                     balance="grad_norm" if name == "delta_grad_norm" else "none",
-                                    behaviour="kl" if name == "kl" else "delta")
+                                    behaviour=name if name in ("kl", "sft") else "delta")
             train_cfg = cfg.train
         arms[name] = (loss_fn, train_cfg, computer, dataset)
     times: dict[str, list[float]] = {name: [] for name in arms}
@@ -293,7 +309,7 @@ def bench_train(cfg: Config, steps: int) -> dict:
         for name, (loss_fn, train_cfg, computer, dataset) in arms.items():
             start = time.perf_counter()
             metrics = training_step(model, dataset, generator, train_cfg, weight_tokenizer.mask, weight_tokenizer,
-                                    computer, loss_fn, torch.device("cpu"), i)
+                                    computer, loss_fn, torch.device("cpu"), i, (record_stream, cfg.sft.records))
             metrics["_loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
             optimizer.step()

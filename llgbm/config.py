@@ -20,7 +20,7 @@ import yaml
 
 from llgbm.artifacts.base_model import DTYPES, BaseConfig
 from llgbm.core.delta import DELTA_REDUCTIONS
-from llgbm.core.generator import GeneratorConfig
+from llgbm.core.generator import CONDITIONS, GENERATOR_KINDS, GeneratorConfig
 from llgbm.core.lora import LoraConfig
 from llgbm.core.losses import BEHAVIOUR_LOSSES, DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
 from llgbm.core.precision import MIXED_PRECISION
@@ -77,6 +77,13 @@ class DeltasConfig:
 
 
 @dataclass
+class SftConfig:
+    # The task loss (behaviour_loss: sft): per generated adapter and step, this many of its own task's
+    # training records (drawn afresh each step; a held-out task's records never reach training).
+    records: int = 16
+
+
+@dataclass
 class KLConfig:
     # The full-behaviour reference: each teacher's next-token distribution at the answer position of a
     # fixed sample of its own task's training prompts, cached beside its delta.
@@ -95,7 +102,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100  # learning-rate warmup, then linear decay to 0
     max_grad_norm: float = 1.0
-    lambda_weights: float = 1.0  # 0 gives delta-only training
+    lambda_weights: float = 1.0  # 0 gives behaviour-only training
+    # The bound on the generated update: this times the sum of squares of each generated adapter's
+    # weights, averaged over the batch, is added to the loss (Text-to-LoRA's L2 penalty).
+    weight_l2: float = 0.0
     lambda_warmup_steps: int = 300
     save_interval: int = 250
     log_interval: int = 10  # dvclive summary (metrics.json) refresh; per-step metrics are logged every step
@@ -123,8 +133,9 @@ class Config:
     # How the delta term's gradient is weighted: "none" (the plain sum) or "grad_norm" (lambda_delta is the
     # ratio of the delta term's gradient norm to the weight term's, at the generated tokens).
     loss_balance: str = "none"
-    # The behavioural term: "delta" (the probe delta) or "kl" (the full-behaviour reference: KL from the
-    # teacher's answer distribution to the generated adapter's, see `kl`).
+    # The behavioural term: "delta" (the probe delta), "kl" (the full-behaviour reference: KL from the
+    # teacher's answer distribution to the generated adapter's, see `kl`) or "sft" (the task loss: the
+    # cross-entropy of the task's own training answers under the generated adapter, see `sft`).
     behaviour_loss: str = "delta"
     delta_reduce: str = "mean"  # mean over probes (the seed's delta) or per_probe (a (P, hidden) target)
     # "last" (the seed's), "all", or a list of decoder-layer indices; several layers are each normalised
@@ -144,6 +155,7 @@ class Config:
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     deltas: DeltasConfig = field(default_factory=DeltasConfig)
     kl: KLConfig = field(default_factory=KLConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -334,7 +346,9 @@ def _validate_training(cfg: Config, source: str) -> None:
     """The encoder, generator, training and evaluation, and the rules that join them."""
     _check_positive(cfg.encoder.batch_size, "encoder.batch_size", source)
     g = cfg.generator
-    for key in ("chunk_width", "prompts_per_sample", "feature_dim"):
+    _check_choice(g.kind, GENERATOR_KINDS, "generator.kind", source)
+    _check_choice(g.condition, CONDITIONS, "generator.condition", source)
+    for key in ("chunk_width", "prompts_per_sample", "feature_dim", "hidden_dim", "depth"):
         _check_positive(getattr(g, key), f"generator.{key}", source)
     if not g.channels or min(g.channels) <= 0:
         raise LlgbmError(f"{source}: 'generator.channels' must be a non-empty list of positive ints")
@@ -343,7 +357,8 @@ def _validate_training(cfg: Config, source: str) -> None:
     for key in ("steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "save_interval", "log_interval",
                 "max_grad_norm"):
         _check_positive(getattr(tr, key), f"train.{key}", source)
-    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps"):
+    _check_positive(cfg.sft.records, "sft.records", source)
+    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps", "weight_l2"):
         _check_positive(getattr(tr, key), f"train.{key}", source, allow_zero=True)
     if tr.delta_batch_size > tr.batch_size:
         raise LlgbmError(f"{source}: 'train.delta_batch_size' ({tr.delta_batch_size}) exceeds train.batch_size")

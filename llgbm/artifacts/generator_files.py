@@ -115,8 +115,10 @@ def check_generator_meta(meta: object, path: Path) -> None:
         if sorted(meta[section]) != names:
             raise LlgbmError(f"{path}: key '{section}' must have exactly the keys {names}")
     shape, lora = meta["shape"], meta["lora"]
-    if not (_positive_ints([v for k, v in shape.items() if k != "channels"]) and _positive_ints(shape["channels"])):
-        raise LlgbmError(f"{path}: key 'shape' must hold positive integers (channels: a list of them)")
+    try:
+        GeneratorShape.from_dict(shape).check()
+    except (TypeError, ValueError) as exc:
+        raise LlgbmError(f"{path}: key 'shape' is not a generator's shape ({exc})") from None
     if not (_positive_ints([lora["rank"], meta["chunk_width"]]) and isinstance(lora["alpha"], (int, float))
             and isinstance(lora["target_modules"], list) and all(isinstance(m, str) for m in lora["target_modules"])):
         raise LlgbmError(f"{path}: key 'lora' or 'chunk_width' has a value of the wrong type")

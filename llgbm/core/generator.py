@@ -1,9 +1,19 @@
-"""The prompt-conditioned LoRA generator (after DnD's hyper-convolutional decoder).
+"""The prompt-conditioned LoRA generators: a condition of N prompt embeddings of one task, (batch, N, E),
+in; the adapter's normalised weight tokens (batch, T, D) and their scales (batch, T, 2) out.
 
-Condition: embeddings of N prompts of one task, (batch, N, E). Each is projected to a feature axis of
-width F; convolutions along the feature axis treat the prompt axis as channels and grow it into the
-token axis (N -> c1 -> ... -> T); a head shared by all tokens squeezes each token's F features into
-the token grid (D values plus the token's two scales), plus a learned per-token offset.
+Two kinds (`GeneratorConfig.kind`):
+- "hyperconv" (after DnD's hyper-convolutional decoder): each prompt embedding is projected to a feature
+  axis of width F; convolutions along the feature axis treat the prompt axis as channels and grow it into
+  the token axis (N -> c1 -> ... -> T); one head shared by all tokens squeezes each token's F features
+  into the token grid, plus a learned per-token offset. Its kernels slide along an axis whose order is
+  arbitrary, and it reads the prompts as ordered channels although they are redrawn in any order.
+- "mlp" (in Text-to-LoRA's spirit): the prompts are mean-pooled (order-invariant) and encoded into a task
+  vector; each of the T tokens has a learned query embedding (it names the token's layer, module, A or B
+  and chunk); a residual MLP trunk shared by all tokens reads [task vector; query] and one head per
+  token role (module and A or B) writes the token, plus a learned per-token offset.
+
+Either kind can be made prompt-blind (`condition: constant`): it ignores its input and sees zeros, the
+same generator and objective without the prompts (a reference that tells conditioning from averaging).
 """
 from __future__ import annotations
 
@@ -12,47 +22,71 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+GENERATOR_KINDS = ("hyperconv", "mlp")
+CONDITIONS = ("prompts", "constant")
+
 
 @dataclass
 class GeneratorConfig:
+    kind: str = "mlp"  # hyperconv (DnD) | mlp (T2L-style: pooled prompts, per-token queries, shared trunk)
+    condition: str = "prompts"  # prompts | constant (prompt-blind: the same generator, a constant condition)
     chunk_width: int = 64  # weight-token width; token size = lora.rank * chunk_width
     prompts_per_sample: int = 8  # N prompts of one task condition one generated adapter
-    feature_dim: int = 256  # each prompt embedding is projected to this feature axis
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv channels, prompt axis -> tokens
+    feature_dim: int = 256  # hyperconv: each prompt embedding is projected to this feature axis
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # hyperconv: conv channels, prompt axis -> tokens
+    hidden_dim: int = 512  # mlp: width of the task vector, the queries and the trunk
+    depth: int = 2  # mlp: residual blocks in the trunk
 
 
 @dataclass(frozen=True)
 class GeneratorShape:
+    kind: str
+    condition: str
     prompts: int  # N
     embed_dim: int  # E
-    feature_dim: int  # F
-    channels: tuple[int, ...]
+    feature_dim: int  # F (hyperconv)
+    channels: tuple[int, ...]  # (hyperconv)
+    hidden_dim: int  # (mlp)
+    depth: int  # (mlp)
     num_tokens: int  # T
     token_dim: int  # D
+    token_roles: tuple[int, ...]  # per token: its role (module and A or B), which picks its mlp head
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "channels": list(self.channels)}
+        return {**asdict(self), "channels": list(self.channels), "token_roles": list(self.token_roles)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "GeneratorShape":
-        return cls(**{**raw, "channels": tuple(raw["channels"])})
+        return cls(**{**raw, "channels": tuple(raw["channels"]), "token_roles": tuple(raw["token_roles"])})
 
     def check(self) -> None:
-        """Positive integer sizes, or a ValueError naming the first bad one."""
+        """Known kind and condition, positive integer sizes, one role per token; else a ValueError naming it."""
+        if self.kind not in GENERATOR_KINDS:
+            raise ValueError(f"'kind' is {self.kind!r}, expected one of {GENERATOR_KINDS}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"'condition' is {self.condition!r}, expected one of {CONDITIONS}")
         for name, value in asdict(self).items():
+            if name in ("kind", "condition", "token_roles"):
+                continue
             values = value if isinstance(value, (list, tuple)) else [value]
             if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
                 raise ValueError(f"'{name}' is {value!r}, expected positive integers")
+        roles = self.token_roles
+        if len(roles) != self.num_tokens or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in roles):
+            raise ValueError(f"'token_roles' must hold {self.num_tokens} non-negative integers")
 
 
-def generator_shape(cfg: GeneratorConfig, embed_dim: int, num_tokens: int, token_dim: int) -> GeneratorShape:
-    return GeneratorShape(cfg.prompts_per_sample, embed_dim, cfg.feature_dim, tuple(cfg.channels), num_tokens, token_dim)
+def generator_shape(cfg: GeneratorConfig, embed_dim: int, token_roles: list[int], token_dim: int) -> GeneratorShape:
+    """The shape of the generator `cfg` describes, for a token grid of len(token_roles) tokens of token_dim."""
+    return GeneratorShape(cfg.kind, cfg.condition, cfg.prompts_per_sample, embed_dim, cfg.feature_dim,
+                          tuple(cfg.channels), cfg.hidden_dim, cfg.depth, len(token_roles), token_dim, tuple(token_roles))
 
 
-class LoraGenerator(nn.Module):
+class HyperConvDecoder(nn.Module):
+    """DnD's decoder: (batch, N, E) -> (batch, T, D + 2)."""
+
     def __init__(self, shape: GeneratorShape):
         super().__init__()
-        self.shape = shape
         self.project = nn.Sequential(nn.LayerNorm(shape.embed_dim), nn.Linear(shape.embed_dim, shape.feature_dim), nn.SiLU())
         widths = [shape.prompts, *shape.channels]
         layers: list[nn.Module] = []
@@ -61,10 +95,69 @@ class LoraGenerator(nn.Module):
         layers.append(nn.Conv1d(widths[-1], shape.num_tokens, kernel_size=3, padding=1))
         self.grow = nn.Sequential(*layers)
         self.head = nn.Linear(shape.feature_dim, shape.token_dim + 2)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return self.head(self.grow(self.project(condition)))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.SiLU(), nn.Linear(2 * width, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class QueryMlpDecoder(nn.Module):
+    """T2L-style decoder: mean-pooled prompts -> task vector; [task vector; token query] -> residual trunk ->
+    the token's role head. (batch, N, E) -> (batch, T, D + 2)."""
+
+    def __init__(self, shape: GeneratorShape):
+        super().__init__()
+        h = shape.hidden_dim
+        self.encode = nn.Sequential(nn.LayerNorm(shape.embed_dim), nn.Linear(shape.embed_dim, h), nn.SiLU(), nn.Linear(h, h))
+        self.queries = nn.Parameter(torch.randn(shape.num_tokens, h) * h ** -0.5)
+        self.mix = nn.Linear(2 * h, h)
+        self.trunk = nn.Sequential(*[ResidualBlock(h) for _ in range(shape.depth)], nn.LayerNorm(h))
+        roles = torch.tensor(shape.token_roles)
+        self.register_buffer("roles", roles, persistent=False)
+        n_roles = int(roles.max()) + 1
+        # One head per role, applied as one batched product: (roles, h, D + 2) weights, gathered per token.
+        self.head_weight = nn.Parameter(torch.randn(n_roles, h, shape.token_dim + 2) * h ** -0.5)
+        self.head_bias = nn.Parameter(torch.zeros(n_roles, shape.token_dim + 2))
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        task = self.encode(condition.mean(1))  # (batch, h): the prompts' order cannot matter
+        queries = self.queries.expand(task.shape[0], -1, -1)
+        x = self.trunk(self.mix(torch.cat([task.unsqueeze(1).expand_as(queries), queries], dim=-1)))  # (batch, T, h)
+        return torch.einsum("bth,thd->btd", x, self.head_weight[self.roles]) + self.head_bias[self.roles]
+
+
+class LoraGenerator(nn.Module):
+    def __init__(self, shape: GeneratorShape):
+        super().__init__()
+        shape.check()
+        self.shape = shape
+        self.decoder = HyperConvDecoder(shape) if shape.kind == "hyperconv" else QueryMlpDecoder(shape)
         self.token_offset = nn.Parameter(torch.zeros(shape.num_tokens, shape.token_dim + 2))
 
     def forward(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """condition (batch, N, E) -> normalised tokens (batch, T, D) and scales (batch, T, 2)."""
-        features = self.grow(self.project(condition))  # (batch, T, F)
-        out = self.head(features) + self.token_offset
+        if self.shape.condition == "constant":
+            condition = torch.zeros_like(condition)
+        out = self.decoder(condition) + self.token_offset
         return out[..., : self.shape.token_dim], out[..., self.shape.token_dim :]
+
+
+@torch.no_grad()
+def start_at_mean(model: LoraGenerator, tokens: torch.Tensor, scales: torch.Tensor) -> None:
+    """Set the per-token offset to the mean of the training targets (tokens (n, T, D), scales (n, T, 2)),
+    so that training starts near the average teacher rather than at weights of arbitrary size: a
+    behavioural term alone (no weight term to pull the scales in first) would otherwise start from an
+    adapter tens of times the teachers' size, whose forward overflows."""
+    model.token_offset.copy_(torch.cat([tokens.mean(0), scales.mean(0)], dim=-1).to(model.token_offset))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

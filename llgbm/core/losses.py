@@ -1,4 +1,5 @@
-"""Losses: weight reconstruction on tokens, the behavioural delta loss, and their scheduled sum."""
+"""Losses: weight reconstruction on tokens, the behavioural terms (the probe delta, the KL reference, the
+task loss), the bound on the generated weights, and their scheduled sum."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ from torch import nn
 
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
 LOSS_BALANCES = ("none", "grad_norm")
-BEHAVIOUR_LOSSES = ("delta", "kl")
+BEHAVIOUR_LOSSES = ("delta", "kl", "sft")
 LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -58,6 +59,21 @@ class KLLoss(nn.Module):
         return kl_divergence(target_log_probs, pred_log_probs)
 
 
+class TaskLoss(nn.Module):
+    """The task loss (behaviour_loss: sft): its "prediction" is each adapter's own cross-entropy on its
+    task's records (core.task_loss), and it has no target; the term is their mean."""
+
+    def forward(self, pred_cross_entropy: torch.Tensor, target: None = None) -> torch.Tensor:
+        return pred_cross_entropy.mean()
+
+
+def generated_weight_l2(raw_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The L2 bound's penalty: the sum of squares of each generated adapter's real weights (its tokens in
+    raw units, (B, T, D), padding masked out), averaged over adapters (Text-to-LoRA's penalty on the
+    generated weights)."""
+    return (raw_tokens * mask).square().sum((-1, -2)).mean()
+
+
 def scheduled_lambda(step: int, schedule: str, warmup_steps: int, max_lambda: float) -> float:
     """lambda(t): constant is 0 until warmup ends; linear and cosine ramp from 0 to max over warmup."""
     if schedule not in LAMBDA_SCHEDULES:
@@ -104,8 +120,10 @@ class MultiTaskLoss(nn.Module):
         self.lambda_schedule = lambda_schedule
         self.warmup_steps = warmup_steps
         self.lambda_weights = lambda_weights
-        # The behavioural term: the delta loss, or the KL reference (whose "delta" is log-probabilities).
-        self.delta_loss_fn = DeltaLoss(delta_loss_type, normalize) if behaviour == "delta" else KLLoss()
+        # The behavioural term: the delta loss, the KL reference (whose "delta" is log-probabilities), or the
+        # task loss (whose "delta" is each adapter's cross-entropy).
+        self.delta_loss_fn = {"delta": lambda: DeltaLoss(delta_loss_type, normalize), "kl": KLLoss,
+                              "sft": TaskLoss}[behaviour]()
         self.current_step = 0
 
     def get_lambda(self) -> float:

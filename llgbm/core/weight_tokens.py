@@ -59,6 +59,16 @@ class WeightTokenizer:
         self._gather = torch.cat(gather)
         self._sizes = [self.rank * span.width for span in spans]
 
+    def token_roles(self) -> list[int]:
+        """Per token, its role: the index of (module, A or B) in order of first appearance, e.g. every
+        layer's q_proj A chunks share one role. Generators give each role its own head."""
+        roles: dict[tuple[str, str], int] = {}
+        out = []
+        for span in self.spans:
+            role = roles.setdefault((self.layout[span.slot].module, span.part), len(roles))
+            out += [role] * span.n_tokens
+        return out
+
     def _raw_tokens(self, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         pieces = []
         for span in self.spans:

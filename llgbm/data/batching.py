@@ -20,7 +20,8 @@ class GeneratorDataset:
 
     def __init__(self, tokens: torch.Tensor, scales: torch.Tensor, deltas: torch.Tensor, prompt_rows: list[torch.Tensor],
                  embeddings: torch.Tensor, prompts_per_sample: int, names: list[str],
-                 extras: dict[str, torch.Tensor] | None = None):
+                 extras: dict[str, torch.Tensor] | None = None, records: dict[str, torch.Tensor] | None = None,
+                 record_rows: list[torch.Tensor] | None = None):
         self.tokens, self.scales, self.deltas = tokens, scales, deltas
         # Further per-checkpoint tensors drawn with each item (the KL reference's targets and prompts).
         self.extras = extras or {}
@@ -28,6 +29,10 @@ class GeneratorDataset:
         self.embeddings = embeddings
         self.prompts_per_sample = prompts_per_sample
         self.names = names  # "task/step" per checkpoint
+        # The task loss's records: token batches (input_ids, attention_mask, labels; (R, L)) of the training
+        # tasks' own training records, and per checkpoint the rows of its task's.
+        self.records = records or {}
+        self.record_rows = record_rows or []
         short = [n for n, rows in zip(names, prompt_rows) if len(rows) < prompts_per_sample]
         if short:
             raise ValueError(f"checkpoints {short[:3]} have fewer train prompts than generator.prompts_per_sample")
@@ -36,7 +41,8 @@ class GeneratorDataset:
         """A hash of every target and condition tensor."""
         digest = hashlib.sha256()
         for tensor in (self.tokens, self.scales, self.deltas, self.embeddings, *self.prompt_rows,
-                       *(self.extras[k] for k in sorted(self.extras))):
+                       *(self.extras[k] for k in sorted(self.extras)), *(self.records[k] for k in sorted(self.records)),
+                       *self.record_rows):
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
@@ -51,3 +57,11 @@ class GeneratorDataset:
         ])
         return {"index": index, "condition": condition, "tokens": self.tokens[index], "scales": self.scales[index],
                 "delta": self.deltas[index], **{k: v[index] for k, v in self.extras.items()}}
+
+    def draw_records(self, index: torch.Tensor, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """For each drawn checkpoint, `count` of its task's training records, without replacement, from
+        their own random stream (so the task loss leaves the rest of the data stream as it is):
+        input_ids, attention_mask and labels, each (len(index), count, L)."""
+        chosen = torch.stack([self.record_rows[i][torch.randperm(len(self.record_rows[i]), generator=generator)[:count]]
+                              for i in index.tolist()])
+        return {f"records_{k}": v[chosen] for k, v in self.records.items()}

@@ -1,8 +1,9 @@
-"""The multi-task training recipe: L = lambda_weights * L_weights + lambda(t) * L_delta.
+"""The multi-task training recipe: L = lambda_weights * L_weights + lambda(t) * L_behaviour (+ the L2 bound).
 
 The generator sees N prompts of a training task and emits weight tokens; L_weights compares them with
-the teacher checkpoint's tokens, L_delta compares the behavioural delta of the generated adapter
-(applied to the frozen base in one batched forward) with the teacher's cached delta.
+the teacher checkpoint's tokens; the behavioural term runs the generated adapters on the frozen base in
+one batched forward and compares the delta with the teacher's cached delta (delta), the answer
+distributions with the teacher's (kl), or scores the task's own training answers (sft).
 """
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ from llgbm.artifacts.generator_files import save_generator
 from llgbm.artifacts.teacher_index import read_index
 from llgbm.config import Config, to_dict
 from llgbm.core.delta import DeltaComputer, delta_spec
-from llgbm.core.generator import LoraGenerator, generator_shape
+from llgbm.core.generator import LoraGenerator, generator_shape, parameter_count, start_at_mean
 from llgbm.core.lora import LoraSlot, lora_layout, lora_scaling
-from llgbm.core.losses import MultiTaskLoss, delta_coefficient, weight_token_loss
+from llgbm.core.losses import MultiTaskLoss, delta_coefficient, generated_weight_l2, weight_token_loss
 from llgbm.core.precision import autocast_dtype, frozen_base_dtype, resolve_mixed_precision
+from llgbm.core.task_loss import answer_cross_entropy
 from llgbm.core.weight_tokens import WeightTokenizer
-from llgbm.data.batching import GeneratorDataset
+from llgbm.data.batching import GeneratorDataset, record_batch
 from llgbm.data.encoder import EmbeddingCache
 from llgbm.data.probes import AnswerPrompts, answer_prompts, build_probe_set, generic_length
 from llgbm.data.split import Split
@@ -44,21 +46,26 @@ from llgbm.infra.provenance import changed_keys, code_fingerprint, library_versi
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
 PROVENANCE = "provenance.json"  # libraries, precision and device of a finished run, beside its metrics
 CURVES = "curves.png"  # every per-step metric as a PNG, beside dvclive's files (which need a browser)
-# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta (whatever loss_balance does to
-# the gradient); loss_delta is the behavioural term (the delta loss, or the KL with behaviour_loss kl).
+# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta + weight_l2 * loss_l2 (whatever
+# loss_balance does to the gradient); loss_delta is the behavioural term (the delta loss, the KL with
+# behaviour_loss kl, the task cross-entropy with sft); loss_l2 the generated weights' mean sum of squares.
 # grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
 # weight tokens (logged on steps where the delta is differentiated); delta_coefficient: the factor its
 # gradient entered with (lambda(t) itself unless loss_balance rescales it).
 STEP_METRICS = ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
                 "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio", "grad_norm_weights",
-                "grad_norm_delta", "delta_coefficient")
+                "grad_norm_delta", "delta_coefficient", "loss_l2")
+# The convergence read-out: L_weights' relative change over the last 10% of steps (its mean over the last
+# 5% against the 5% before; near 0 once the curve is flat), in the final metrics.
+TAIL_CHANGE = "loss_weights_tail_change"
 
 
 def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaCache, layout: list[LoraSlot],
                   weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache, answers: AnswerPrompts,
                   tokenizer) -> GeneratorDataset:
-    """Every checkpoint of every training task; held-out tasks' checkpoints and prompts never enter.
-    With behaviour_loss kl, each also carries its teacher's answer distributions and their prompts."""
+    """Every checkpoint of every training task; held-out tasks' checkpoints, prompts and records never
+    enter. With behaviour_loss kl, each also carries its teacher's answer distributions and their prompts;
+    with sft, its task's training records (token batches)."""
     by_name = {t.name: t for t in training}
     chosen = [c for c in read_index(paths.teachers) if c["task"] in by_name]
     tokens, scales, deltas, rows, names, kl_targets, kl_top_ids = [], [], [], [], [], [], []
@@ -83,8 +90,26 @@ def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaC
         extras["kl_ids"], extras["kl_mask"] = answers.batch([c["task"] for c in chosen], tokenizer)
         if kl_top_ids[0] is not None:
             extras["kl_top_ids"] = torch.stack(kl_top_ids)
+    records, record_rows = task_records(training, [c["task"] for c in chosen], cfg.sft.records, tokenizer) \
+        if cfg.behaviour_loss == "sft" else (None, None)
     return GeneratorDataset(torch.stack(tokens), torch.stack(scales), torch.stack(deltas), rows, embeddings.embeddings,
-                            cfg.generator.prompts_per_sample, names, extras)
+                            cfg.generator.prompts_per_sample, names, extras, records, record_rows)
+
+
+def task_records(training: list[Task], checkpoint_tasks: list[str], count: int,
+                 tokenizer) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The task loss's data: one token batch of every training task's training records (test records and
+    held-out tasks never), and per checkpoint the rows of its own task's."""
+    short = [t.name for t in training if len(t.train) < count]
+    if short:
+        raise LlgbmError(f"sft.records: {count} per step, but task '{short[0]}' has only "
+                         f"{len(next(t for t in training if t.name == short[0]).train)} training records")
+    batch = record_batch(tokenizer, [r for t in training for r in t.train])
+    first, rows = 0, {}
+    for t in training:
+        rows[t.name] = torch.arange(first, first + len(t.train))
+        first += len(t.train)
+    return batch, [rows[name] for name in checkpoint_tasks]
 
 
 def _checkpoints(directory: Path) -> list[Path]:
@@ -131,8 +156,13 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     loss_fn: MultiTaskLoss
     data_generator: torch.Generator
+    records_generator: torch.Generator  # the task loss's record draws, a stream of their own
     computer: DeltaComputer
     provenance: dict
+
+    @property
+    def records(self) -> tuple[torch.Generator, int] | None:
+        return (self.records_generator, self.cfg.sft.records) if self.cfg.behaviour_loss == "sft" else None
 
 
 def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
@@ -162,8 +192,9 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
     dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings, answers, tokenizer)
 
     torch.manual_seed(cfg.seed)
-    shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.num_tokens, weight_tokenizer.token_dim)
+    shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.token_roles(), weight_tokenizer.token_dim)
     model = LoraGenerator(shape)
+    start_at_mean(model, dataset.tokens, dataset.scales)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
     # The schedule counts optimizer steps, so it stays out of accelerator.prepare: accelerate's wrapper
     # steps a scheduler once per process, which with N processes ends the schedule after steps / N.
@@ -174,6 +205,7 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
                             behaviour=cfg.behaviour_loss)
     # Each process draws its own batches (its own stream, saved per rank in checkpoints).
     data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
+    records_generator = torch.Generator().manual_seed(1_000_003 + cfg.seed * 7919 + accelerator.process_index)
     model, optimizer = accelerator.prepare(model, optimizer)
     base = load_base(paths.base, base_dtype, device=device)
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
@@ -187,7 +219,7 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
                   "checkpoints": sha256_json(dataset.names), "data": dataset.fingerprint()}
     return Run(cfg, paths, accelerator, mixed_precision, training, list(split.heldout), cache, embeddings,
                weight_tokenizer, dataset, weight_tokenizer.mask.to(device), model, optimizer, scheduler, loss_fn,
-               data_generator, computer, provenance)
+               data_generator, records_generator, computer, provenance)
 
 
 def _resume(run: Run) -> tuple[int, dict[str, list[tuple[int, float]]]]:
@@ -213,6 +245,7 @@ def _resume(run: Run) -> tuple[int, dict[str, list[tuple[int, float]]]]:
     run.scheduler.load_state_dict(state["scheduler"])
     rank_state = state["ranks"][accelerator.process_index]
     run.data_generator.set_state(rank_state["data_generator"])
+    run.records_generator.set_state(rank_state["records_generator"])
     torch.set_rng_state(rank_state["torch_rng"])
     run.loss_fn.current_step = state["step"]
     accelerator.print(f"{existing[-1]}: resuming at step {state['step']} of {run.cfg.train.steps}")
@@ -227,7 +260,7 @@ def _optimizer_step(run: Run, step: int) -> dict[str, float]:
     for _ in range(tr.gradient_accumulation_steps):
         with accelerator.accumulate(run.model):
             micro = training_step(run.model, run.dataset, run.data_generator, tr, run.token_mask, run.weight_tokenizer,
-                                  run.computer, run.loss_fn, accelerator.device, step)
+                                  run.computer, run.loss_fn, accelerator.device, step, run.records)
             accelerator.backward(micro.pop("_loss"))
             if accelerator.sync_gradients:
                 micro["grad_norm"] = float(accelerator.clip_grad_norm_(run.model.parameters(), tr.max_grad_norm))
@@ -267,7 +300,11 @@ def _finish(run: Run, live: Live | None, history: dict[str, list[tuple[int, floa
             "base_fingerprint": run.cache.base_fingerprint, "probes_fingerprint": run.cache.probes.fingerprint(),
             "encoder": run.embeddings.encoder_name, "steps": cfg.train.steps, "seed": cfg.seed,
             "training_tasks": [t.name for t in run.training], "heldout_tasks": run.heldout}
-    save_generator(accelerator.unwrap_model(run.model), meta, paths.generator)
+    model = accelerator.unwrap_model(run.model)
+    save_generator(model, meta, paths.generator)
+    # Read-outs of the whole run, beside the last step's metrics: the generator's size and whether
+    # L_weights had stopped falling.
+    live.summary.update({"generator_parameters": parameter_count(model), TAIL_CHANGE: tail_change(history["loss_weights"])})
     live.end()
     line_panels(history, paths.live / CURVES, f"training, {cfg.train.steps} steps (seed {cfg.seed})")
     # A finished run leaves nothing a later run could resume from by mistake.
@@ -279,6 +316,15 @@ def _finish(run: Run, live: Live | None, history: dict[str, list[tuple[int, floa
                                                 "precision": run.mixed_precision,
                                                 "processes": accelerator.num_processes,
                                                 "device": accelerator.device.type, "machine": machine_description()})
+
+
+def tail_change(rows: list[tuple[int, float]], share: float = 0.1) -> float:
+    """The relative change of a per-step series over its last `share` of steps: the mean of the last half
+    of that window against the mean of its first half, minus 1 (negative while the series still falls)."""
+    window = [value for _, value in rows[-max(2, round(len(rows) * share)):]]
+    half = len(window) // 2
+    before, after = sum(window[:half]) / half, sum(window[half:]) / (len(window) - half)
+    return after / before - 1 if before else float("nan")
 
 
 def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_step: int | None = None) -> dict:
@@ -303,10 +349,9 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
         metrics = _optimizer_step(run, step)
         _log(live, history, step, metrics, summary=step % tr.log_interval == 0 or step == tr.steps)
         progress.update(1)
-        progress.set_postfix(loss=f"{metrics['loss_total']:.4f}")
+        progress.set_postfix(loss=f"{metrics['loss_total']:.4f}", refresh=False)  # tqdm throttles only what it refreshes itself
         if step % tr.save_interval == 0 and step < tr.steps:
-            _save_checkpoint(accelerator, paths.checkpoints, step, run.model, run.optimizer, run.scheduler,
-                             run.data_generator, run.provenance, history)
+            _save_checkpoint(accelerator, paths.checkpoints, step, run, history)
         if stop_after_step is not None and step >= stop_after_step:
             progress.close()
             accelerator.wait_for_everyone()
@@ -320,60 +365,85 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
 
 
 def training_step(model, dataset: GeneratorDataset, data_generator: torch.Generator, tr, token_mask: torch.Tensor,
-                weight_tokenizer: WeightTokenizer, computer: DeltaComputer, loss_fn: MultiTaskLoss,
-                device: torch.device, step: int) -> dict:
+                  weight_tokenizer: WeightTokenizer, computer: DeltaComputer, loss_fn: MultiTaskLoss,
+                  device: torch.device, step: int, records: tuple[torch.Generator, int] | None = None) -> dict:
+    """One micro-batch's loss (under "_loss") and metrics. `records`: the task loss's record stream and
+    how many records per adapter (behaviour_loss sft only)."""
     batch = {k: v.to(device) for k, v in dataset.draw(tr.batch_size, data_generator).items()}
     pred_tokens, pred_scales = model(batch["condition"])
-    pred_tokens = pred_tokens.float() * token_mask  # padding is zero, as in the targets
-    pred_scales = pred_scales.float()
+    # fp32 at least (a bf16 generator's outputs), padding zero as in the targets.
+    pred_tokens = pred_tokens.to(torch.promote_types(pred_tokens.dtype, torch.float32)) * token_mask
+    pred_scales = pred_scales.to(pred_tokens.dtype)
     loss_weights = weight_token_loss(pred_tokens, pred_scales, batch["tokens"], batch["scales"], token_mask)
+    pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
+    loss_l2 = generated_weight_l2(pred_raw, token_mask)
     delta_pred = delta_target = None
     n_delta = tr.delta_batch_size
+    # With the weight term present, the behavioural term reaches the scales detached: a token's mean and
+    # log-std move all its r x chunk_width weights at once, a direction the delta is so sensitive to that
+    # its gradient (norm 10^2..10^3 on the embedded default) swamped everything after clipping, and the
+    # weight loss trains the scales. Without it (behaviour-only), nothing else could train them.
+    behaviour_leaves = (pred_tokens,) if tr.lambda_weights > 0 else (pred_tokens, pred_scales)
     if n_delta:
-        # With lambda(t) = 0 the delta is still measured (for the logs) but not differentiated. The scales
-        # reach the delta detached: a token's mean and log-std move all its r x chunk_width weights at
-        # once, a direction the delta is so sensitive to that its gradient (norm 10^2..10^3 on the
-        # embedded default) swamped everything after clipping; the weight loss trains the scales.
+        # With lambda(t) = 0 the behavioural term is still measured (for the logs) but not differentiated.
         with torch.set_grad_enabled(loss_fn.get_lambda() > 0):
-            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta].detach())
-            if loss_fn.behaviour == "kl":  # the reference: answer distributions on each task's own prompts
-                top_ids = batch["kl_top_ids"][:n_delta] if "kl_top_ids" in batch else None
-                delta_pred = computer.answer_log_probs(adapters, batch["kl_ids"][:n_delta], batch["kl_mask"][:n_delta],
-                                                       top_ids)
-                delta_target = batch["kl_target"][:n_delta]
-            else:
-                delta_pred = computer(adapters)
-                delta_target = batch["delta"][:n_delta]
+            scales = pred_scales[:n_delta] if len(behaviour_leaves) == 2 else pred_scales[:n_delta].detach()
+            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], scales)
+            delta_pred, delta_target = _behaviour(loss_fn.behaviour, computer, adapters, batch, dataset, records, n_delta)
     total, metrics = loss_fn(loss_weights, delta_pred, delta_target)
     if delta_pred is not None and delta_pred.requires_grad:
-        # The two terms meet at the generated tokens (the delta sees the scales detached): each term's
-        # gradient there, its norm logged, the delta's weighted by the balance rule, then one backward
+        # The two terms meet at the generated tokens (and scales, behaviour-only): each term's gradient
+        # there, its norm logged, the behavioural one weighted by the balance rule, then one backward
         # through the generator for both. With balance "none" this is exactly the plain sum's gradient.
-        (grad_delta,) = torch.autograd.grad(loss_fn.delta_loss_fn(delta_pred, delta_target), pred_tokens)
-        (grad_weights,) = torch.autograd.grad(loss_weights, pred_tokens, retain_graph=True)
-        norm_weights, norm_delta = grad_weights.norm().item(), grad_delta.norm().item()
+        grads_behaviour = torch.autograd.grad(loss_fn.delta_loss_fn(delta_pred, delta_target), behaviour_leaves)
+        grads_weights = torch.autograd.grad(loss_weights, behaviour_leaves, retain_graph=True)
+        norm_weights = math.sqrt(sum(g.square().sum().item() for g in grads_weights))
+        norm_delta = math.sqrt(sum(g.square().sum().item() for g in grads_behaviour))
         coefficient = delta_coefficient(loss_fn.get_lambda(), loss_fn.lambda_weights * norm_weights, norm_delta,
                                         loss_fn.balance)
-        total = loss_fn.lambda_weights * loss_weights + coefficient * (pred_tokens * grad_delta).sum()
+        surrogate = sum((leaf * grad).sum() for leaf, grad in zip(behaviour_leaves, grads_behaviour))
+        total = loss_fn.lambda_weights * loss_weights + coefficient * surrogate
         metrics.update(grad_norm_weights=norm_weights, grad_norm_delta=norm_delta, delta_coefficient=coefficient)
+    if tr.weight_l2 > 0:
+        total = total + tr.weight_l2 * loss_l2
+        metrics["loss_total"] += tr.weight_l2 * loss_l2.item()
+    metrics["loss_l2"] = loss_l2.item()
     for name, value in metrics.items():
         if not math.isfinite(value):
             raise LlgbmError(f"train: {name} is {value} at step {step}; no checkpoint written")
     with torch.no_grad():
-        pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
         target_raw = batch["tokens"] * torch.exp(batch["scales"][..., 1:]) + batch["scales"][..., :1]
         metrics["weight_norm_ratio"] = ((pred_raw * token_mask).norm() / (target_raw * token_mask).norm()).item()
     metrics["_loss"] = total
     return metrics
 
 
-def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, model, optimizer, scheduler,
-                     data_generator: torch.Generator, provenance: dict, history: dict, keep: int = 2) -> None:
+def _behaviour(behaviour: str, computer: DeltaComputer, adapters, batch: dict[str, torch.Tensor],
+               dataset: GeneratorDataset, records: tuple[torch.Generator, int] | None,
+               n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The behavioural term's prediction and target for the first n items of the batch."""
+    if behaviour == "kl":  # the reference: answer distributions on each task's own prompts
+        top_ids = batch["kl_top_ids"][:n] if "kl_top_ids" in batch else None
+        return (computer.answer_log_probs(adapters, batch["kl_ids"][:n], batch["kl_mask"][:n], top_ids),
+                batch["kl_target"][:n])
+    if behaviour == "sft":  # the task loss: each adapter's cross-entropy on its own task's training records
+        if records is None:
+            raise ValueError("behaviour_loss sft needs the record stream and count")
+        drawn = dataset.draw_records(batch["index"][:n].cpu(), records[1], records[0])
+        return answer_cross_entropy(computer.model, computer.layout, adapters, computer.scaling,
+                                    drawn["records_input_ids"], drawn["records_attention_mask"],
+                                    drawn["records_labels"], computer.autocast_dtype,
+                                    computer.gradient_checkpointing), None
+    return computer(adapters), batch["delta"][:n]
+
+
+def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, run: Run, history: dict, keep: int = 2) -> None:
     """Every rank's random state, gathered; the rest (identical on every rank) from the main process."""
-    ranks = gather_object([{"data_generator": data_generator.get_state(), "torch_rng": torch.get_rng_state()}])
+    ranks = gather_object([{"data_generator": run.data_generator.get_state(),
+                            "records_generator": run.records_generator.get_state(), "torch_rng": torch.get_rng_state()}])
     if accelerator.is_main_process:
-        state = {"step": step, "provenance": provenance, "model": accelerator.unwrap_model(model).state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "ranks": ranks,
+        state = {"step": step, "provenance": run.provenance, "model": accelerator.unwrap_model(run.model).state_dict(),
+                 "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), "ranks": ranks,
                  "history": history}
         write_atomic(directory / f"step-{step:06d}.pt", lambda tmp: torch.save(state, tmp))
         for old in _checkpoints(directory)[:-keep]:

@@ -1,0 +1,45 @@
+"""The task loss of generated adapters (`behaviour_loss: sft`, Text-to-LoRA's SFT objective): the
+cross-entropy of each adapter's answer tokens on records of its own task, under base + that adapter.
+
+B adapters are applied in one forward of the frozen base over B x K records (the batched LoRA hooks; no
+PEFT injection, no dense delta-W), and the LM head runs only at the positions that predict an answer
+token, so a large vocabulary costs (answer tokens x vocab), not (all tokens x vocab). The head is the
+causal LM's output embedding: models whose logits pass through more than it (soft-capping, scaling) are
+not supported here.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from llgbm.core.lora import AdapterBatch, LoraSlot, apply_adapters
+
+IGNORE = -100  # a label that is not scored (prompt tokens and padding), as in completion_batch
+
+
+def answer_cross_entropy(model: PreTrainedModel, layout: list[LoraSlot], adapters: AdapterBatch, scaling: float,
+                         input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                         autocast_dtype: torch.dtype | None = None, checkpoint_layers: bool = False) -> torch.Tensor:
+    """(B,) mean cross-entropy per answer token of adapter j on its own records: input_ids, attention_mask
+    and labels are (B, K, L), right-padded, labels IGNORE outside the answers. Differentiable with respect
+    to the adapter tensors; fp32 (float64 stays float64)."""
+    n, k, _ = input_ids.shape
+    device = next(model.parameters()).device
+    ids, mask, labels = (t.flatten(0, 1).to(device) for t in (input_ids, attention_mask, labels))
+    targets = labels[:, 1:]
+    rows, cols = (targets != IGNORE).nonzero(as_tuple=True)  # position cols predicts token cols + 1
+    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext())
+    with autocast, apply_adapters(model, layout, adapters, scaling,
+                                  checkpoint_layers=checkpoint_layers and torch.is_grad_enabled()):
+        hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[rows, cols])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    token_loss = F.cross_entropy(logits, targets[rows, cols], reduction="none")
+    adapter = torch.div(rows, k, rounding_mode="floor")
+    counts = torch.bincount(adapter, minlength=n)
+    if bool((counts == 0).any()):
+        raise ValueError("answer_cross_entropy: an adapter's records have no answer token")
+    return torch.zeros(n, dtype=token_loss.dtype, device=device).index_add(0, adapter, token_loss) / counts
