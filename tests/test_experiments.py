@@ -21,7 +21,8 @@ from llgbm.study.stats import mean_ci
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
             "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",
-            "max_training_tasks": None, "train.lambda_weights": 1.0}
+            "max_training_tasks": None, "train.lambda_weights": 1.0, "train.delta_batch_size": 2, "train.weight_l2": 0.0,
+            "generator.kind": "mlp", "generator.condition": "prompts"}
 
 
 # --- the grid ---------------------------------------------------------------------------------------
@@ -64,11 +65,13 @@ def test_study_objectives_queue(no_dvc: None) -> None:
     lines = _queued("objectives")
     arms = study_arms(DEFAULTS, "objectives")
     assert [objective_of(a) for a in arms] == ["weight-only", "delta", "per-probe delta", "multi-layer delta", "KL",
-                                               "delta-only", "KL-only"]
+                                               "delta-only", "KL-only", "SFT", "SFT-only", "SFT-only, prompt-blind"]
     assert "-S lambda_delta=0.0" in lines[0] and "-S delta_reduce=per_probe" in lines[2]
     assert "-S delta_layers=all" in lines[3] and "-S behaviour_loss=kl" in lines[4]
-    for line in lines[5:]:  # behaviour term alone: lambda_weights 0 needs the plain sum
+    for line in lines[5:7] + lines[8:]:  # behaviour term alone: lambda_weights 0 needs the plain sum
         assert "-S train.lambda_weights=0.0" in line and "-S loss_balance=none" in line
+    assert all("-S behaviour_loss=sft" in line and "-S train.delta_batch_size=8" in line for line in lines[7:])
+    assert "-S generator.condition=constant" in lines[9] and "-S generator.condition=prompts" in lines[8]
     assert all("-S max_training_tasks=null" in line for line in lines)
 
 
@@ -83,7 +86,7 @@ def test_study_lambdas_and_task_counts_queue(no_dvc: None) -> None:
         assert {"-S lambda_delta=0.0" in line for line in chosen} == {True, False}
         assert sum("-S behaviour_loss=kl" in line for line in chosen) == 1
     every = study_arms(DEFAULTS, "all")  # objectives + 2 new lambdas + 3 objectives x 3 new counts
-    assert len(every) == 7 + 2 + 9 and len({str(a) for a in every}) == len(every)
+    assert len(every) == 10 + 2 + 9 and len({str(a) for a in every}) == len(every)
     assert "delta_layers=[0,1]" in queue_commands([{**DEFAULTS, "delta_layers": [0, 1]}], [0])[0]
 
 
@@ -118,7 +121,9 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
 
 
 def test_study_needs_every_knob_and_a_behaviour_weight() -> None:
-    params = {k: v for k, v in DEFAULTS.items() if "." not in k} | {"train": {"lambda_weights": 1.0, "steps": 9}}
+    params = {k: v for k, v in DEFAULTS.items() if "." not in k} | {
+        "train": {"lambda_weights": 1.0, "delta_batch_size": 2, "weight_l2": 0.0, "steps": 9},
+        "generator": {"kind": "mlp", "condition": "prompts"}}
     assert knob_defaults(params, "p.yaml") == DEFAULTS
     with pytest.raises(LlgbmError, match="p.yaml: no 'train.lambda_weights'"):
         knob_defaults({**params, "train": {}}, "p.yaml")
@@ -183,23 +188,23 @@ def test_report_pairs_arms_and_shows_seeds_and_tasks() -> None:
     assert "lambda_delta=2.0" not in report
     weight_only = _line(report, "| weight-only | — | all |")
     delta = _line(report, "| delta | — | all |")
-    assert weight_only.endswith("| reference | reference | reference |")
+    assert weight_only.endswith("| reference | reference | reference | — |")
     assert "| 3 | 8 / 42 | 0.200 ± 0.248 |" in weight_only
     # held-out: per-seed differences 0.05, 0.04, 0.07 (the hand example); seen: -0.1, 0, -0.2
     assert "| 3 | 8 / 42 | 0.253 ± 0.275 | 0.800 ± 0.248 | 0.050 ± 0.000 | 6 | 0.400 ± 0.000 | 0.100 ± 0.000 |" in delta
     # detectable: (t(0.975, 2) + t(0.8, 2)) x sd / sqrt(3), both quantiles in closed form at df = 2
     sd = statistics.stdev([0.05, 0.04, 0.07])
     detectable = (0.95 / math.sqrt(2 * 0.975 * 0.025) + 0.6 / math.sqrt(2 * 0.8 * 0.2)) * sd / math.sqrt(3)
-    assert delta.endswith(f"| +0.053 ± 0.038 (3 seeds) | -0.100 ± 0.248 (3 seeds) | {detectable:.3f} |")
+    assert delta.endswith(f"| +0.053 ± 0.038 (3 seeds) | -0.100 ± 0.248 (3 seeds) | {detectable:.3f} | — |")
     kl = _line(report, "| KL | — | all |")
-    assert "| 1 | 8 / 42 | 0.500 (1 seed, no CI) |" in kl and kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — |")
+    assert "| 1 | 8 / 42 | 0.500 (1 seed, no CI) |" in kl and kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — |")
     only = _line(report, "| delta-only | — | all |")  # the knobs its name says are not repeated
     assert "| 1 | 8 / 42 | 0.000 (1 seed, no CI) |" in only
     eight = _line(report, "| delta | — | 8 |")
-    assert "| 1 | ? / 8 |" in eight and eight.endswith("| no weight-only run | no weight-only run | no weight-only run |")
+    assert "| 1 | ? / 8 |" in eight and eight.endswith("| no weight-only run | no weight-only run | no weight-only run | — |")
     layers = _line(report, "| delta at layers 0, 1 | — | all | 1 |")  # seed 1, paired with weight-only's seed 1
-    assert layers.endswith("| +0.500 (1 seed, no CI) | +0.000 (1 seed, no CI) | — |")
-    assert _line(report, "| delta | probe_count=10 | all | 1 |").endswith("| no common seed | no common seed | — |")
+    assert layers.endswith("| +0.500 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — |")
+    assert _line(report, "| delta | probe_count=10 | all | 1 |").endswith("| no common seed | no common seed | — | — |")
     assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | any | — | — | 0.110 | — |")
     assert _line(report, "| baseline: multi-task LoRA | testbed diagnostics | any | — | — | 0.120 | 0.800 |")
     assert _line(report, "| baseline: chance |")
@@ -354,7 +359,7 @@ def test_report_counts_failed_seeds_and_keeps_them_out_of_every_mean() -> None:
     report = comparison_report(runs + failures + [rerun, only_failed])
     kl = _line(report, "| KL | — | all |")
     assert "| 1 (+2 failed) | 8 / 42 | 0.500 (1 seed, no CI) |" in kl
-    assert kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — |")
+    assert kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — |")
     assert _line(report, "| KL | probe_count=3 | all | 0 (+1 failed) | ? / ? | — | — |")
     assert "- KL, max training tasks all, seed 1 (klf1): nan at 1" in report
     assert "- KL, max training tasks all, seed 2 (klf2): nan at 2" in report
@@ -385,3 +390,15 @@ def test_weight_norm_ratio_is_read_from_train_metrics_and_shown_as_a_range() -> 
     assert "| 333–1.04e+05 | -0.050 ± 0.635 (2 seeds) |" in _line(report, "| delta-only |")
     older = comparison_report([runs[0], archived])  # archived before the report had the metric
     assert "| 0.85 (1 of 2 seeds) | reference |" in _line(older, "| weight-only |")
+
+
+def test_report_pairs_a_conditioned_arm_with_its_prompt_blind_twin() -> None:
+    sft = {"behaviour_loss": "sft", "train.delta_batch_size": 8, "train.lambda_weights": 0.0, "loss_balance": "none"}
+    rows = [_row(f"w{s}", s, 0.2, lambda_delta=0.0) for s in range(3)]
+    rows += [_row(f"s{s}", s, 0.6 + 0.01 * s, **sft) for s in range(3)]
+    rows += [_row(f"b{s}", s, 0.5, **sft, **{"generator.condition": "constant"}) for s in range(3)]
+    report = comparison_report(collect_runs(rows))
+    conditioned, blind = _line(report, "| SFT-only | — | all |"), _line(report, "| SFT-only, prompt-blind | — | all |")
+    mean, half = mean_ci([0.1, 0.11, 0.12])
+    assert conditioned.endswith(f"| {mean:+.3f} ± {half:.3f} (3 seeds) |")
+    assert blind.endswith("| — |")  # a prompt-blind arm has no prompt-blind twin

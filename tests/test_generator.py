@@ -59,3 +59,17 @@ def test_shape_check_names_the_bad_field() -> None:
                        (dict(token_roles=(0, 1)), "token_roles"), (dict(depth=0), "depth")):
         with pytest.raises(ValueError, match=field):
             type(shape)(**{**shape.__dict__, **bad}).check()
+
+
+@pytest.mark.parametrize("kind", GENERATOR_KINDS)
+def test_an_untrained_generator_started_at_the_mean_writes_the_mean_target(kind: str) -> None:
+    from llgbm.core.generator import start_at_mean
+
+    model = _generator(kind)
+    targets, target_scales = torch.randn(5, 7, 10), torch.randn(5, 7, 2)
+    start_at_mean(model, targets, target_scales)
+    tokens, scales = model(torch.randn(3, 4, 12))
+    torch.testing.assert_close(tokens, targets.mean(0).expand_as(tokens))
+    torch.testing.assert_close(scales, target_scales.mean(0).expand_as(scales))
+    tokens.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())  # it can leave

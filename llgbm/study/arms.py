@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Mapping
 
-# The knobs an arm is made of: top-level params, and `train.lambda_weights` (exp_show and `-S` both name a
-# nested param by its dotted path).
+# The knobs an arm is made of: top-level params, and nested ones by their dotted path (as exp_show and `-S`
+# both name them).
 ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
-            "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights")
+            "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights", "train.delta_batch_size",
+            "train.weight_l2", "generator.kind", "generator.condition")
 
 # The study's objectives: the knobs that define each, others at params.yaml's values. Training on the
 # behaviour term alone (train.lambda_weights = 0) needs the plain sum: grad_norm balancing scales the
@@ -22,6 +23,12 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "delta-only": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last",
                    "train.lambda_weights": 0.0, "loss_balance": "none"},
     "KL-only": {"behaviour_loss": "kl", "train.lambda_weights": 0.0, "loss_balance": "none"},
+    # The task loss (Text-to-LoRA's SFT) on every item of the batch, and the same without the prompts: the
+    # reference that tells conditioning from averaging (a constant condition makes it one adapter).
+    "SFT": {"behaviour_loss": "sft", "train.delta_batch_size": 8},
+    "SFT-only": {"behaviour_loss": "sft", "train.delta_batch_size": 8, "train.lambda_weights": 0.0, "loss_balance": "none"},
+    "SFT-only, prompt-blind": {"behaviour_loss": "sft", "train.delta_batch_size": 8, "train.lambda_weights": 0.0,
+                               "loss_balance": "none", "generator.condition": "constant"},
 }
 
 # An arm as read back (llgbm.study.experiments.arm_of): (knob, value) pairs in ARM_KEYS' order, hashable.
@@ -29,12 +36,14 @@ Arm = tuple[tuple[str, Any], ...]
 
 
 def objective_of(arm: Mapping[str, Any]) -> str:
-    """An arm's objective in words: weight-only, delta (with its variants), KL, and their "-only" forms."""
+    """An arm's objective in words: weight-only, delta (with its variants), KL, SFT, their "-only" forms, and
+    ", prompt-blind" where the generator's condition is constant."""
+    blind = ", prompt-blind" if arm.get("generator.condition") == "constant" else ""
     if not arm.get("lambda_delta"):
-        return "weight-only"
+        return "weight-only" + blind
     only = "-only" if arm.get("train.lambda_weights") == 0 else ""
-    if arm.get("behaviour_loss") == "kl":
-        return f"KL{only}"
+    if arm.get("behaviour_loss") in ("kl", "sft"):
+        return {"kl": "KL", "sft": "SFT"}[arm["behaviour_loss"]] + only + blind
     words = ["per-probe"] if arm.get("delta_reduce") == "per_probe" else []
     layers = arm.get("delta_layers")
     if layers == "all":
@@ -42,11 +51,11 @@ def objective_of(arm: Mapping[str, Any]) -> str:
     name = " ".join(words + [f"delta{only}"])
     if layers not in (None, "last", "all"):
         name += " at layers " + ", ".join(str(layer) for layer in layers)
-    return name
+    return name + blind
 
 
 # Knobs the objective's name says (or, for the task count, a column of its own).
-_NAMED_KNOBS = ("behaviour_loss", "delta_reduce", "delta_layers", "max_training_tasks")
+_NAMED_KNOBS = ("behaviour_loss", "delta_reduce", "delta_layers", "max_training_tasks", "generator.condition")
 
 
 def arm_knobs(arms: list[Arm]) -> dict[Arm, str]:
@@ -59,7 +68,9 @@ def arm_knobs(arms: list[Arm]) -> dict[Arm, str]:
         implied = set(_NAMED_KNOBS)
         if objective == "weight-only":
             implied.add("lambda_delta")
-        if objective.endswith("-only") or "-only " in objective:
+        if objective.startswith("SFT"):
+            implied.add("train.delta_batch_size")
+        if "-only" in objective:
             implied |= {"train.lambda_weights", "loss_balance"}
         knobs[arm] = ", ".join(f"{k}={_text(v)}" for k, v in arm if k not in implied and v != common[k])
     return knobs
@@ -76,6 +87,15 @@ def reference_of(arm: Arm, arms: list[Arm]) -> Arm | None:
     candidates = sorted((a for a in arms if objective_of(dict(a)) == "weight-only"
                          and dict(a)["max_training_tasks"] == task_count), key=str)
     return max(candidates, key=lambda a: sum(x == y for x, y in zip(a, arm)), default=None)
+
+
+def prompt_blind_of(arm: Arm, arms: list[Arm]) -> Arm | None:
+    """The arm that differs from a prompt-conditioned `arm` only in a constant condition, if it ran: the
+    same generator and objective without the prompts (does conditioning help at all?)."""
+    if dict(arm).get("generator.condition") != "prompts":
+        return None
+    blind = tuple((k, "constant" if k == "generator.condition" else v) for k, v in arm)
+    return blind if blind in arms else None
 
 
 def arm_order(arm: Arm) -> tuple:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from llgbm.study.arms import Arm, arm_knobs, arm_order, objective_of, reference_of
+from llgbm.study.arms import Arm, arm_knobs, arm_order, objective_of, prompt_blind_of, reference_of
 from llgbm.study.experiments import (
     COUNT_METRICS,
     DIAGNOSTIC_BASELINES,
@@ -115,7 +115,8 @@ def _header() -> list[str]:
             "gain share defined (per seed)",
             *(KEY_METRICS[m][0] for m in ("heldout_cosine", "heldout_cosine_centred", "weight_norm_ratio")),
             *(f"Δ {KEY_METRICS[m][0]} vs weight-only (paired)" for m in PAIRED_METRICS),
-            f"Δ held-out accuracy detectable ({DETECTION_POWER:.0%} power)"]
+            f"Δ held-out accuracy detectable ({DETECTION_POWER:.0%} power)",
+            "Δ held-out accuracy vs the same arm prompt-blind (paired)"]
 
 
 def _arm_row(arm: Arm, groups: dict[Arm, dict[int, Run]], failed: dict[Arm, dict[int, Run]], knobs: str) -> str:
@@ -129,6 +130,8 @@ def _arm_row(arm: Arm, groups: dict[Arm, dict[int, Run]], failed: dict[Arm, dict
     else:
         paired = {m: _paired(bucket, groups[reference], m) for m in PAIRED_METRICS}
         diffs = [*(_paired_cell(paired[m]) for m in PAIRED_METRICS), _detectable_cell(paired["heldout_accuracy"])]
+    blind = prompt_blind_of(arm, list(groups))
+    diffs.append("—" if blind is None else _paired_cell(_paired(bucket, groups[blind], "heldout_accuracy")))
     n, n_failed = len(bucket), len(failed.get(arm, {}))
     # .get: a run archived before a metric joined the report lacks it
     metric_cells = {m: (_range_cell if m in RANGE_METRICS else _mean_cell)(
@@ -153,7 +156,9 @@ _HOW_TO_READ = (
     f"Detectable: the true held-out difference a two-sided 5% paired t test over those seeds would find "
     f"with {DETECTION_POWER:.0%} power, (t(0.975) + t({DETECTION_POWER:g})) x sd / sqrt(seeds) from the arm's "
     "own per-seed differences: an interval around 0 rules out effects of about that size, not smaller "
-    "ones. Tasks: "
+    "ones. Prompt-blind: the paired difference from the arm that is the same but for a constant generator "
+    "condition (`generator.condition: constant`), where one ran: what the prompts add over one adapter. "
+    "Tasks: "
     "the held-out and seen tasks each mean covers, from the evaluation's `heldout.tasks` / `seen.tasks` "
     "(? where a run did not record them). Delta cosine on the evaluation probe set, raw and centred on "
     "the mean training-teacher delta. Weight norm: the generated weights' norm over their teachers' in the "
