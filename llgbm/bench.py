@@ -270,7 +270,8 @@ def bench_train(cfg: Config, steps: int) -> dict:
     n_checkpoints, n_prompts, embed_dim = 18, 256, 384
     tokens, scales = weight_tokenizer.tokenize(stack_adapters([random_adapter(layout, generator) for _ in range(n_checkpoints)]))
     probes = random_probes(32, cfg.probe_count, 12, generator)
-    model = LoraGenerator(generator_shape(cfg.generator, embed_dim, weight_tokenizer.token_roles(), weight_tokenizer.token_dim))
+    model = LoraGenerator(generator_shape(cfg.generator, embed_dim, weight_tokenizer.token_roles(), weight_tokenizer.token_columns(),
+                          weight_tokenizer.token_dim))
     start_at_mean(model, tokens, scales)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate)
     lam = max(cfg.lambda_delta, 1.0)

@@ -80,7 +80,7 @@ class DeltasConfig:
 class SftConfig:
     # The task loss (behaviour_loss: sft): per generated adapter and step, this many of its own task's
     # training records (drawn afresh each step; a held-out task's records never reach training).
-    records: int = 16
+    records: int = 8
 
 
 @dataclass
@@ -103,9 +103,6 @@ class TrainConfig:
     warmup_steps: int = 100  # learning-rate warmup, then linear decay to 0
     max_grad_norm: float = 1.0
     lambda_weights: float = 1.0  # 0 gives behaviour-only training
-    # The bound on the generated update: this times the sum of squares of each generated adapter's
-    # weights, averaged over the batch, is added to the loss (Text-to-LoRA's L2 penalty).
-    weight_l2: float = 0.0
     lambda_warmup_steps: int = 300
     save_interval: int = 250
     log_interval: int = 10  # dvclive summary (metrics.json) refresh; per-step metrics are logged every step
@@ -350,6 +347,8 @@ def _validate_training(cfg: Config, source: str) -> None:
     _check_choice(g.condition, CONDITIONS, "generator.condition", source)
     for key in ("chunk_width", "prompts_per_sample", "feature_dim", "hidden_dim", "depth"):
         _check_positive(getattr(g, key), f"generator.{key}", source)
+    if g.max_scale_factor <= 1:
+        raise LlgbmError(f"{source}: 'generator.max_scale_factor' must be > 1, got {g.max_scale_factor}")
     if not g.channels or min(g.channels) <= 0:
         raise LlgbmError(f"{source}: 'generator.channels' must be a non-empty list of positive ints")
     tr = cfg.train
@@ -358,7 +357,7 @@ def _validate_training(cfg: Config, source: str) -> None:
                 "max_grad_norm"):
         _check_positive(getattr(tr, key), f"train.{key}", source)
     _check_positive(cfg.sft.records, "sft.records", source)
-    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps", "weight_l2"):
+    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps"):
         _check_positive(getattr(tr, key), f"train.{key}", source, allow_zero=True)
     if tr.delta_batch_size > tr.batch_size:
         raise LlgbmError(f"{source}: 'train.delta_batch_size' ({tr.delta_batch_size}) exceeds train.batch_size")

@@ -21,8 +21,8 @@ from llgbm.study.stats import mean_ci
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
             "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",
-            "max_training_tasks": None, "train.lambda_weights": 1.0, "train.delta_batch_size": 2, "train.weight_l2": 0.0,
-            "generator.kind": "mlp", "generator.condition": "prompts"}
+            "max_training_tasks": None, "train.lambda_weights": 1.0, "train.delta_batch_size": 2,
+            "generator.kind": "mlp", "generator.condition": "prompts", "generator.max_scale_factor": 4.0}
 
 
 # --- the grid ---------------------------------------------------------------------------------------
@@ -122,8 +122,8 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
 
 def test_study_needs_every_knob_and_a_behaviour_weight() -> None:
     params = {k: v for k, v in DEFAULTS.items() if "." not in k} | {
-        "train": {"lambda_weights": 1.0, "delta_batch_size": 2, "weight_l2": 0.0, "steps": 9},
-        "generator": {"kind": "mlp", "condition": "prompts"}}
+        "train": {"lambda_weights": 1.0, "delta_batch_size": 2, "steps": 9},
+        "generator": {"kind": "mlp", "condition": "prompts", "max_scale_factor": 4.0}}
     assert knob_defaults(params, "p.yaml") == DEFAULTS
     with pytest.raises(LlgbmError, match="p.yaml: no 'train.lambda_weights'"):
         knob_defaults({**params, "train": {}}, "p.yaml")

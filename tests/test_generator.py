@@ -7,13 +7,14 @@ import torch
 from llgbm.core.generator import GENERATOR_KINDS, GeneratorConfig, LoraGenerator, generator_shape, parameter_count
 
 ROLES = [0, 0, 1, 2, 2, 2, 3]  # 7 tokens of 4 roles
+COLUMNS = [5, 5, 5, 3, 5, 2, 4]  # their real columns, of chunk_width 5 (tokens of 2 x 5)
 
 
 def _generator(kind: str, condition: str = "prompts") -> LoraGenerator:
     torch.manual_seed(0)
-    cfg = GeneratorConfig(kind=kind, condition=condition, prompts_per_sample=4, feature_dim=16, channels=[8],
+    cfg = GeneratorConfig(kind=kind, condition=condition, chunk_width=5, prompts_per_sample=4, feature_dim=16, channels=[8],
                           hidden_dim=32, depth=2)
-    return LoraGenerator(generator_shape(cfg, 12, ROLES, 10))
+    return LoraGenerator(generator_shape(cfg, 12, ROLES, COLUMNS, 10))
 
 
 @pytest.mark.parametrize("kind", GENERATOR_KINDS)
@@ -63,13 +64,34 @@ def test_shape_check_names_the_bad_field() -> None:
 
 @pytest.mark.parametrize("kind", GENERATOR_KINDS)
 def test_an_untrained_generator_started_at_the_mean_writes_the_mean_target(kind: str) -> None:
-    from llgbm.core.generator import start_at_mean
+    from llgbm.core.generator import normalised_tokens, start_at_mean
 
     model = _generator(kind)
     targets, target_scales = torch.randn(5, 7, 10), torch.randn(5, 7, 2)
     start_at_mean(model, targets, target_scales)
     tokens, scales = model(torch.randn(3, 4, 12))
-    torch.testing.assert_close(tokens, targets.mean(0).expand_as(tokens))
+    torch.testing.assert_close(tokens, normalised_tokens(targets.mean(0), model.mask).expand_as(tokens))
     torch.testing.assert_close(scales, target_scales.mean(0).expand_as(scales))
     tokens.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())  # it can leave
+
+
+def test_generated_tokens_are_normalised_and_their_scales_bounded() -> None:
+    from llgbm.core.generator import bounded_scales, token_mask
+
+    model = _generator("mlp")
+    mask = token_mask(model.shape)
+    assert mask.sum(-1).tolist() == [2 * c for c in COLUMNS]  # rank 2 rows of the real columns
+    with torch.no_grad():
+        model.token_offset.normal_(0, 30.0)  # far outside any teacher's range
+        tokens, scales = model(torch.randn(2, 4, 12))
+    assert (tokens[:, ~mask] == 0).all()
+    for t in range(7):
+        entries = tokens[0, t][mask[t]]
+        assert abs(float(entries.mean())) < 1e-5 and float(entries.std(unbiased=False)) == pytest.approx(1, abs=1e-4)
+    factor = model.shape.max_scale_factor  # centre 0: std within [1/F, F], mean within F
+    assert (scales[..., 1].abs() <= torch.log(torch.tensor(factor)) + 1e-6).all() and (scales[..., 0].abs() <= factor).all()
+    centre = torch.randn(7, 2)
+    assert torch.allclose(bounded_scales(centre[None], centre, factor), centre[None])  # the centre is kept
+    near = centre + 1e-3
+    torch.testing.assert_close(bounded_scales(near, centre, factor), near, rtol=0, atol=1e-6)  # identity near it

@@ -14,6 +14,13 @@ Two kinds (`GeneratorConfig.kind`):
 
 Either kind can be made prompt-blind (`condition: constant`): it ignores its input and sees zeros, the
 same generator and objective without the prompts (a reference that tells conditioning from averaging).
+
+The bound (`max_scale_factor` F): the generated tokens are normalised over their real entries, as the
+targets are by construction, and each token's scales are squashed (tanh) into a band around the
+training teachers' mean scales for that token (`scale_centre`, set by `start_at_mean`): its std within
+a factor F of theirs, its mean within F of their stds. So no objective can make an adapter more than
+about 2F times a typical teacher's norm (measured on the embedded default: the teachers' own log-stds
+lie within 0.94 of their mean, a factor 2.6, so F = 4 excludes no teacher).
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ class GeneratorConfig:
     channels: list[int] = field(default_factory=lambda: [32, 64])  # hyperconv: conv channels, prompt axis -> tokens
     hidden_dim: int = 512  # mlp: width of the task vector, the queries and the trunk
     depth: int = 2  # mlp: residual blocks in the trunk
+    max_scale_factor: float = 4.0  # the bound F (see the module's docstring)
 
 
 @dataclass(frozen=True)
@@ -51,13 +59,16 @@ class GeneratorShape:
     num_tokens: int  # T
     token_dim: int  # D
     token_roles: tuple[int, ...]  # per token: its role (module and A or B), which picks its mlp head
+    chunk_width: int  # a token is rank x chunk_width entries, row-major
+    token_columns: tuple[int, ...]  # per token: its real columns (the rest is padding)
+    max_scale_factor: float  # the bound F
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "channels": list(self.channels), "token_roles": list(self.token_roles)}
+        return {**asdict(self), **{k: list(getattr(self, k)) for k in _TUPLES}}
 
     @classmethod
     def from_dict(cls, raw: dict) -> "GeneratorShape":
-        return cls(**{**raw, "channels": tuple(raw["channels"]), "token_roles": tuple(raw["token_roles"])})
+        return cls(**{**raw, **{k: tuple(raw[k]) for k in _TUPLES}})
 
     def check(self) -> None:
         """Known kind and condition, positive integer sizes, one role per token; else a ValueError naming it."""
@@ -65,8 +76,10 @@ class GeneratorShape:
             raise ValueError(f"'kind' is {self.kind!r}, expected one of {GENERATOR_KINDS}")
         if self.condition not in CONDITIONS:
             raise ValueError(f"'condition' is {self.condition!r}, expected one of {CONDITIONS}")
+        if not (isinstance(self.max_scale_factor, (int, float)) and self.max_scale_factor > 1):
+            raise ValueError(f"'max_scale_factor' is {self.max_scale_factor!r}, expected a number > 1")
         for name, value in asdict(self).items():
-            if name in ("kind", "condition", "token_roles"):
+            if name in ("kind", "condition", "token_roles", "max_scale_factor"):
                 continue
             values = value if isinstance(value, (list, tuple)) else [value]
             if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
@@ -74,12 +87,46 @@ class GeneratorShape:
         roles = self.token_roles
         if len(roles) != self.num_tokens or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in roles):
             raise ValueError(f"'token_roles' must hold {self.num_tokens} non-negative integers")
+        if len(self.token_columns) != self.num_tokens or max(self.token_columns) > self.chunk_width \
+                or self.token_dim % self.chunk_width:
+            raise ValueError(f"'token_columns' must hold {self.num_tokens} counts of at most chunk_width, which "
+                             "must divide token_dim")
 
 
-def generator_shape(cfg: GeneratorConfig, embed_dim: int, token_roles: list[int], token_dim: int) -> GeneratorShape:
-    """The shape of the generator `cfg` describes, for a token grid of len(token_roles) tokens of token_dim."""
+_TUPLES = ("channels", "token_roles", "token_columns")
+
+
+def generator_shape(cfg: GeneratorConfig, embed_dim: int, token_roles: list[int], token_columns: list[int],
+                    token_dim: int) -> GeneratorShape:
+    """The shape of the generator `cfg` describes, for a token grid of len(token_roles) tokens of token_dim
+    (a weight tokenizer's token_roles(), token_columns() and token_dim)."""
     return GeneratorShape(cfg.kind, cfg.condition, cfg.prompts_per_sample, embed_dim, cfg.feature_dim,
-                          tuple(cfg.channels), cfg.hidden_dim, cfg.depth, len(token_roles), token_dim, tuple(token_roles))
+                          tuple(cfg.channels), cfg.hidden_dim, cfg.depth, len(token_roles), token_dim, tuple(token_roles),
+                          cfg.chunk_width, tuple(token_columns), cfg.max_scale_factor)
+
+
+def token_mask(shape: GeneratorShape) -> torch.Tensor:
+    """(T, D) bool: True where a token entry is a real weight (the weight tokenizer's mask)."""
+    columns = torch.arange(shape.token_dim) % shape.chunk_width
+    return columns[None, :] < torch.tensor(shape.token_columns)[:, None]
+
+
+def normalised_tokens(tokens: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each token minus the mean of its real entries, over their std; padding zero (the targets' form)."""
+    weight = mask.to(tokens.dtype)
+    count = weight.sum(-1, keepdim=True)
+    centred = (tokens - (tokens * weight).sum(-1, keepdim=True) / count) * weight
+    return centred / ((centred.square().sum(-1, keepdim=True) / count).sqrt() + eps)
+
+
+def bounded_scales(scales: torch.Tensor, centre: torch.Tensor, factor: float) -> torch.Tensor:
+    """(mean, log std) squashed into the band around `centre`: log std within log(factor) of the centre's,
+    the mean within factor x the centre's std of the centre's mean; near the centre, the identity."""
+    band = torch.log(torch.tensor(factor, dtype=scales.dtype))
+    log_std = centre[..., 1] + band * torch.tanh((scales[..., 1] - centre[..., 1]) / band)
+    width = factor * torch.exp(centre[..., 1])
+    mean = centre[..., 0] + width * torch.tanh((scales[..., 0] - centre[..., 0]) / width)
+    return torch.stack([mean, log_std], dim=-1)
 
 
 class HyperConvDecoder(nn.Module):
@@ -149,24 +196,29 @@ class LoraGenerator(nn.Module):
         self.shape = shape
         self.decoder = HyperConvDecoder(shape) if shape.kind == "hyperconv" else QueryMlpDecoder(shape)
         self.token_offset = nn.Parameter(torch.zeros(shape.num_tokens, shape.token_dim + 2))
+        self.register_buffer("mask", token_mask(shape), persistent=False)
+        # The training teachers' mean (mean, log std) per token, the bound's centre: saved with the weights.
+        self.register_buffer("scale_centre", torch.zeros(shape.num_tokens, 2))
 
     def forward(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """condition (batch, N, E) -> normalised tokens (batch, T, D) and scales (batch, T, 2)."""
+        """condition (batch, N, E) -> normalised tokens (batch, T, D; padding zero) and bounded scales (batch, T, 2)."""
         if self.shape.condition == "constant":
             condition = torch.zeros_like(condition)
         out = self.decoder(condition) + self.token_offset
-        return out[..., : self.shape.token_dim], out[..., self.shape.token_dim :]
+        tokens = normalised_tokens(out[..., : self.shape.token_dim], self.mask)
+        return tokens, bounded_scales(out[..., self.shape.token_dim :], self.scale_centre, self.shape.max_scale_factor)
 
 
 @torch.no_grad()
 def start_at_mean(model: LoraGenerator, tokens: torch.Tensor, scales: torch.Tensor) -> None:
-    """Make the untrained generator write the mean of the training targets (tokens (n, T, D), scales
-    (n, T, 2)) whatever its condition: the per-token offset is set to that mean and the decoder's last
-    layer to zero, so the generator learns a residual from the average teacher (its last layer gets a
+    """Make the untrained generator write the mean of the training targets (tokens (n, T, D), normalised,
+    and scales (n, T, 2)) whatever its condition, and centre the bound there: the per-token offset is set
+    to that mean and the decoder's last layer to zero, so the generator learns a residual from the average teacher (its last layer gets a
     gradient at once, the rest from the next step). A behavioural term alone (no weight term to pull the
     scales in first) would otherwise start from an adapter ~10x the teachers' size (measured: 12.9 at
     step 1 on the embedded default), whose gradients only clipping holds."""
     model.token_offset.copy_(torch.cat([tokens.mean(0), scales.mean(0)], dim=-1).to(model.token_offset))
+    model.scale_centre.copy_(scales.mean(0))
     model.decoder.zero_last_layer()
 
 

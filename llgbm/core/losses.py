@@ -1,5 +1,5 @@
 """Losses: weight reconstruction on tokens, the behavioural terms (the probe delta, the KL reference, the
-task loss), the bound on the generated weights, and their scheduled sum."""
+task loss), and their scheduled sum."""
 from __future__ import annotations
 
 import math
@@ -65,13 +65,6 @@ class TaskLoss(nn.Module):
 
     def forward(self, pred_cross_entropy: torch.Tensor, target: None = None) -> torch.Tensor:
         return pred_cross_entropy.mean()
-
-
-def generated_weight_l2(raw_tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The L2 bound's penalty: the sum of squares of each generated adapter's real weights (its tokens in
-    raw units, (B, T, D), padding masked out), averaged over adapters (Text-to-LoRA's penalty on the
-    generated weights)."""
-    return (raw_tokens * mask).square().sum((-1, -2)).mean()
 
 
 def scheduled_lambda(step: int, schedule: str, warmup_steps: int, max_lambda: float) -> float:

@@ -59,6 +59,13 @@ class WeightTokenizer:
         self._gather = torch.cat(gather)
         self._sizes = [self.rank * span.width for span in spans]
 
+    def token_columns(self) -> list[int]:
+        """Per token, how many of its chunk_width columns are real weights (the rest is padding)."""
+        out = []
+        for span in self.spans:
+            out += [self.chunk_width] * (span.n_tokens - 1) + [span.width - (span.n_tokens - 1) * self.chunk_width]
+        return out
+
     def token_roles(self) -> list[int]:
         """Per token, its role: the index of (module, A or B) in order of first appearance, e.g. every
         layer's q_proj A chunks share one role. Generators give each role its own head."""

@@ -1,4 +1,4 @@
-"""The multi-task training recipe: L = lambda_weights * L_weights + lambda(t) * L_behaviour (+ the L2 bound).
+"""The multi-task training recipe: L = lambda_weights * L_weights + lambda(t) * L_behaviour.
 
 The generator sees N prompts of a training task and emits weight tokens; L_weights compares them with
 the teacher checkpoint's tokens; the behavioural term runs the generated adapters on the frozen base in
@@ -28,7 +28,7 @@ from llgbm.config import Config, to_dict
 from llgbm.core.delta import DeltaComputer, delta_spec
 from llgbm.core.generator import LoraGenerator, generator_shape, parameter_count, start_at_mean
 from llgbm.core.lora import LoraSlot, lora_layout, lora_scaling
-from llgbm.core.losses import MultiTaskLoss, delta_coefficient, generated_weight_l2, weight_token_loss
+from llgbm.core.losses import MultiTaskLoss, delta_coefficient, weight_token_loss
 from llgbm.core.precision import autocast_dtype, frozen_base_dtype, resolve_mixed_precision
 from llgbm.core.task_loss import answer_cross_entropy
 from llgbm.core.weight_tokens import WeightTokenizer
@@ -46,15 +46,15 @@ from llgbm.infra.provenance import changed_keys, code_fingerprint, library_versi
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
 PROVENANCE = "provenance.json"  # libraries, precision and device of a finished run, beside its metrics
 CURVES = "curves.png"  # every per-step metric as a PNG, beside dvclive's files (which need a browser)
-# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta + weight_l2 * loss_l2 (whatever
-# loss_balance does to the gradient); loss_delta is the behavioural term (the delta loss, the KL with
-# behaviour_loss kl, the task cross-entropy with sft); loss_l2 the generated weights' mean sum of squares.
+# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta (whatever loss_balance does to
+# the gradient); loss_delta is the behavioural term (the delta loss, the KL with behaviour_loss kl, the task
+# cross-entropy with sft).
 # grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
 # weight tokens (logged on steps where the delta is differentiated); delta_coefficient: the factor its
 # gradient entered with (lambda(t) itself unless loss_balance rescales it).
 STEP_METRICS = ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
                 "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio", "grad_norm_weights",
-                "grad_norm_delta", "delta_coefficient", "loss_l2")
+                "grad_norm_delta", "delta_coefficient")
 # The convergence read-out: L_weights' relative change over the last 10% of steps (its mean over the last
 # 5% against the 5% before; near 0 once the curve is flat), in the final metrics.
 TAIL_CHANGE = "loss_weights_tail_change"
@@ -192,7 +192,8 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
     dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings, answers, tokenizer)
 
     torch.manual_seed(cfg.seed)
-    shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.token_roles(), weight_tokenizer.token_dim)
+    shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.token_roles(), weight_tokenizer.token_columns(),
+                          weight_tokenizer.token_dim)
     model = LoraGenerator(shape)
     start_at_mean(model, dataset.tokens, dataset.scales)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tr.learning_rate, weight_decay=tr.weight_decay)
@@ -376,7 +377,6 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
     pred_scales = pred_scales.to(pred_tokens.dtype)
     loss_weights = weight_token_loss(pred_tokens, pred_scales, batch["tokens"], batch["scales"], token_mask)
     pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
-    loss_l2 = generated_weight_l2(pred_raw, token_mask)
     delta_pred = delta_target = None
     n_delta = tr.delta_batch_size
     # With the weight term present, the behavioural term reaches the scales detached: a token's mean and
@@ -404,10 +404,6 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
         surrogate = sum((leaf * grad).sum() for leaf, grad in zip(behaviour_leaves, grads_behaviour))
         total = loss_fn.lambda_weights * loss_weights + coefficient * surrogate
         metrics.update(grad_norm_weights=norm_weights, grad_norm_delta=norm_delta, delta_coefficient=coefficient)
-    if tr.weight_l2 > 0:
-        total = total + tr.weight_l2 * loss_l2
-        metrics["loss_total"] += tr.weight_l2 * loss_l2.item()
-    metrics["loss_l2"] = loss_l2.item()
     for name, value in metrics.items():
         if not math.isfinite(value):
             raise LlgbmError(f"train: {name} is {value} at step {step}; no checkpoint written")

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 # both name them).
 ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
             "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights", "train.delta_batch_size",
-            "train.weight_l2", "generator.kind", "generator.condition")
+            "generator.kind", "generator.condition", "generator.max_scale_factor")
 
 # The study's objectives: the knobs that define each, others at params.yaml's values. Training on the
 # behaviour term alone (train.lambda_weights = 0) needs the plain sum: grad_norm balancing scales the
