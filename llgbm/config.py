@@ -29,6 +29,7 @@ from llgbm.data.probes import PROBE_TEMPLATES, PROBE_TYPES, ProbesConfig
 from llgbm.data.split import select_training_names, unsupported_heldout
 from llgbm.data.tasks import (
     BUILTIN_TASKS,
+    CUE_PLACES,
     SELECTORS,
     TASK_FAMILIES,
     TRANSFORMS,
@@ -233,6 +234,10 @@ def _validate_knobs(cfg: Config, source: str) -> None:
 def _validate_tasks(cfg: Config, source: str) -> None:
     """Where the tasks come from and their sizes."""
     _check_choice(cfg.tasks.family, TASK_FAMILIES, "tasks.family", source)
+    _check_choice(cfg.tasks.cue, CUE_PLACES, "tasks.cue", source)
+    if cfg.tasks.source != "builtin" and cfg.tasks.cue != "prompt":
+        raise LlgbmError(f"{source}: 'tasks.cue' places the built-in tasks' cue; a task file gives the generator's "
+                         "text as an 'instruction' per record or per file instead")
     if cfg.tasks.source == "builtin" and cfg.tasks.family == "eight":
         for name in cfg.tasks.names:
             _check_choice(name, BUILTIN_TASKS, "tasks.names", source)

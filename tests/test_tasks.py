@@ -200,3 +200,47 @@ def test_every_selector_picks_the_value_it_was_drawn_for() -> None:
                 assert len(set(items)) == length and apply_selector(selector, items) == value
     assert selector_options("median", 5) == [2, 3, 4, 5, 6, 7]  # two digits below, two above
     assert selector_options("second_largest", 4) == [2, 3, 4, 5, 6, 7, 8]
+
+
+# --- the cue-free testbed (tasks.cue: generator) -----------------------------------------------------
+
+def _compositional(cue: str) -> list:
+    return builtin_tasks(TasksConfig(family="compositional", selectors=["smallest", "largest"],
+                                     transforms=["plus_one", "mirror"], train_per_task=12, test_per_task=6, cue=cue), 0)
+
+
+def test_cue_free_tasks_give_the_cue_to_the_generator_only() -> None:
+    from llgbm.data.probes import answer_prompts
+
+    cued, free = _compositional("prompt"), _compositional("generator")
+    for a, b in zip(cued, free):
+        pairs = list(zip((*a.train, *a.test), (*b.train, *b.test)))
+        # The generator reads exactly what it reads on the cued testbed; the adapted model the items alone.
+        assert all(x.condition == y.condition == x.prompt and x.response == y.response for x, y in pairs)
+        assert all(y.prompt.startswith("items: ") and "task:" not in y.prompt and y.instruction.startswith("task: ")
+                   for _, y in pairs)
+    # The texts the adapted model is trained and scored on (teachers, SFT, evaluation: record prompts; the
+    # KL reference: answer prompts) hold no cue; probes are drawn from the same record prompts.
+    prompts = answer_prompts(free, 4, 0, 0).prompts
+    assert all("task:" not in p for texts in prompts.values() for p in texts)
+    # Items alone cannot name the task: every prompt is format words and number words, nothing else.
+    from llgbm.data.tasks import WORDS
+    assert {w for t in free for r in (*t.train, *t.test) for w in r.prompt.split()} <= {"items:", "answer:", *WORDS}
+
+
+def test_instructions_of_task_files_and_their_round_trip(tmp_path) -> None:
+    path = tmp_path / "shout.json"
+    path.write_text(json.dumps({"instruction": "answer loudly", "records": [
+        {"prompt": "a b", "response": "x"}, {"prompt": "c d", "response": "y", "instruction": "answer softly"},
+        {"prompt": "e f", "response": "x"}]}))
+    task = load_task_file(path, 0.34, 0)
+    records = {r.prompt: r for r in (*task.train, *task.test)}
+    assert records["a b"].condition == "answer loudly a b" and records["c d"].instruction == "answer softly"
+    save_tasks([task], tmp_path / "tasks.json")
+    assert load_tasks(tmp_path / "tasks.json") == [task]
+    path.write_text(json.dumps({"instruction": 3, "records": []}))
+    with pytest.raises(LlgbmError, match="shout.json: 'instruction' must be a string"):
+        load_task_file(path, 0.2, 0)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b", "instruction": ["x"]}\n')
+    with pytest.raises(LlgbmError, match="bad.jsonl: line 1 has a non-string 'instruction'"):
+        load_task_file(tmp_path / "bad.jsonl", 0.2, 0)

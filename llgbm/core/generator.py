@@ -172,9 +172,9 @@ class QueryMlpDecoder(nn.Module):
         self.mix = nn.Linear(2 * h, h)
         self.trunk = nn.Sequential(*[ResidualBlock(h) for _ in range(shape.depth)], nn.LayerNorm(h))
         roles = torch.tensor(shape.token_roles)
-        self.register_buffer("roles", roles, persistent=False)
         n_roles = int(roles.max()) + 1
-        # One head per role, applied as one batched product: (roles, h, D + 2) weights, gathered per token.
+        # One head per role, applied to that role's tokens (gathering a head per token would hold T copies).
+        self.role_tokens = [torch.nonzero(roles == r).flatten() for r in range(n_roles)]
         self.head_weight = nn.Parameter(torch.randn(n_roles, h, shape.token_dim + 2) * h ** -0.5)
         self.head_bias = nn.Parameter(torch.zeros(n_roles, shape.token_dim + 2))
 
@@ -186,7 +186,11 @@ class QueryMlpDecoder(nn.Module):
         task = self.encode(condition.mean(1))  # (batch, h): the prompts' order cannot matter
         queries = self.queries.expand(task.shape[0], -1, -1)
         x = self.trunk(self.mix(torch.cat([task.unsqueeze(1).expand_as(queries), queries], dim=-1)))  # (batch, T, h)
-        return torch.einsum("bth,thd->btd", x, self.head_weight[self.roles]) + self.head_bias[self.roles]
+        out = x.new_empty(*x.shape[:2], self.head_weight.shape[-1])
+        for role, tokens in enumerate(self.role_tokens):
+            tokens = tokens.to(x.device)
+            out[:, tokens] = x[:, tokens] @ self.head_weight[role] + self.head_bias[role]
+        return out
 
 
 class LoraGenerator(nn.Module):

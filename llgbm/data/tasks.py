@@ -50,7 +50,13 @@ class TasksConfig:
     test_per_task: int = 120
     test_fraction: float = 0.2  # for user files: share of each task's records held out as test
     sequence_length: int = 5
+    # Where a built-in task's cue ("task: <selector> <transform>") goes: "prompt" (the adapted model reads
+    # it, so one adapter can serve every task) or "generator" (only the generator reads it; the adapted
+    # model sees the items alone, so only a generated adapter can carry the task).
+    cue: str = "prompt"
 
+
+CUE_PLACES = ("prompt", "generator")
 
 def compositional_pairs(selectors: list[str], transforms: list[str]) -> dict[str, tuple[str, str]]:
     """{task name: (selector, transform)} for every pair, selector-major."""
@@ -93,8 +99,14 @@ FORMAT_WORDS = ("task:", "items:", "answer:")
 
 @dataclass(frozen=True)
 class Record:
-    prompt: str
+    prompt: str  # what the adapted model reads
     response: str
+    instruction: str = ""  # what only the generator reads, before the prompt (empty: nothing more)
+
+    @property
+    def condition(self) -> str:
+        """The text the generator reads for this record: the instruction, then the prompt."""
+        return f"{self.instruction} {self.prompt}" if self.instruction else self.prompt
 
 
 @dataclass(frozen=True)
@@ -277,9 +289,20 @@ def primitive_tasks(cfg: TasksConfig, per_selector: int, seed: int) -> list[Task
 
 def builtin_tasks(cfg: TasksConfig, seed: int) -> list[Task]:
     if cfg.family == "compositional":
-        return [_compositional_task(name, s, t, cfg, random.Random(f"{seed}:{name}:{index}"))
-                for index, (name, (s, t)) in enumerate(compositional_pairs(cfg.selectors, cfg.transforms).items())]
-    return [_eight_task(name, cfg, random.Random(f"{seed}:{name}:{index}")) for index, name in enumerate(cfg.names)]
+        tasks = [_compositional_task(name, s, t, cfg, random.Random(f"{seed}:{name}:{index}"))
+                 for index, (name, (s, t)) in enumerate(compositional_pairs(cfg.selectors, cfg.transforms).items())]
+    else:
+        tasks = [_eight_task(name, cfg, random.Random(f"{seed}:{name}:{index}")) for index, name in enumerate(cfg.names)]
+    return [cue_to_generator(t) for t in tasks] if cfg.cue == "generator" else tasks
+
+
+def cue_to_generator(task: Task) -> Task:
+    """The same records with the cue ("task: <cue>") moved from the prompt to the instruction: the adapted
+    model reads "items: ... answer:" alone, the generator the whole text (so its condition is unchanged)."""
+    def moved(record: Record) -> Record:
+        cue, _, rest = record.prompt.partition(" items: ")
+        return Record(f"items: {rest}", record.response, cue)
+    return Task(task.name, task.options, tuple(map(moved, task.train)), tuple(map(moved, task.test)))
 
 
 def generic_texts(count: int, length: int, seed: int) -> list[str]:
@@ -297,9 +320,11 @@ def generic_texts(count: int, length: int, seed: int) -> list[str]:
     return texts
 
 
-def _parse_records(raw: object, path: Path, where: str, labels: list[str] | None = None) -> list[Record]:
-    """Records {prompt, response} (other fields ignored). `where` names the list in errors, `labels` each
-    item (default: '<where> record <index>')."""
+def _parse_records(raw: object, path: Path, where: str, labels: list[str] | None = None,
+                   instruction: str = "") -> list[Record]:
+    """Records {prompt, response, optional instruction} (other fields ignored); `instruction` is the
+    default of records that give none. `where` names the list in errors, `labels` each item (default:
+    '<where> record <index>')."""
     if not isinstance(raw, list):
         raise LlgbmError(f"{path}: {where} must be a list of records with string 'prompt' and 'response'")
     labels = labels or [f"{where} record {i}".removeprefix("the file ") for i in range(len(raw))]
@@ -309,7 +334,9 @@ def _parse_records(raw: object, path: Path, where: str, labels: list[str] | None
             raise LlgbmError(f"{path}: {label} needs string fields 'prompt' and 'response'")
         if not item["prompt"].strip():
             raise LlgbmError(f"{path}: {label} has an empty prompt")
-        records.append(Record(item["prompt"], item["response"]))
+        if not isinstance(item.get("instruction", ""), str):
+            raise LlgbmError(f"{path}: {label} has a non-string 'instruction'")
+        records.append(Record(item["prompt"], item["response"], item.get("instruction") or instruction))
     return records
 
 
@@ -328,12 +355,13 @@ def _check_options(options: object, path: Path, key: str) -> tuple[str, ...]:
     return tuple(options)
 
 
-TASK_FILE_KEYS = ("name", "options", "records", "train", "test")
+TASK_FILE_KEYS = ("name", "options", "instruction", "records", "train", "test")
 
 
 def load_task_file(path: Path, test_fraction: float, seed: int) -> Task:
     """A user task: JSONL of records, a JSON list of records, or a JSON object with name, records or
-    train/test, and optional options (default: the distinct responses)."""
+    train/test, and optional options (default: the distinct responses) and instruction (for every record
+    that gives none). A record's instruction goes to the generator only, never to the adapted model."""
     path = Path(path)
     name = path.stem
     options = None
@@ -350,13 +378,17 @@ def load_task_file(path: Path, test_fraction: float, seed: int) -> Task:
             name = _check_name(raw.get("name", name), path, "name")
             if "options" in raw:
                 options = _check_options(raw["options"], path, "options")
+            instruction = raw.get("instruction", "")
+            if not isinstance(instruction, str):
+                raise LlgbmError(f"{path}: 'instruction' must be a string")
             if "train" in raw or "test" in raw:
                 if "records" in raw:
                     raise LlgbmError(f"{path}: give either 'records' or 'train'/'test', not both")
-                train = _parse_records(raw.get("train", []), path, "'train'")
-                test = _parse_records(raw.get("test", []), path, "'test'")
+                train = _parse_records(raw.get("train", []), path, "'train'", instruction=instruction)
+                test = _parse_records(raw.get("test", []), path, "'test'", instruction=instruction)
             else:
-                train, test = _split(_parse_records(raw.get("records", []), path, "'records'"), test_fraction, seed, name)
+                records = _parse_records(raw.get("records", []), path, "'records'", instruction=instruction)
+                train, test = _split(records, test_fraction, seed, name)
         else:
             train, test = _split(_parse_records(raw, path, "the file"), test_fraction, seed, name)
     _check_name(name, path, "name")
@@ -389,7 +421,8 @@ def make_tasks(cfg: TasksConfig, files_dir: Path) -> list[Task]:
 
 
 def _task_to_json(task: Task) -> dict:
-    as_list: Callable[[tuple[Record, ...]], list] = lambda rs: [{"prompt": r.prompt, "response": r.response} for r in rs]
+    as_list: Callable[[tuple[Record, ...]], list] = lambda rs: [
+        {"prompt": r.prompt, "response": r.response, **({"instruction": r.instruction} if r.instruction else {})} for r in rs]
     return {"name": task.name, "options": list(task.options), "train": as_list(task.train), "test": as_list(task.test)}
 
 

@@ -211,7 +211,7 @@ def structure(cfg: Config, tasks: list[Task], split: Split, base_dir: Path, teac
     if pairs is not None:
         cache = EmbeddingCache.load(embeddings_dir)
         count = cfg.diagnostics.probe_prompts
-        embed = {t.name: cache.lookup([r.prompt for r in t.train[:count]]) for t in tasks}
+        embed = {t.name: cache.lookup([r.condition for r in t.train[:count]]) for t in tasks}
         fit = {t.name: embed[t.name] for t in training}
         test = {t.name: embed[t.name] for t in heldout}
         penalty = cfg.diagnostics.ridge_penalty
@@ -277,7 +277,7 @@ def teacher_baselines(cfg: Config, tasks: list[Task], split: Split, base_dir: Pa
                 for t in training}
     cache = EmbeddingCache.load(embeddings_dir)
     count = cfg.diagnostics.probe_prompts
-    references = {t.name: cache.lookup([r.prompt for r in t.train[:count]]).mean(0) for t in training}
+    references = {t.name: cache.lookup([r.condition for r in t.train[:count]]).mean(0) for t in training}
     pairs = task_pairs(cfg.tasks)
 
     def measure(names: list[str], weights: list[float], task: Task, label: str) -> float:
@@ -291,7 +291,7 @@ def teacher_baselines(cfg: Config, tasks: list[Task], split: Split, base_dir: Pa
 
     result: dict[str, dict[str, float]] = {}
     for task in heldout:
-        query = cache.lookup([r.prompt for r in task.test[:count]]).mean(0)
+        query = cache.lookup([r.condition for r in task.test[:count]]).mean(0)
         ranked = cosine_ranking(query, references)[: cfg.diagnostics.nearest_k]
         total = sum(score for _, score in ranked)
         names = [t.name for t in training]

@@ -10,7 +10,7 @@ from llgbm.infra.paths import EMBEDDINGS_DIR, TASKS_FILE
 
 def run(cfg: Config) -> None:
     tasks = load_tasks(TASKS_FILE)
-    prompts = [r.prompt for t in tasks for r in (*t.train, *t.test)]
+    prompts = [r.condition for t in tasks for r in (*t.train, *t.test)]  # what the generator reads
     cache = embed_prompts(cfg.encoder, prompts)
     with atomic_dir(EMBEDDINGS_DIR) as out:
         cache.save(out)

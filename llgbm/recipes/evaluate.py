@@ -208,7 +208,7 @@ def measure_task(task: Task, meter: AdapterMeter, loaded: LoadedGenerator, refs:
     results["teacher"].append(measure_once(refs.final[task.name]))
     results["mean_teacher"].append(measure_once(refs.mean_dir))
     for k in range(prompt_batches):
-        prompts = [task.test[i].prompt for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
+        prompts = [task.test[i].condition for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
         condition = embeddings.lookup(prompts)
         adapter_dir = out_dir / f"generated-{k}"
         loaded.save(loaded.tensors(condition), adapter_dir)
@@ -264,7 +264,7 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     embeddings = EmbeddingCache.load(paths.embeddings)
     train_names = {t.name for t in training}
     refs = References(final_checkpoints(paths.teachers), adapters_dir / "mean_teacher",
-                      {t.name: embeddings.lookup([r.prompt for r in t.train]) for t in training})
+                      {t.name: embeddings.lookup([r.condition for r in t.train]) for t in training})
     meter = AdapterMeter(paths.base, cfg.base.dtype, tokenizer, probe_batches, spec, {None, refs.mean_dir})
     loaded.save(mean_of_factors([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
                               for c in read_index(paths.teachers) if c["task"] in train_names]), refs.mean_dir)

@@ -54,7 +54,7 @@ def train_teacher(base_dir: Path, tokenizer: PreTrainedTokenizerBase, task: Task
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in record_batch(tokenizer, list(task.train)).items()}
     snapshots = set(snapshot_steps(t.steps, t.checkpoints_per_task, t.checkpoint_interval))
-    train_prompts = [r.prompt for r in task.train]
+    train_prompts = [r.condition for r in task.train]  # the generator's texts, as DnD pairs them with a checkpoint
     results = []
 
     def step_loss(step: int) -> torch.Tensor:
@@ -143,7 +143,7 @@ def train_teachers_together(base_dir: Path, tokenizer: PreTrainedTokenizerBase, 
             write_adapter(writer, tensors, layout, checkpoint)
             metrics = {"task": task.name, "step": step, "train_loss": losses[j].item(),
                        "test_accuracy": task_accuracy(writer, tokenizer, task, "test")}
-            write_json_atomic(checkpoint / "prompts.json", [r.prompt for r in task.train])
+            write_json_atomic(checkpoint / "prompts.json", [r.condition for r in task.train])
             write_json_atomic(checkpoint / "metrics.json", metrics)
             results[task.name].append({**metrics, "path": str(checkpoint)})
 

@@ -82,7 +82,7 @@ def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaC
             target, top_ids = cache.get_kl(key)
             kl_targets.append(target)
             kl_top_ids.append(top_ids)
-        rows.append(embeddings.rows([r.prompt for r in by_name[c["task"]].train]))
+        rows.append(embeddings.rows([r.condition for r in by_name[c["task"]].train]))
         names.append(f"{c['task']}/{c['step']}")
     extras = {}
     if kl_targets:
