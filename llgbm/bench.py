@@ -259,7 +259,8 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
 
 def bench_train(cfg: Config, steps: int) -> dict:
     """Seconds per optimizer step of the training recipe for each objective (weight-only; the seed's delta;
-    the delta variants; the gradient-balanced sum; the KL reference; the task loss), measured in turn in one
+    the delta variants; the gradient-balanced sum; the KL reference; the task loss on delta_batch_size items
+    and on every item, as the study's SFT arms run it), measured in turn in one
     process on the embedded default's shapes (random base, teachers, prompts and records), each arm's ratio
     to weight-only beside it."""
     torch.manual_seed(0)
@@ -278,7 +279,7 @@ def bench_train(cfg: Config, steps: int) -> dict:
     all_layers = tuple(range(base.config.num_hidden_layers))
     specs = {"weight_only": DeltaSpec(), "delta": DeltaSpec(), "delta_per_probe": DeltaSpec("per_probe"),
              "delta_all_layers": DeltaSpec("mean", all_layers, normalise=True), "delta_grad_norm": DeltaSpec(),
-             "kl": DeltaSpec(), "sft": DeltaSpec()}
+             "kl": DeltaSpec(), "sft": DeltaSpec(), "sft_every_item": DeltaSpec()}
     # The KL reference's inputs: each checkpoint's answer prompts (kl.prompts of 12 tokens) and targets.
     answer_ids, answer_mask = random_probes(32, cfg.kl.prompts, 12, generator)
     kl_extras = {"kl_ids": answer_ids.expand(n_checkpoints, -1, -1), "kl_mask": answer_mask.expand(n_checkpoints, -1, -1),
@@ -302,8 +303,10 @@ def bench_train(cfg: Config, steps: int) -> dict:
         else:
             loss_fn = MultiTaskLoss(lambda_delta=lam, delta_loss_type=cfg.delta_loss_type,
                                     balance="grad_norm" if name == "delta_grad_norm" else "none",
-                                    behaviour=name if name in ("kl", "sft") else "delta")
-            train_cfg = cfg.train
+                                    behaviour="sft" if name.startswith("sft") else "kl" if name == "kl" else "delta")
+            # The study's SFT arms put the task loss on every item of the batch.
+            train_cfg = cfg.train if name != "sft_every_item" else type(cfg.train)(
+                **{**cfg.train.__dict__, "delta_batch_size": cfg.train.batch_size})
         arms[name] = (loss_fn, train_cfg, computer, dataset)
     times: dict[str, list[float]] = {name: [] for name in arms}
     for i in range(steps + 5):

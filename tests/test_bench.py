@@ -43,7 +43,7 @@ def test_linear_flops_counts_the_decoder_linears() -> None:
 
 def test_bench_train_reports_every_objective() -> None:
     result = bench_train(micro_config(), steps=3)
-    arms = ("weight_only", "delta", "delta_per_probe", "delta_all_layers", "delta_grad_norm", "kl", "sft")
+    arms = ("weight_only", "delta", "delta_per_probe", "delta_all_layers", "delta_grad_norm", "kl", "sft", "sft_every_item")
     assert set(result["seconds_per_step"]) == set(arms) and all(v > 0 for v in result["seconds_per_step"].values())
     for arm in arms[1:]:
         assert result["over_weight_only"][arm] == result["seconds_per_step"][arm] / result["seconds_per_step"]["weight_only"]
