@@ -1,0 +1,96 @@
+"""Inference that counts tasks as well as seeds: paired differences in a seeds x tasks table.
+
+Every (seed, task) cell is one paired difference (arm minus reference, the same seed and task). The mean
+over the table is uncertain through three sources: which seeds ran (sigma_seed), which tasks were drawn
+(sigma_task) and their interaction plus noise (sigma_e). With S seeds and T tasks, a two-way random-effects
+model gives Var(mean) = sigma_seed^2 / S + sigma_task^2 / T + sigma_e^2 / (S T). The mean squares of the
+two-way ANOVA without replication estimate it: (MS_seed + MS_task - MS_res) / (S T) is unbiased; this
+module uses (MS_seed + MS_task) / (S T), which adds sigma_e^2 / (S T) once more and so is slightly
+conservative but never negative, with Satterthwaite's degrees of freedom for the t interval. Why a mixed
+model rather than a bootstrap: with 8 held-out tasks a percentile bootstrap over tasks under-covers
+(its variance is (T - 1) / T of the unbiased one and it uses normal quantiles where t(7) is 20% wider);
+`tests/test_crossed.py` measures this interval's coverage on simulated tables with known effect and
+variances.
+
+Several comparisons share one family: their p-values are Holm-adjusted. "No effect" is claimed only by
+equivalence (two one-sided tests at a stated margin: the 90% interval inside +-margin); otherwise an
+interval that holds 0 says "not shown either way".
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Mapping
+
+from llgbm.study.stats import t_cdf, t_quantile
+
+
+@dataclass(frozen=True)
+class CrossedEstimate:
+    mean: float
+    standard_error: float
+    df: float  # Satterthwaite's
+    seeds: int
+    tasks: int
+
+    def interval(self, level: float = 0.95) -> tuple[float, float]:
+        half = t_quantile(0.5 + level / 2, self.df) * self.standard_error
+        return self.mean - half, self.mean + half
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided, for mean 0."""
+        if self.standard_error == 0:
+            return 0.0 if self.mean else 1.0
+        return 2 * (1 - t_cdf(abs(self.mean) / self.standard_error, self.df))
+
+
+def complete_table(cells: Mapping[tuple[int, str], float]) -> tuple[list[int], list[str], list[list[float]]]:
+    """The seeds and tasks of a complete table: every seed that has every task (a seed missing a task, a
+    failed run, is left out whole rather than imputed)."""
+    tasks = sorted({task for _, task in cells})
+    seeds = sorted(seed for seed in {s for s, _ in cells} if all((seed, task) in cells for task in tasks))
+    return seeds, tasks, [[cells[(s, t)] for t in tasks] for s in seeds]
+
+
+def crossed_mean(cells: Mapping[tuple[int, str], float]) -> CrossedEstimate:
+    """The mean paired difference over (seed, task) and its standard error counting seeds and tasks."""
+    seeds, tasks, table = complete_table(cells)
+    s, t = len(seeds), len(tasks)
+    if s < 2 or t < 2:
+        raise ValueError(f"a seeds x tasks interval needs 2 seeds and 2 tasks with every cell, got {s} x {t}")
+    grand = statistics.fmean(v for row in table for v in row)
+    seed_means = [statistics.fmean(row) for row in table]
+    task_means = [statistics.fmean(row[j] for row in table) for j in range(t)]
+    ms_seed = t * sum((m - grand) ** 2 for m in seed_means) / (s - 1)
+    ms_task = s * sum((m - grand) ** 2 for m in task_means) / (t - 1)
+    parts = [ms_seed / (s * t), ms_task / (s * t)]
+    variance = sum(parts)
+    if variance == 0:
+        return CrossedEstimate(grand, 0.0, float(min(s, t) - 1), s, t)
+    df = variance ** 2 / (parts[0] ** 2 / (s - 1) + parts[1] ** 2 / (t - 1))
+    return CrossedEstimate(grand, math.sqrt(variance), df, s, t)
+
+
+def holm(p_values: Mapping[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of a family's p-values (each the smallest family-wise level at which
+    its comparison is rejected)."""
+    ordered = sorted(p_values.items(), key=lambda item: item[1])
+    adjusted, running = {}, 0.0
+    for rank, (name, p) in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - rank) * p))
+        adjusted[name] = running
+    return adjusted
+
+
+def verdict(estimate: CrossedEstimate, margin: float, adjusted_p: float | None = None) -> str:
+    """"better" / "worse" where the (Holm-adjusted) test rejects 0 at 5%; "equivalent within +-margin"
+    where the 90% interval lies inside it (two one-sided tests at 5%); otherwise "not shown either way"."""
+    p = estimate.p_value if adjusted_p is None else adjusted_p
+    if p < 0.05:
+        return "better" if estimate.mean > 0 else "worse"
+    low, high = estimate.interval(0.90)
+    if -margin < low and high < margin:
+        return f"equivalent within ±{margin:g}"
+    return "not shown either way"
