@@ -188,23 +188,23 @@ def test_report_pairs_arms_and_shows_seeds_and_tasks() -> None:
     assert "lambda_delta=2.0" not in report
     weight_only = _line(report, "| weight-only | — | all |")
     delta = _line(report, "| delta | — | all |")
-    assert weight_only.endswith("| reference | reference | reference | — |")
+    assert weight_only.endswith("| reference | reference | reference | — | — |")
     assert "| 3 | 8 / 42 | 0.200 ± 0.248 |" in weight_only
     # held-out: per-seed differences 0.05, 0.04, 0.07 (the hand example); seen: -0.1, 0, -0.2
     assert "| 3 | 8 / 42 | 0.253 ± 0.275 | 0.800 ± 0.248 | 0.050 ± 0.000 | 6 | 0.400 ± 0.000 | 0.100 ± 0.000 |" in delta
     # detectable: (t(0.975, 2) + t(0.8, 2)) x sd / sqrt(3), both quantiles in closed form at df = 2
     sd = statistics.stdev([0.05, 0.04, 0.07])
     detectable = (0.95 / math.sqrt(2 * 0.975 * 0.025) + 0.6 / math.sqrt(2 * 0.8 * 0.2)) * sd / math.sqrt(3)
-    assert delta.endswith(f"| +0.053 ± 0.038 (3 seeds) | -0.100 ± 0.248 (3 seeds) | {detectable:.3f} | — |")
+    assert delta.endswith(f"| +0.053 ± 0.038 (3 seeds) | -0.100 ± 0.248 (3 seeds) | {detectable:.3f} | — | — |")
     kl = _line(report, "| KL | — | all |")
-    assert "| 1 | 8 / 42 | 0.500 (1 seed, no CI) |" in kl and kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — |")
+    assert "| 1 | 8 / 42 | 0.500 (1 seed, no CI) |" in kl and kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — | — |")
     only = _line(report, "| delta-only | — | all |")  # the knobs its name says are not repeated
     assert "| 1 | 8 / 42 | 0.000 (1 seed, no CI) |" in only
     eight = _line(report, "| delta | — | 8 |")
-    assert "| 1 | ? / 8 |" in eight and eight.endswith("| no weight-only run | no weight-only run | no weight-only run | — |")
+    assert "| 1 | ? / 8 |" in eight and eight.endswith("| no weight-only run | no weight-only run | no weight-only run | — | — |")
     layers = _line(report, "| delta at layers 0, 1 | — | all | 1 |")  # seed 1, paired with weight-only's seed 1
-    assert layers.endswith("| +0.500 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — |")
-    assert _line(report, "| delta | probe_count=10 | all | 1 |").endswith("| no common seed | no common seed | — | — |")
+    assert layers.endswith("| +0.500 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — | — |")
+    assert _line(report, "| delta | probe_count=10 | all | 1 |").endswith("| no common seed | no common seed | — | — | — |")
     assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | any | — | — | 0.110 | — |")
     assert _line(report, "| baseline: multi-task LoRA | testbed diagnostics | any | — | — | 0.120 | 0.800 |")
     assert _line(report, "| baseline: chance |")
@@ -359,7 +359,7 @@ def test_report_counts_failed_seeds_and_keeps_them_out_of_every_mean() -> None:
     report = comparison_report(runs + failures + [rerun, only_failed])
     kl = _line(report, "| KL | — | all |")
     assert "| 1 (+2 failed) | 8 / 42 | 0.500 (1 seed, no CI) |" in kl
-    assert kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — |")
+    assert kl.endswith("| +0.400 (1 seed, no CI) | +0.000 (1 seed, no CI) | — | — | — |")
     assert _line(report, "| KL | probe_count=3 | all | 0 (+1 failed) | ? / ? | — | — |")
     assert "- KL, max training tasks all, seed 1 (klf1): nan at 1" in report
     assert "- KL, max training tasks all, seed 2 (klf2): nan at 2" in report
@@ -400,5 +400,31 @@ def test_report_pairs_a_conditioned_arm_with_its_prompt_blind_twin() -> None:
     report = comparison_report(collect_runs(rows))
     conditioned, blind = _line(report, "| SFT-only | — | all |"), _line(report, "| SFT-only, prompt-blind | — | all |")
     mean, half = mean_ci([0.1, 0.11, 0.12])
-    assert conditioned.endswith(f"| {mean:+.3f} ± {half:.3f} (3 seeds) |")
-    assert blind.endswith("| — |")  # a prompt-blind arm has no prompt-blind twin
+    assert conditioned.endswith(f"| {mean:+.3f} ± {half:.3f} (3 seeds) | — |")
+    assert blind.endswith("| — | — |")  # a prompt-blind arm has no prompt-blind twin
+
+
+def test_report_gives_the_seeds_by_tasks_interval_with_holm_over_its_family() -> None:
+    from llgbm.study.crossed import crossed_mean, holm
+
+    rows = [_row(f"w{s}", s, 0.2, lambda_delta=0.0) for s in range(3)]
+    rows += [_row(f"d{s}", s, 0.3) for s in range(3)] + [_row(f"k{s}", s, 0.3, behaviour_loss="kl") for s in range(3)]
+    runs = collect_runs(rows)
+    gains = {"delta": [0.10, 0.14, 0.12, 0.09], "kl": [0.05, -0.06, 0.07, -0.03]}
+    tasks = ["a", "b", "c", "d"]
+
+    def per_task(run) -> dict:
+        gain = [0.0] * 4 if run.name.startswith("w") else gains["kl" if run.name.startswith("k") else "delta"]
+        out = {t: {"heldout": True, "generated": 0.2 + g + 0.01 * run.seed} for t, g in zip(tasks, gain)}
+        return {**out, "seen": {"heldout": False, "generated": 0.9}}  # seen tasks never enter
+
+    report = comparison_report([replace(r, per_task=per_task(r)) for r in runs])
+    estimates = {name: crossed_mean({(s, t): g for s in range(3) for t, g in zip(tasks, gain)}) for name, gain in gains.items()}
+    adjusted = holm({name: e.p_value for name, e in estimates.items()})
+    delta, kl = _line(report, "| delta | — | all |"), _line(report, "| KL | — | all |")
+    low, high = estimates["delta"].interval()
+    assert delta.endswith(f"| +0.113 [{low:+.3f}, {high:+.3f}] (3 seeds × 4 tasks), p {adjusted['delta']:.3f}: better |")
+    assert kl.endswith(f"p {adjusted['kl']:.3f}: not shown either way |")
+    assert _line(report, "| weight-only | — | all |").endswith("| reference | — | — |")
+    without = comparison_report(runs)  # runs archived before per-task results: no such cell
+    assert _line(without, "| delta | — | all |").endswith("| — | — |")

@@ -22,6 +22,7 @@ from llgbm.study.run_archive import (
     load_archive,
     merge_runs,
     new_failures,
+    per_task_accuracies,
     run_key,
     run_to_json,
     save_archive,
@@ -106,6 +107,10 @@ def test_keys_read_from_experiment_commits_match_the_workspace(tmp_path: Path) -
     old = _git(tmp_path, "rev-parse", "HEAD")
     assert key_of_commit(str(tmp_path), old) is None
     _write_run(tmp_path, LOCK, {**PARAMS, "seed": 2}, PROVENANCE)
+    per_task = {"t1": {"heldout": True, "chance": 0.1, "generated": {"accuracy": 0.5, "delta_cosine_eval": 0.2},
+                       "base": {"accuracy": 0.1}, "nearest_tasks": ["t2"]}}
+    (tmp_path / "results" / "evaluate").mkdir(parents=True)
+    (tmp_path / "results" / "evaluate" / "per_task.json").write_text(json.dumps(per_task))
     _git(tmp_path, "add", "-A")
     _git(tmp_path, "commit", "-qm", "a run")
     rev = _git(tmp_path, "rev-parse", "--short", "HEAD")
@@ -113,6 +118,9 @@ def test_keys_read_from_experiment_commits_match_the_workspace(tmp_path: Path) -
     assert key == workspace_key(str(tmp_path)) == _key() and provenance["machine"] == "m1"
     done, unkeyed = keyed([_run("a", 2, 0.3, rev=rev), _run("b", 0, 0.3, rev=old), _run("c", 0, 0.3)], str(tmp_path))
     assert [(r.name, r.key, r.machine, r.baseline) for r in done] == [("a", key, "m1", old[:7])]
+    assert done[0].per_task == {"t1": {"heldout": True, "generated": 0.5, "base": 0.1}}  # each adapter's accuracy
+    with pytest.raises(LlgbmError, match="per_task.json task 'x' lacks 'heldout'"):
+        per_task_accuracies({"x": {"generated": {"accuracy": 0.5}}}, "r")
     assert [r.name for r in unkeyed] == ["b", "c"]
     (tmp_path / "results" / "train" / "provenance.json").unlink()
     with pytest.raises(LlgbmError, match="provenance.json: not found; run `dvc repro` first"):

@@ -156,6 +156,9 @@ class Run:
     key: str | None = None
     machine: str | None = None
     failure: str | None = None
+    # Per evaluated task: whether it is held out, and each compared adapter's accuracy (read from the run's
+    # results/evaluate/per_task.json by llgbm.study.run_archive); None before a run is keyed.
+    per_task: dict[str, dict[str, float | bool | None]] | None = None
 
 
 def collect_runs(rows: list[dict]) -> list[Run]:

@@ -16,11 +16,15 @@ from llgbm.study.experiments import (
     group_runs,
     metric_value,
 )
+from llgbm.study.crossed import CrossedEstimate, crossed_mean, holm, verdict
 from llgbm.study.stats import detectable_difference, mean_ci, paired_difference
 
 RANGE_METRICS = ("weight_norm_ratio",)  # reported as their range over seeds (`_range_cell`)
 PAIRED_METRICS = ("heldout_accuracy", "seen_accuracy")
 DETECTION_POWER = 0.8  # of the detectable held-out difference: could these seeds have shown an effect at all?
+# "No effect" only within this margin of held-out accuracy: two seed SDs of the first study's held-out
+# accuracy (0.015), so a difference inside it is no larger than what reseeding alone moves.
+EQUIVALENCE_MARGIN = 0.03
 
 
 # --- cells ------------------------------------------------------------------------------------------
@@ -116,10 +120,49 @@ def _header() -> list[str]:
             *(KEY_METRICS[m][0] for m in ("heldout_cosine", "heldout_cosine_centred", "weight_norm_ratio")),
             *(f"Δ {KEY_METRICS[m][0]} vs weight-only (paired)" for m in PAIRED_METRICS),
             f"Δ held-out accuracy detectable ({DETECTION_POWER:.0%} power)",
-            "Δ held-out accuracy vs the same arm prompt-blind (paired)"]
+            "Δ held-out accuracy vs the same arm prompt-blind (paired)",
+            "Δ held-out accuracy vs weight-only over seeds × tasks: 95% interval, Holm p, verdict"]
 
 
-def _arm_row(arm: Arm, groups: dict[Arm, dict[int, Run]], failed: dict[Arm, dict[int, Run]], knobs: str) -> str:
+def crossed_cells(bucket: dict[int, Run], reference: dict[int, Run]) -> dict[tuple[int, str], float]:
+    """(seed, held-out task) -> the arm's generated accuracy minus the reference's, same seed and task, from
+    the runs' per-task results (runs archived before those were kept have none)."""
+    cells = {}
+    for seed, run in bucket.items():
+        other = reference.get(seed)
+        if run.per_task is None or other is None or other.per_task is None:
+            continue
+        for task, entry in run.per_task.items():
+            mine, theirs = entry.get("generated"), (other.per_task.get(task) or {}).get("generated")
+            if entry.get("heldout") and isinstance(mine, float) and isinstance(theirs, float):
+                cells[(seed, task)] = mine - theirs
+    return cells
+
+
+def crossed_estimates(groups: dict[Arm, dict[int, Run]]) -> dict[Arm, CrossedEstimate]:
+    """Each arm's seeds x tasks comparison with its weight-only reference, where 2 seeds x 2 tasks exist."""
+    estimates = {}
+    for arm, bucket in groups.items():
+        reference = reference_of(arm, list(groups))
+        if reference is None or reference == arm:
+            continue
+        try:
+            estimates[arm] = crossed_mean(crossed_cells(bucket, groups[reference]))
+        except ValueError:
+            continue
+    return estimates
+
+
+def _crossed_cell(estimate: CrossedEstimate | None, adjusted_p: float | None) -> str:
+    if estimate is None or adjusted_p is None:
+        return "—"
+    low, high = estimate.interval()
+    return (f"{estimate.mean:+.3f} [{low:+.3f}, {high:+.3f}] ({estimate.seeds} seeds × {estimate.tasks} tasks), "
+            f"p {adjusted_p:.3f}: {verdict(estimate, EQUIVALENCE_MARGIN, adjusted_p)}")
+
+
+def _arm_row(arm: Arm, groups: dict[Arm, dict[int, Run]], failed: dict[Arm, dict[int, Run]], knobs: str,
+             crossed: str = "—") -> str:
     """One arm's row: its metrics over seeds, then its paired differences from its weight-only reference."""
     bucket = groups.get(arm, {})
     reference = reference_of(arm, list(groups))
@@ -132,6 +175,7 @@ def _arm_row(arm: Arm, groups: dict[Arm, dict[int, Run]], failed: dict[Arm, dict
         diffs = [*(_paired_cell(paired[m]) for m in PAIRED_METRICS), _detectable_cell(paired["heldout_accuracy"])]
     blind = prompt_blind_of(arm, list(groups))
     diffs.append("—" if blind is None else _paired_cell(_paired(bucket, groups[blind], "heldout_accuracy")))
+    diffs.append(crossed)
     n, n_failed = len(bucket), len(failed.get(arm, {}))
     # .get: a run archived before a metric joined the report lacks it
     metric_cells = {m: (_range_cell if m in RANGE_METRICS else _mean_cell)(
@@ -158,6 +202,12 @@ _HOW_TO_READ = (
     "own per-seed differences: an interval around 0 rules out effects of about that size, not smaller "
     "ones. Prompt-blind: the paired difference from the arm that is the same but for a constant generator "
     "condition (`generator.condition: constant`), where one ran: what the prompts add over one adapter. "
+    "Seeds × tasks: the mean over (seed, held-out task) of the paired difference from weight-only, its 95% "
+    "interval from a two-way random-effects model (task and seed variation together, llgbm/study/crossed.py), "
+    "its p-value Holm-adjusted over every arm in this column (the family), and the verdict: better or worse "
+    f"where the adjusted p < 0.05, equivalent where the 90% interval lies within ±{EQUIVALENCE_MARGIN} (two "
+    "seed SDs of the first study's held-out accuracy), otherwise not shown either way; runs archived before "
+    "per-task results were kept have none (—). "
     "Tasks: "
     "the held-out and seen tasks each mean covers, from the evaluation's `heldout.tasks` / `seen.tasks` "
     "(? where a run did not record them). Delta cosine on the evaluation probe set, raw and centred on "
@@ -191,7 +241,10 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
     knobs = arm_knobs(arms)
     header = _header()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += [_arm_row(arm, groups, failed, knobs[arm]) for arm in arms]
+    estimates = crossed_estimates(groups)
+    adjusted = holm({str(arm): e.p_value for arm, e in estimates.items()})
+    lines += [_arm_row(arm, groups, failed, knobs[arm], _crossed_cell(estimates.get(arm), adjusted.get(str(arm))))
+              for arm in arms]
     lines += _diagnostic_rows(runs, diagnostics_fallback, len(header))
     notes = ["", _HOW_TO_READ]
     if failed:

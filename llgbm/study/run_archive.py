@@ -31,6 +31,7 @@ DEFAULT_ARCHIVE = Path("results/study/runs.json")
 LOCK = "dvc.lock"
 PARAMS_FILE = "params.yaml"
 TRAIN_PROVENANCE = "results/train/provenance.json"  # llgbm.recipes.train.PROVENANCE in the train stage's live dir
+PER_TASK = "results/evaluate/per_task.json"  # the evaluate stage's per-task results
 CODE_DIRS = ("llgbm/", "stages/")
 # What of results/train/provenance.json makes a run (its machine name is recorded, not keyed).
 PROVENANCE_KEYS = ("libraries", "precision", "device", "processes")
@@ -191,10 +192,10 @@ def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tup
         shared = set(old.metrics) & set(run.metrics)
         if run.failure is None and any(old.metrics[m] != run.metrics[m] for m in shared):
             disagreements.append((old, run))
-        elif run.rev == old.rev and set(run.metrics) - set(old.metrics):
-            # The same experiment read again where the report has gained a metric: recorded values stay,
-            # the new metric is added from the run's own commit.
-            filled = replace(old, metrics={**run.metrics, **old.metrics})
+        elif run.rev == old.rev and (set(run.metrics) - set(old.metrics) or (old.per_task is None and run.per_task)):
+            # The same experiment read again where the report has gained a metric (or the per-task results):
+            # recorded values stay, what is new is added from the run's own commit.
+            filled = replace(old, metrics={**run.metrics, **old.metrics}, per_task=old.per_task or run.per_task)
             merged[merged.index(old)] = by_identity[identity(run)] = filled
     return merged, disagreements
 
@@ -221,6 +222,24 @@ def _code_matches_lock(repo: str, rev: str) -> bool:
     return True
 
 
+def per_task_accuracies(per_task: Any, source: str) -> dict[str, dict[str, float | bool | None]]:
+    """Of an evaluation's per_task.json: per task, whether it is held out and each adapter's accuracy."""
+    if not isinstance(per_task, Mapping):
+        raise LlgbmError(f"{source}: {PER_TASK} is not an object of tasks")
+    out: dict[str, dict[str, float | bool | None]] = {}
+    for task, entry in per_task.items():
+        if not (isinstance(entry, Mapping) and isinstance(entry.get("heldout"), bool)):
+            raise LlgbmError(f"{source}: {PER_TASK} task '{task}' lacks 'heldout'")
+        out[task] = {"heldout": entry["heldout"], **{name: value.get("accuracy") for name, value in entry.items()
+                                                     if isinstance(value, Mapping) and "accuracy" in value}}
+    return out
+
+
+def _per_task_of_commit(repo: str, rev: str) -> dict[str, dict[str, float | bool | None]] | None:
+    text = _git_file(repo, rev, PER_TASK)
+    return None if text is None else per_task_accuracies(_parse(text, PER_TASK, f"{repo}@{rev}"), f"{repo}@{rev}")
+
+
 def keyed(runs: list[Run], repo: str) -> tuple[list[Run], list[Run]]:
     """Each experiment's run with its key (read from its commit), the machine it recorded and, as its
     baseline, the commit it ran on (its experiment commit's parent: exp_show may name a branch, which
@@ -234,7 +253,8 @@ def keyed(runs: list[Run], repo: str) -> tuple[list[Run], list[Run]]:
             continue
         key, provenance = found
         baseline = resolve_commit(repo, f"{run.rev}^") or run.baseline
-        done.append(replace(run, key=key, machine=provenance.get("machine"), baseline=baseline))
+        per_task = _per_task_of_commit(repo, str(run.rev)) if run.failure is None else None
+        done.append(replace(run, key=key, machine=provenance.get("machine"), baseline=baseline, per_task=per_task))
     return done, unkeyed
 
 
