@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from llgbm.study.arms import Arm, arm_knobs, arm_order, objective_of, prompt_blind_of, reference_of
+from llgbm.study.crossed import CrossedEstimate, crossed_mean, holm, verdict
 from llgbm.study.experiments import (
     COUNT_METRICS,
     DIAGNOSTIC_BASELINES,
@@ -16,7 +17,6 @@ from llgbm.study.experiments import (
     group_runs,
     metric_value,
 )
-from llgbm.study.crossed import CrossedEstimate, crossed_mean, holm, verdict
 from llgbm.study.stats import detectable_difference, mean_ci, paired_difference
 
 RANGE_METRICS = ("weight_norm_ratio",)  # reported as their range over seeds (`_range_cell`)
