@@ -26,7 +26,7 @@ from llgbm.core.losses import BEHAVIOUR_LOSSES, DELTA_LOSS_TYPES, LAMBDA_SCHEDUL
 from llgbm.core.precision import MIXED_PRECISION
 from llgbm.data.encoder import EncoderConfig
 from llgbm.data.probes import PROBE_TEMPLATES, PROBE_TYPES, ProbesConfig
-from llgbm.data.split import select_training_names, unsupported_heldout
+from llgbm.data.split import fold_heldout, select_training_names, unsupported_heldout
 from llgbm.data.tasks import (
     BUILTIN_TASKS,
     CUE_PLACES,
@@ -145,6 +145,10 @@ class Config:
     # against the number of training tasks.
     max_training_tasks: int | None = None
     heldout_tasks: list[str] = field(default_factory=lambda: ["third", "before_last"])
+    # Every task held out once: K disjoint held-out sets (heldout_folds, None: use heldout_tasks) and which
+    # of them this run holds out (heldout_fold); with folds, heldout_tasks is not read.
+    heldout_folds: int | None = None
+    heldout_fold: int = 0
     tasks: TasksConfig = field(default_factory=TasksConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -314,9 +318,22 @@ def _validate_probes(cfg: Config, source: str) -> None:
     _check_positive(cfg.deltas.adapters_per_batch, "deltas.adapters_per_batch", source)
 
 
+def heldout_names(cfg: Config, names: list[str]) -> list[str]:
+    """The held-out tasks among `names`: heldout_tasks, or with heldout_folds the fold's tasks."""
+    if cfg.heldout_folds is None:
+        return list(cfg.heldout_tasks)
+    return fold_heldout(names, task_pairs(cfg.tasks), cfg.heldout_folds, cfg.heldout_fold, cfg.tasks.seed)
+
+
 def _validate_split(cfg: Config, source: str) -> None:
-    """heldout_tasks and max_training_tasks, against the built-in family's names (task files
+    """heldout_tasks (or the fold) and max_training_tasks, against the built-in family's names (task files
     are checked by the check stage, which reads them)."""
+    if cfg.heldout_folds is not None and cfg.tasks.source == "builtin":
+        try:
+            heldout = heldout_names(cfg, builtin_task_names(cfg.tasks))
+        except LlgbmError as exc:
+            raise LlgbmError(f"{source}: {exc}") from None
+        cfg = dataclasses.replace(cfg, heldout_tasks=heldout)
     repeated = sorted({name for name in cfg.heldout_tasks if cfg.heldout_tasks.count(name) > 1})
     if repeated:
         raise LlgbmError(f"{source}: 'heldout_tasks' names {repeated} more than once")

@@ -142,3 +142,23 @@ def test_max_training_tasks_is_checked_against_the_family(tmp_path) -> None:
     path.write_text(yaml.safe_dump(params))
     with pytest.raises(LlgbmError, match="'max_training_tasks' must be int"):
         load_config(path)
+
+
+def test_folds_hold_out_every_pair_once_each_with_support() -> None:
+    from llgbm.config import heldout_names
+    from llgbm.data.split import unsupported_heldout
+    from llgbm.data.tasks import builtin_task_names, compositional_pairs
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    names = builtin_task_names(config_from_dict(raw).tasks)
+    pairs = compositional_pairs(raw["tasks"]["selectors"], raw["tasks"]["transforms"])
+    folds = [heldout_names(config_from_dict({**raw, "heldout_folds": 5, "heldout_fold": k}), names) for k in range(5)]
+    assert sorted(n for fold in folds for n in fold) == sorted(names)  # disjoint, and together every pair
+    for fold in folds:
+        assert len(fold) == 10 and not unsupported_heldout(pairs, fold)
+        assert {pairs[n][0] for n in fold} == set(raw["tasks"]["selectors"])  # each selector, 2 transforms each
+    assert config_from_dict({**raw, "heldout_folds": None}).heldout_tasks == raw["heldout_tasks"]
+    with pytest.raises(LlgbmError, match="params.yaml: heldout_fold: 5, expected 0 to 4"):
+        config_from_dict({**raw, "heldout_folds": 5, "heldout_fold": 5})
+    with pytest.raises(LlgbmError, match="heldout_folds: 1, expected 2 to 50"):
+        config_from_dict({**raw, "heldout_folds": 1})

@@ -18,6 +18,31 @@ def unsupported_heldout(pairs: dict[str, tuple[str, str]], heldout: list[str]) -
     return [name for name in heldout if pairs[name][0] not in seen_selectors or pairs[name][1] not in seen_transforms]
 
 
+def fold_heldout(names: list[str], pairs: dict[str, tuple[str, str]] | None, folds: int, fold: int,
+                 seed: int) -> list[str]:
+    """The `fold`-th of `folds` disjoint held-out sets that together hold out every task, in `names` order.
+    With compositional pairs, pair (selector i, transform j), in a seeded order of each, falls in fold
+    (i + j) mod folds: every fold holds each selector with about 1/folds of the transforms and each
+    transform with about 1/folds of the selectors, so each held-out pair keeps its selector and its
+    transform in training. Other tasks: a seeded round robin."""
+    if not 2 <= folds <= len(names):
+        raise LlgbmError(f"heldout_folds: {folds}, expected 2 to {len(names)} (the number of tasks)")
+    if not 0 <= fold < folds:
+        raise LlgbmError(f"heldout_fold: {fold}, expected 0 to {folds - 1}")
+    rng = random.Random(f"{seed}:folds")
+    if pairs is None:
+        chosen = set(rng.sample(names, len(names))[fold::folds])
+        return [n for n in names if n in chosen]
+    selectors = rng.sample(sorted({s for s, _ in pairs.values()}), len({s for s, _ in pairs.values()}))
+    transforms = rng.sample(sorted({t for _, t in pairs.values()}), len({t for _, t in pairs.values()}))
+    heldout = [n for n in names if (selectors.index(pairs[n][0]) + transforms.index(pairs[n][1])) % folds == fold]
+    unsupported = unsupported_heldout(pairs, heldout)
+    if unsupported:
+        raise LlgbmError(f"heldout_folds: {folds} folds leave {unsupported} of fold {fold} without compositional "
+                         "support; use fewer folds")
+    return heldout
+
+
 def support_cover(order: list[str], pairs: dict[str, tuple[str, str]], heldout: list[str]) -> list[str]:
     """A smallest set of training tasks in which every selector and transform of a held-out pair occurs:
     a maximum matching of the missing selectors to the missing transforms through training pairs (each

@@ -8,7 +8,7 @@ what the fixed params feed, and a failure stops `dvc repro` before any stage del
 from __future__ import annotations
 
 from llgbm.artifacts.base_model import build_tiny_model, build_tiny_tokenizer
-from llgbm.config import Config
+from llgbm.config import Config, heldout_names
 from llgbm.core.lora import layout_of_model
 from llgbm.data.probes import evaluation_candidates
 from llgbm.data.split import resolve_split
@@ -20,7 +20,8 @@ from llgbm.infra.paths import CHECKED_FILE, TASK_FILES_DIR
 
 def run(cfg: Config) -> None:
     tasks = make_tasks(cfg.tasks, TASK_FILES_DIR)
-    split = resolve_split(tasks, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed)
+    split = resolve_split(tasks, heldout_names(cfg, [t.name for t in tasks]), cfg.max_training_tasks,
+                          task_pairs(cfg.tasks), cfg.tasks.seed)
     evaluation_candidates(cfg.evaluate.probe_count, cfg.evaluate.probe_seed, tasks, list(split.heldout))
     short = [t.name for t in tasks if len(t.test) < cfg.generator.prompts_per_sample]
     if short:

@@ -2,14 +2,15 @@
 data/split.json (every later stage reads it; none recomputes it)."""
 from __future__ import annotations
 
-from llgbm.config import Config
+from llgbm.config import Config, heldout_names
 from llgbm.data.split import resolve_split
 from llgbm.data.tasks import load_tasks, task_pairs
 from llgbm.infra.paths import SPLIT_FILE, TASKS_FILE
 
 
 def run(cfg: Config) -> None:
-    split = resolve_split(load_tasks(TASKS_FILE), cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks),
-                          cfg.tasks.seed)
+    tasks = load_tasks(TASKS_FILE)
+    split = resolve_split(tasks, heldout_names(cfg, [t.name for t in tasks]), cfg.max_training_tasks,
+                          task_pairs(cfg.tasks), cfg.tasks.seed)
     split.save(SPLIT_FILE)
     print(f"{len(split.training)} training tasks, {len(split.heldout)} held out: {', '.join(split.heldout)}")
