@@ -264,29 +264,33 @@ def test_the_kl_reference_trains(micro_train_inputs, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("behaviour", ["delta", "sft"])
-def test_behaviour_only_training_reaches_the_scales_and_with_weights_they_keep_the_weight_gradient(behaviour) -> None:
-    from llgbm.core.losses import MultiTaskLoss
+def test_the_scales_get_the_weight_terms_gradient_alone_and_behaviour_only_the_tokens_still_learn(behaviour) -> None:
+    from llgbm.core.generator import start_at_mean
+    from llgbm.core.losses import MultiTaskLoss, weight_token_loss
     from llgbm.recipes.train import training_step
 
-    def scales_gradient(lambda_weights: float) -> torch.Tensor:
+    def gradients(lambda_weights: float) -> tuple[torch.Tensor, torch.Tensor, float]:
         cfg = micro_config(behaviour_loss=behaviour, train={**micro_config().train.__dict__, "lambda_weights": lambda_weights})
         model, dataset, weight_tokenizer, computer = _bench_world(cfg)
+        start_at_mean(model, dataset.tokens, dataset.scales)
         loss_fn = MultiTaskLoss(lambda_delta=1.0, lambda_weights=lambda_weights, behaviour=behaviour)
         metrics = training_step(model, dataset, torch.Generator().manual_seed(1), cfg.train, weight_tokenizer.mask,
                                 weight_tokenizer, computer, loss_fn, torch.device("cpu"), 1, (torch.Generator().manual_seed(2), 3))
         metrics["_loss"].backward()
-        assert metrics["grad_norm_delta"] > 0
-        return model.token_offset.grad[:, weight_tokenizer.token_dim:]  # every token's (mean, log-std) offset
+        d = weight_tokenizer.token_dim
+        return model.token_offset.grad[:, :d], model.token_offset.grad[:, d:], metrics["grad_norm_delta"]
 
-    assert scales_gradient(0.0).abs().sum() > 0  # behaviour-only: nothing else trains the scales
-    with_weights = scales_gradient(1.0)
-    # With the weight term, the behavioural term reaches the scales detached: theirs is the weight term's alone.
+    tokens, scales, norm = gradients(0.0)
+    assert norm > 0 and tokens.abs().sum() > 0  # behaviour-only: the tokens learn
+    assert (scales == 0).all()  # and the scales stay at the teachers' mean
+    _, with_weights, _ = gradients(1.0)
     cfg = micro_config(behaviour_loss=behaviour)
     model, dataset, weight_tokenizer, computer = _bench_world(cfg)
-    from llgbm.core.losses import weight_token_loss
+    start_at_mean(model, dataset.tokens, dataset.scales)
     batch = dataset.draw(cfg.train.batch_size, torch.Generator().manual_seed(1))
-    tokens, scales = model(batch["condition"])
-    weight_token_loss(tokens * weight_tokenizer.mask, scales, batch["tokens"], batch["scales"], weight_tokenizer.mask).backward()
+    pred_tokens, pred_scales = model(batch["condition"])
+    weight_token_loss(pred_tokens * weight_tokenizer.mask, pred_scales, batch["tokens"], batch["scales"],
+                      weight_tokenizer.mask).backward()
     torch.testing.assert_close(with_weights, model.token_offset.grad[:, weight_tokenizer.token_dim:])
 
 

@@ -379,30 +379,28 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
     pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
     delta_pred = delta_target = None
     n_delta = tr.delta_batch_size
-    # With the weight term present, the behavioural term reaches the scales detached: a token's mean and
-    # log-std move all its r x chunk_width weights at once, a direction the delta is so sensitive to that
-    # its gradient (norm 10^2..10^3 on the embedded default) swamped everything after clipping, and the
-    # weight loss trains the scales. Without it (behaviour-only), nothing else could train them.
-    behaviour_leaves = (pred_tokens,) if tr.lambda_weights > 0 else (pred_tokens, pred_scales)
     if n_delta:
         # With lambda(t) = 0 the behavioural term is still measured (for the logs) but not differentiated.
+        # It reaches the scales detached: a token's mean and log-std move all its r x chunk_width weights at
+        # once. With the weight term, that term trains them (the delta's gradient there, norm 10^2..10^3 on
+        # the embedded default, swamped everything after clipping); without it they stay at the training
+        # teachers' mean, where the generator starts (measured, SFT-only on the embedded default: with the
+        # scales trained too they ran to the bound, weight norm 4.4x, and the answers to uniform, accuracy
+        # 0.167 = chance; with them fixed the task loss fell to 0.46 by step 1200).
         with torch.set_grad_enabled(loss_fn.get_lambda() > 0):
-            scales = pred_scales[:n_delta] if len(behaviour_leaves) == 2 else pred_scales[:n_delta].detach()
-            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], scales)
+            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta].detach())
             delta_pred, delta_target = _behaviour(loss_fn.behaviour, computer, adapters, batch, dataset, records, n_delta)
     total, metrics = loss_fn(loss_weights, delta_pred, delta_target)
     if delta_pred is not None and delta_pred.requires_grad:
-        # The two terms meet at the generated tokens (and scales, behaviour-only): each term's gradient
-        # there, its norm logged, the behavioural one weighted by the balance rule, then one backward
-        # through the generator for both. With balance "none" this is exactly the plain sum's gradient.
-        grads_behaviour = torch.autograd.grad(loss_fn.delta_loss_fn(delta_pred, delta_target), behaviour_leaves)
-        grads_weights = torch.autograd.grad(loss_weights, behaviour_leaves, retain_graph=True)
-        norm_weights = math.sqrt(sum(g.square().sum().item() for g in grads_weights))
-        norm_delta = math.sqrt(sum(g.square().sum().item() for g in grads_behaviour))
+        # The two terms meet at the generated tokens: each term's gradient there, its norm logged, the
+        # behavioural one weighted by the balance rule, then one backward through the generator for both.
+        # With balance "none" this is exactly the plain sum's gradient.
+        (grad_delta,) = torch.autograd.grad(loss_fn.delta_loss_fn(delta_pred, delta_target), pred_tokens)
+        (grad_weights,) = torch.autograd.grad(loss_weights, pred_tokens, retain_graph=True)
+        norm_weights, norm_delta = grad_weights.norm().item(), grad_delta.norm().item()
         coefficient = delta_coefficient(loss_fn.get_lambda(), loss_fn.lambda_weights * norm_weights, norm_delta,
                                         loss_fn.balance)
-        surrogate = sum((leaf * grad).sum() for leaf, grad in zip(behaviour_leaves, grads_behaviour))
-        total = loss_fn.lambda_weights * loss_weights + coefficient * surrogate
+        total = loss_fn.lambda_weights * loss_weights + coefficient * (pred_tokens * grad_delta).sum()
         metrics.update(grad_norm_weights=norm_weights, grad_norm_delta=norm_delta, delta_coefficient=coefficient)
     for name, value in metrics.items():
         if not math.isfinite(value):
