@@ -328,7 +328,7 @@ CASES = [
     Case("generator-config-lora-type", lambda d, w: edit_generator_config(
         d, w, lambda m: m["lora"].update(rank="four")), ("config.json", "'lora'"), needs="micro_generator"),
     Case("generator-config-shape-mismatch", lambda d, w: edit_generator_config(
-        d, w, lambda m: m["shape"].update(feature_dim=m["shape"]["feature_dim"] + 1)),
+        d, w, lambda m: m["shape"].update(hidden_dim=m["shape"]["hidden_dim"] + 1)),
         ("generator.safetensors", "cannot load"), needs="micro_generator"),
     Case("generator-weights-missing", lambda d, w: edit_generator_weights(d, w, None),
          ("generator.safetensors",), needs="micro_generator"),
