@@ -95,3 +95,19 @@ def test_generated_tokens_are_normalised_and_their_scales_bounded() -> None:
     assert torch.allclose(bounded_scales(centre[None], centre, factor), centre[None])  # the centre is kept
     near = centre + 1e-3
     torch.testing.assert_close(bounded_scales(near, centre, factor), near, rtol=0, atol=1e-6)  # identity near it
+
+
+def test_the_generators_mask_is_the_weight_tokenizers() -> None:
+    # core.generator.token_mask derives from the shape what WeightTokenizer.mask holds: the two must agree.
+    from llgbm.bench import random_model, tiny_shape
+    from llgbm.core.generator import token_mask
+    from llgbm.core.lora import layout_of_model
+    from llgbm.core.weight_tokens import WeightTokenizer
+
+    from .conftest import micro_config
+
+    cfg = micro_config()
+    tokenizer = WeightTokenizer(layout_of_model(random_model(tiny_shape(cfg)), cfg.lora), 24)  # 24: partial chunks
+    shape = generator_shape(GeneratorConfig(chunk_width=24), 12, tokenizer.token_roles(), tokenizer.token_columns(),
+                            tokenizer.token_dim)
+    assert torch.equal(token_mask(shape), tokenizer.mask)
