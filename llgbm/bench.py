@@ -139,20 +139,21 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
     ids, mask = ids.to(device), mask.to(device)
     adapters = [{k: (a.to(device), b.to(device)) for k, (a, b) in random_adapter(layout, generator).items()}
                 for _ in range(n_adapters)]
-    computers = {checkpointing: DeltaComputer(model, layout, lora_scaling(lora), ids, mask, autocast_dtype=autocast_dtype,
-                                              gradient_checkpointing=checkpointing) for checkpointing in (False, True)}
+    computers = {(checkpointing, fuse): DeltaComputer(model, layout, lora_scaling(lora), ids, mask, autocast_dtype=autocast_dtype,
+                                                      gradient_checkpointing=checkpointing, fuse_shared_inputs=fuse)
+                 for checkpointing in (False, True) for fuse in (True, False)}
     autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     tokens = int(mask.sum()) * n_adapters
     rows = []
     for mode, checkpointing in (("forward", False), ("forward_backward", False), ("forward_backward", True)):
-        backward, computer = mode == "forward_backward", computers[checkpointing]
+        backward = mode == "forward_backward"
 
         def leaves(batch: AdapterBatch) -> AdapterBatch:
             return {k: (a.clone().requires_grad_(backward), b.clone().requires_grad_(backward)) for k, (a, b) in batch.items()}
 
-        def delta_of(batch: AdapterBatch) -> None:
+        def delta_of(batch: AdapterBatch, fuse: bool = True) -> None:
             with torch.set_grad_enabled(backward):
-                delta = computer(leaves(batch))
+                delta = computers[checkpointing, fuse](leaves(batch))
                 if backward:
                     delta.square().sum().backward()
 
@@ -170,6 +171,8 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
         row = {"model": name, "adapters": n_adapters, "probes": probes, "probe_length": length, "mode": mode,
                "gradient_checkpointing": checkpointing, "peft": None, "plain_bf16_weights": None}
         row["batched"], row["peak_gib_batched"] = _timed(lambda: delta_of(stacked), repeats, device)
+        # The same batched path with one A product per module (core.lora's fusion off): what fusion saves.
+        row["batched_unfused"], _ = _timed(lambda: delta_of(stacked, fuse=False), repeats, device)
         row["loop"], row["peak_gib_loop"] = _timed(lambda: [delta_of(s) for s in singles], repeats, device)
         # The floor in the delta path's own precision (autocast where it runs under autocast).
         row["plain"], row["peak_gib_plain"] = _timed(lambda: plain(model, autocast), repeats, device)
@@ -177,15 +180,59 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
             row["plain_bf16_weights"], _ = _timed(lambda: plain(bf16_model, contextlib.nullcontext), repeats, device)
         if mode == "forward":
             row["peft"], _ = _timed(lambda: [in_memory_peft_delta(model, a, layout, lora, ids, mask,
-                                                                  computers[False].base_states.cpu())
+                                                                  computers[False, True].base_states.cpu())
                                              for a in adapters], repeats, device)
         row["batched_over_plain"] = row["batched"] / row["plain"]
         row["batched_over_plain_bf16_weights"] = (row["batched"] / row["plain_bf16_weights"]
                                                   if row["plain_bf16_weights"] else None)
         row["loop_over_batched"] = row["loop"] / row["batched"]
+        row["unfused_over_batched"] = row["batched_unfused"] / row["batched"]
         row["batched_tflops"] = linear_flops(model, tokens, backward) / row["batched"] / 1e12
         rows.append(row)
     return rows
+
+
+def largest_fitting_adapters(model: PreTrainedModel, lora: LoraConfig, probes: int, length: int, device: torch.device,
+                             autocast_dtype: torch.dtype | None, checkpointing: bool, limit: int) -> dict | None:
+    """The most adapters whose batched delta forward+backward (`probes` x `length` tokens each, the adapters
+    themselves and their gradients included) fits in this GPU's memory: doubling from 1, then bisection to
+    within 1/8 of the answer; each try starts from an emptied cache. None off CUDA (a CPU has no such wall)."""
+    if device.type != "cuda":
+        return None
+    layout = layout_of_model(model, lora)
+    ids, mask = random_probes(model.config.vocab_size, probes, length, torch.Generator().manual_seed(0))
+    computer = DeltaComputer(model, layout, lora_scaling(lora), ids, mask, autocast_dtype=autocast_dtype,
+                             gradient_checkpointing=checkpointing)
+
+    def fits(n: int) -> bool:
+        try:
+            batch = {s.name: (torch.randn(n, *s.a_shape, device=device).mul_(0.05).requires_grad_(),
+                              torch.randn(n, *s.b_shape, device=device).mul_(0.05).requires_grad_()) for s in layout}
+            computer(batch).square().sum().backward()
+            torch.cuda.synchronize()
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            batch = None
+            torch.cuda.empty_cache()
+
+    fitting, limit_reached = largest_passing(fits, limit)
+    return {"adapters": fitting, "limit_reached": limit_reached}
+
+
+def largest_passing(passes: Callable[[int], bool], limit: int) -> tuple[int, bool]:
+    """(n, limit reached) for a monotone `passes`: doubling from 1 while n <= limit, then bisection until the
+    largest passing n found is within n // 8 (at least 1) of the smallest failing one."""
+    passing, failing = 0, 1
+    while failing <= limit and passes(failing):
+        passing, failing = failing, failing * 2
+    if failing > limit:
+        return passing, True
+    while failing - passing > max(1, passing // 8):
+        middle = (passing + failing) // 2
+        passing, failing = (middle, failing) if passes(middle) else (passing, middle)
+    return passing, False
 
 
 def bench_deltas_stage(cfg: Config, n_adapters: int, repeats: int) -> dict:
@@ -223,7 +270,10 @@ def bench_deltas_stage(cfg: Config, n_adapters: int, repeats: int) -> dict:
 
 
 def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repeats: int,
-                probes: int | None, probe_length: int | None, device: str, dtype: str) -> dict:
+                probes: int | None, probe_length: int | None, device: str, dtype: str, fit_limit: int = 0) -> dict:
+    """The cases of every model shape and adapter count; with fit_limit > 0 on a GPU, also the largest
+    adapters per step that fit for each shape, with and without gradient checkpointing (searched up to
+    fit_limit)."""
     torch_device = torch.device(device)
     autocast_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     shapes = {
@@ -231,10 +281,14 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
         "qwen2.5-0.5b": (QWEN25_05B, LoraConfig(rank=8, alpha=16.0), probes or 2, probe_length or 16),
         "qwen2.5-1.5b": (QWEN25_15B, LoraConfig(rank=16, alpha=32.0), probes or 8, probe_length or 128),
     }
-    cases = []
+    cases, fitting = [], {}
     for name in models:
         shape, lora, n_probes, length = shapes[name]
         model = random_model(shape).to(torch_device)
+        if fit_limit > 0:
+            fitting[name] = {key: largest_fitting_adapters(model, lora, n_probes, length, torch_device, autocast_dtype,
+                                                           checkpointing, fit_limit)
+                             for key, checkpointing in (("without_checkpointing", False), ("with_checkpointing", True))}
         # A bf16-weights copy of the base: the floor a bf16 run could reach with the frozen base in bf16.
         bf16_model = copy.deepcopy(model).to(torch.bfloat16) if autocast_dtype == torch.bfloat16 else None
         for n_adapters in adapter_counts:
@@ -253,6 +307,8 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
                                                  repeats),
         "matmul_peak_dtype": str(peak_dtype).removeprefix("torch."),
         "cases": cases,
+        # Adapters x probes x probe length per training step that fit (CUDA only; null on CPU).
+        "largest_fitting_adapters": fitting or None,
         "deltas_stage": bench_deltas_stage(cfg, 24, repeats) if "embedded-default" in models else None,
     }
 

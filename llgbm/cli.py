@@ -18,7 +18,7 @@ def _bench_delta(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.params)
     result = bench_delta(cfg, args.models, args.adapters, args.repeats, args.probes, args.probe_length,
-                         args.device, args.dtype)
+                         args.device, args.dtype, args.fit_limit)
     print(json.dumps(result, indent=2))
 
 
@@ -153,6 +153,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     delta.add_argument("--probe-length", type=int, default=None, help="default: 12 (tiny), 16 (0.5B), 128 (1.5B)")
     delta.add_argument("--device", default="cpu")
     delta.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    delta.add_argument("--fit-limit", type=int, default=0,
+                       help="on a GPU: also search the largest adapters per step that fit, up to this many (0: skip)")
     delta.set_defaults(run=_bench_delta)
     train = bench_kinds.add_parser("train", help="seconds per training step, with the delta loss vs weight-only")
     train.add_argument("--params", default="params.yaml")

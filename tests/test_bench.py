@@ -1,4 +1,6 @@
 """The benchmark commands run and report what they claim (timings themselves are never asserted)."""
+import torch
+
 from llgbm.bench import bench_delta, bench_train
 
 from .conftest import micro_config
@@ -11,12 +13,26 @@ def test_bench_delta_reports_every_case() -> None:
         (n, mode, checkpointing) for n in (1, 2)
         for mode, checkpointing in (("forward", False), ("forward_backward", False), ("forward_backward", True))]
     for case in result["cases"]:
-        assert all(case[k] > 0 for k in ("batched", "loop", "plain", "batched_tflops"))
+        assert all(case[k] > 0 for k in ("batched", "batched_unfused", "loop", "plain", "batched_tflops"))
+        assert case["unfused_over_batched"] == case["batched_unfused"] / case["batched"]
         assert (case["peft"] is None) == (case["mode"] == "forward_backward")
         assert case["plain_bf16_weights"] is None and case["peak_gib_batched"] is None  # fp32 run, no GPU
         assert case["batched_over_plain"] == case["batched"] / case["plain"]
     assert result["matmul_peak_tflops"] > 0 and result["matmul_peak_dtype"] == "float32"
     assert result["deltas_stage"]["stage"] > 0 and result["deltas_stage"]["peft"] > 0
+    assert result["largest_fitting_adapters"] is None  # not asked for
+
+
+def test_the_fit_search_is_gpu_only_and_says_so() -> None:
+    from llgbm.bench import largest_fitting_adapters, random_model, tiny_shape
+
+    cfg = micro_config()
+    result = bench_delta(cfg, ["embedded-default"], [1], repeats=1, probes=2, probe_length=6, device="cpu",
+                         dtype="float32", fit_limit=4)
+    assert result["largest_fitting_adapters"] == {"embedded-default": {"without_checkpointing": None,
+                                                                       "with_checkpointing": None}}
+    assert largest_fitting_adapters(random_model(tiny_shape(cfg)), cfg.lora, 2, 6, torch.device("cpu"), None,
+                                    False, 4) is None
 
 
 def test_bench_delta_in_bf16_has_a_bf16_weights_floor() -> None:
@@ -56,3 +72,15 @@ def test_bench_teachers_reports_both_paths() -> None:
     assert result["tasks"] == 2 and result["steps"] == 3
     assert result["together_seconds"] > 0 and result["one_after_another_seconds"] > 0
     assert result["together_over_one_after_another"] == result["together_seconds"] / result["one_after_another_seconds"]
+
+
+def test_largest_passing_finds_the_wall_within_an_eighth() -> None:
+    from llgbm.bench import largest_passing
+
+    for wall in (0, 1, 2, 3, 7, 64, 100, 200):
+        tried: list[int] = []
+        found, reached = largest_passing(lambda n: tried.append(n) or n <= wall, limit=256)
+        assert not reached and found <= wall
+        assert min((n for n in tried if n > wall), default=None) - found <= max(1, found // 8)  # a failing try is that close
+        assert len(tried) == len(set(tried))  # no size tried twice
+    assert largest_passing(lambda n: True, limit=100) == (64, True)

