@@ -45,7 +45,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _grid(args: argparse.Namespace) -> None:
     from llgbm.config import to_dict
-    from llgbm.study.grid import knob_defaults, queue_grid, queued_or_done, study_arms
+    from llgbm.study.grid import knob_defaults, queue_grid, queued_or_done, study_arms, study_folds
 
     defaults = knob_defaults(to_dict(load_config(args.params)), args.params)
     arms = study_arms(defaults, args.study, args.params)
@@ -53,7 +53,8 @@ def _grid(args: argparse.Namespace) -> None:
     if args.missing:
         have, said = queued_or_done(".")
         print(said)
-    for line in queue_grid(args.seeds, args.dry_run, arms, have):
+    folds = study_folds(to_dict(load_config(args.params)), args.folds, args.params)
+    for line in queue_grid(args.seeds, args.dry_run, arms, have, folds):
         print(line)
 
 
@@ -97,6 +98,8 @@ def _add_grid(commands: argparse._SubParsersAction) -> None:
     grid.add_argument("--params", default="params.yaml")
     grid.add_argument("--study", choices=["objectives", "lambdas", "task_counts", "all", "ablations"], default="all")
     grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    grid.add_argument("--folds", nargs="+", type=int, default=None,
+                      help="with heldout_folds set in --params: the folds to run (default: every fold)")
     grid.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
     grid.add_argument("--missing", action="store_true",
                       help="queue only the (arm, seed) runs that the run archive and DVC's experiments lack for the "

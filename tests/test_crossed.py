@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from llgbm.study.crossed import complete_table, crossed_mean, holm, verdict
+from llgbm.study.crossed import complete_table, crossed_mean, fold_stratified_mean, holm, verdict
 
 
 def _table(seeds: int, tasks: int, effect: float, sd_seed: float, sd_task: float, sd_e: float,
@@ -73,3 +73,39 @@ def test_holm_by_hand_and_verdicts() -> None:
     assert verdict(null, 0.03) == "equivalent within ±0.03"
     noisy = crossed_mean(_table(5, 8, 0.0, 0.01, 0.2, 0.05, rng))
     assert verdict(noisy, 0.03) == "not shown either way"
+
+
+def _folded(folds: int, seeds: int, tasks: int, effect: float, sd_run: float, sd_task: float, sd_e: float,
+            rng: random.Random) -> dict[tuple[tuple[int, int], str], float]:
+    """Every fold its own runs (a run effect per (fold, seed)) and its own tasks (disjoint across folds)."""
+    cells = {}
+    for fold in range(folds):
+        for (seed, task), value in _table(seeds, tasks, effect, sd_run, sd_task, sd_e, rng).items():
+            cells[((fold, seed), f"f{fold}{task}")] = value
+    return cells
+
+
+def test_one_fold_is_the_crossed_mean_and_folds_pool_every_cell() -> None:
+    rng = random.Random(3)
+    single = _table(3, 8, 0.1, 0.02, 0.1, 0.03, rng)
+    assert fold_stratified_mean({((-1, s), t): v for (s, t), v in single.items()}) == crossed_mean(single)
+    cells = _folded(5, 3, 10, 0.1, 0.02, 0.1, 0.03, rng)
+    pooled = fold_stratified_mean(cells)
+    assert pooled.mean == pytest.approx(statistics.fmean(cells.values()))
+    assert (pooled.folds, pooled.seeds, pooled.tasks) == (5, 3, 50)
+    per_fold = [crossed_mean({(s, t): v for ((f, s), t), v in cells.items() if f == fold}) for fold in range(5)]
+    assert pooled.standard_error == pytest.approx(math.sqrt(sum(e.standard_error ** 2 for e in per_fold)) / 5)
+    # A fold without 2 seeds is left out, and said so by the fold count.
+    del cells[((4, 1), "f4t0")], cells[((4, 2), "f4t0")]
+    assert fold_stratified_mean(cells).folds == 4
+
+
+@pytest.mark.parametrize("sd_run, sd_task, sd_e", [(0.015, 0.125, 0.05), (0.05, 0.02, 0.05)])
+def test_the_fold_stratified_interval_covers_about_95_percent(sd_run: float, sd_task: float, sd_e: float) -> None:
+    # The second study's shape: 5 folds x 3 seeds x 10 held-out tasks per fold.
+    rng = random.Random(4)
+    trials, covered = 1000, 0
+    for _ in range(trials):
+        low, high = fold_stratified_mean(_folded(5, 3, 10, 0.05, sd_run, sd_task, sd_e, rng)).interval()
+        covered += low <= 0.05 <= high
+    assert 0.93 <= covered / trials <= 0.995

@@ -98,9 +98,12 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
     weight_only, delta = arms[0], arms[1]
     rows = [{**_row("queued", 3, None, lambda_delta=0.0), "State": "Queued"},
             {**_row("running", 4, None, lambda_delta=0.0), "State": "Running"}]
-    assert experiments.pending_runs(rows) == {(experiments.arm_of(weight_only), 3), (experiments.arm_of(weight_only), 4)}
-    have = experiments.pending_runs(rows) | {(experiments.arm_of(delta), 0)}
-    assert grid.missing_seeds([weight_only, delta], [0, 3, 4], have) == [(weight_only, [0]), (delta, [3, 4])]
+    no_fold = experiments.NO_FOLD
+    assert experiments.pending_runs(rows) == {(experiments.arm_of(weight_only), (no_fold, 3)),
+                                              (experiments.arm_of(weight_only), (no_fold, 4))}
+    have = experiments.pending_runs(rows) | {(experiments.arm_of(delta), (no_fold, 0))}
+    assert grid.missing_seeds([weight_only, delta], grid.replicates_of([0, 3, 4], None), have) == [
+        (weight_only, [(no_fold, 0)]), (delta, [(no_fold, 3), (no_fold, 4)])]
     assert queue_grid([3, 4], True, [weight_only], have) == []
     assert queue_grid([0, 3], True, [delta], have)[0].endswith(" -S seed=3")
 
@@ -428,3 +431,52 @@ def test_report_gives_the_seeds_by_tasks_interval_with_holm_over_its_family() ->
     assert _line(report, "| weight-only | — | all |").endswith("| reference | — | — |")
     without = comparison_report(runs)  # runs archived before per-task results: no such cell
     assert _line(without, "| delta | — | all |").endswith("| — | — |")
+
+
+def test_folds_are_replicates_queued_per_fold_and_missing_per_fold_and_seed() -> None:
+    """With heldout_folds, a run is one (fold, seed): a row's fold is read back, the grid queues one command per
+    arm and fold, and --missing leaves out exactly the (fold, seed) pairs that ran."""
+    [weight_only] = [a for a in study_arms(DEFAULTS, "objectives") if a["lambda_delta"] == 0.0]
+    row = {**_row("w", 1, 0.2, lambda_delta=0.0), "heldout_folds": 5.0, "heldout_fold": 3.0}
+    [run] = collect_runs([row])
+    assert (run.fold, run.seed, run.replicate) == (3, 1, (3, 1))
+    assert collect_runs([_row("w", 1, 0.2, lambda_delta=0.0)])[0].replicate == (experiments.NO_FOLD, 1)
+    assert grid.study_folds({"heldout_folds": 5}, None, "p") == [0, 1, 2, 3, 4]
+    assert grid.study_folds({"heldout_folds": 5}, [4, 0], "p") == [0, 4]
+    assert grid.study_folds({"heldout_folds": None}, None, "p") is None
+    with pytest.raises(LlgbmError, match="--folds: \\[5\\] outside 0..4"):
+        grid.study_folds({"heldout_folds": 5}, [5], "p")
+    with pytest.raises(LlgbmError, match="needs 'heldout_folds'"):
+        grid.study_folds({"heldout_folds": None}, [0], "p")
+    lines = queue_grid([0, 1], True, [weight_only], {(experiments.arm_of(weight_only), (3, 1))}, [2, 3])
+    assert [line.split("-S heldout_fold=")[1] for line in lines] == ["2 -S seed=0,1", "3 -S seed=0"]
+
+
+def test_report_pools_folds_pairing_by_fold_and_seed() -> None:
+    """Runs of two folds (disjoint held-out tasks) pool into one row: seeds count (fold, seed) runs, the paired
+    difference matches fold and seed, and the seeds x tasks cell combines the folds."""
+    from llgbm.study.crossed import fold_stratified_mean
+
+    folds = {0: ["a", "b"], 1: ["c", "d"]}
+    rows = []
+    for fold in folds:
+        for s in range(3):
+            extra = {"heldout_folds": 2.0, "heldout_fold": float(fold)}
+            rows += [{**_row(f"w{fold}{s}", s, 0.2 + 0.1 * fold, lambda_delta=0.0), **extra},
+                     {**_row(f"d{fold}{s}", s, 0.25 + 0.1 * fold + 0.01 * s), **extra}]
+    runs = collect_runs(rows)
+
+    def per_task(run) -> dict:
+        gain = 0.0 if run.name.startswith("w") else 0.05 + 0.01 * run.seed
+        return {t: {"heldout": True, "generated": 0.2 + 0.1 * run.fold + gain + 0.02 * i}
+                for i, t in enumerate(folds[run.fold])}
+
+    report = comparison_report([replace(r, per_task=per_task(r)) for r in runs])
+    delta = _line(report, "| delta |")
+    assert delta.split(" | ")[3] == "6"  # 2 folds x 3 seeds
+    mean, half = mean_ci([0.05, 0.06, 0.07] * 2)
+    assert f"| {mean:+.3f} ± {half:.3f} (6 seeds) |" in delta
+    cells = {((r.fold, r.seed), t): 0.05 + 0.01 * r.seed for r in runs if r.name.startswith("d") for t in folds[r.fold]}
+    estimate = fold_stratified_mean(cells)
+    low, high = estimate.interval()
+    assert f"| {estimate.mean:+.3f} [{low:+.3f}, {high:+.3f}] (2 folds, 3 seeds × 4 tasks), p " in delta

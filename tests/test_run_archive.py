@@ -74,6 +74,29 @@ def test_key_ignores_the_run_and_its_machine_but_not_what_made_it() -> None:
         _key(lock={"schema": "2.0"})
 
 
+def test_folds_pool_under_one_key_and_what_depends_on_the_split_varies() -> None:
+    """A run's held-out fold is its own (like its seed): the split stage that reads it and every stage
+    downstream of the split (the diagnostics' multi-task LoRA) vary within a key; heldout_folds does not."""
+    from llgbm.study.run_archive import run_varying_stages
+
+    lock = copy.deepcopy(LOCK)
+    lock["stages"]["split"] = {"cmd": "python stages/split.py", "deps": [{"path": "data/tasks.json", "md5": "t1"}],
+                               "params": {"params.yaml": {"heldout_folds": 5, "heldout_fold": 0}},
+                               "outs": [{"path": "data/split.json", "md5": "s0"}]}
+    lock["stages"]["diagnostics"] = {"cmd": "python stages/diagnostics.py",
+                                     "deps": [{"path": "data/split.json", "md5": "s0"}],
+                                     "params": {"params.yaml": {"diagnostics": {"steps": 1}}},
+                                     "outs": [{"path": "results/diagnostics", "md5": "d0"}]}
+    assert run_varying_stages(lock["stages"]) == {"split", "diagnostics", "train"}
+    params = {**PARAMS, "heldout_folds": 5, "heldout_fold": 0}
+    key = _key(lock, params)
+    other_fold = _changed(_changed(lock, ["stages", "split", "outs", 0, "md5"], "s1"),
+                          ["stages", "diagnostics", "outs", 0, "md5"], "d1")
+    other_fold["stages"]["diagnostics"]["deps"][0]["md5"] = "s1"
+    assert _key(other_fold, {**params, "heldout_fold": 3}) == key
+    assert _key(lock, {**params, "heldout_folds": 4}) != key
+
+
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
 

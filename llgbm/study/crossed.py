@@ -12,6 +12,12 @@ model rather than a bootstrap: with 8 held-out tasks a percentile bootstrap over
 `tests/test_crossed.py` measures this interval's coverage on simulated tables with known effect and
 variances.
 
+With held-out folds (every task held out once over K folds, each fold its own runs), tasks are nested in
+folds and the folds are independent: each fold's mean gets the interval above from its own seeds x tasks
+table, and the overall mean (over every (fold, seed, task) cell) is their cell-weighted average, its
+variance the weighted sum of theirs, its degrees of freedom Satterthwaite's over the folds
+(`fold_stratified_mean`).
+
 Several comparisons share one family: their p-values are Holm-adjusted. "No effect" is claimed only by
 equivalence (two one-sided tests at a stated margin: the 90% interval inside +-margin); otherwise an
 interval that holds 0 says "not shown either way".
@@ -33,6 +39,7 @@ class CrossedEstimate:
     df: float  # Satterthwaite's
     seeds: int
     tasks: int
+    folds: int = 1  # held-out folds pooled (their tasks are disjoint)
 
     def interval(self, level: float = 0.95) -> tuple[float, float]:
         half = t_quantile(0.5 + level / 2, self.df) * self.standard_error
@@ -71,6 +78,35 @@ def crossed_mean(cells: Mapping[tuple[int, str], float]) -> CrossedEstimate:
         return CrossedEstimate(grand, 0.0, float(min(s, t) - 1), s, t)
     df = variance ** 2 / (parts[0] ** 2 / (s - 1) + parts[1] ** 2 / (t - 1))
     return CrossedEstimate(grand, math.sqrt(variance), df, s, t)
+
+
+def fold_stratified_mean(cells: Mapping[tuple[tuple[int, int], str], float]) -> CrossedEstimate:
+    """The mean paired difference over ((fold, seed), task) cells: each fold's seeds x tasks estimate
+    (`crossed_mean`), combined with weights n_f / n (n_f the fold's cells) so the mean is that of every
+    cell. Folds without a complete 2 x 2 table are left out (the estimate's `folds` says how many went in);
+    ValueError where none has one."""
+    by_fold: dict[int, dict[tuple[int, str], float]] = {}
+    for ((fold, seed), task), value in cells.items():
+        by_fold.setdefault(fold, {})[(seed, task)] = value
+    estimates = []
+    for fold_cells in by_fold.values():
+        try:
+            estimates.append(crossed_mean(fold_cells))
+        except ValueError:
+            continue
+    if not estimates:
+        raise ValueError("no fold has a complete table of 2 seeds x 2 tasks")
+    if len(estimates) == 1:
+        return estimates[0]
+    sizes = [e.seeds * e.tasks for e in estimates]
+    weights = [n / sum(sizes) for n in sizes]
+    parts = [w * w * e.standard_error ** 2 for w, e in zip(weights, estimates)]
+    variance = sum(parts)
+    mean = sum(w * e.mean for w, e in zip(weights, estimates))
+    df = variance ** 2 / sum(part ** 2 / e.df for part, e in zip(parts, estimates)) if variance > 0 else \
+        float(sum(e.df for e in estimates))
+    seeds = len({seed for (_, seed), _ in cells})
+    return CrossedEstimate(mean, math.sqrt(variance), df, seeds, sum(e.tasks for e in estimates), len(estimates))
 
 
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:

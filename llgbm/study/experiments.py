@@ -20,7 +20,7 @@ from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.study.arms import ARM_KEYS, Arm
 
 # exp_show gives every number as a float; these knobs are integers.
-INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed")
+INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed", "heldout_folds", "heldout_fold")
 # dvc exp show's State of an experiment whose outputs are its own (None: one run by `dvc exp run` in the
 # workspace, which has no executor state), and of one whose run stopped with an error.
 FINISHED_STATES = ("Success", None)
@@ -125,13 +125,35 @@ def arm_of(knobs: Mapping[str, Any]) -> Arm:
     return tuple((k, _param(k, knobs[k])) for k in ARM_KEYS)
 
 
-def pending_runs(rows: list[dict]) -> set[tuple[Arm, int]]:
-    """The (arm, seed) pairs of exp_show rows queued or running."""
+# One run of an arm: (its held-out fold, NO_FOLD where the run held out params' fixed heldout_tasks; its
+# seed). Runs of one replicate share the generator's initialisation, data order, evaluation prompts and
+# held-out tasks, so arms are compared replicate by replicate.
+Replicate = tuple[int, int]
+NO_FOLD = -1
+
+
+def replicate_of(row: Mapping[str, Any]) -> Replicate | None:
+    """An exp_show row's (fold, seed); None where its seed is not an integer."""
+    seed = _param("seed", _lookup(row, "seed", PARAMS))
+    if not isinstance(seed, int):
+        return None
+    folds = _param("heldout_folds", _lookup(row, "heldout_folds", PARAMS))
+    fold = _param("heldout_fold", _lookup(row, "heldout_fold", PARAMS)) if isinstance(folds, int) else NO_FOLD
+    return (fold if isinstance(fold, int) else NO_FOLD), seed
+
+
+def replicate_text(replicate: Replicate) -> str:
+    fold, seed = replicate
+    return f"seed {seed}" if fold == NO_FOLD else f"fold {fold}, seed {seed}"
+
+
+def pending_runs(rows: list[dict]) -> set[tuple[Arm, Replicate]]:
+    """The (arm, replicate) pairs of exp_show rows queued or running."""
     pending = set()
     for row in rows:
-        seed = _param("seed", _lookup(row, "seed", PARAMS))
-        if row.get("Experiment") is not None and row.get("State") in PENDING_STATES and isinstance(seed, int):
-            pending.add((arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS}), seed))
+        replicate = replicate_of(row)
+        if row.get("Experiment") is not None and row.get("State") in PENDING_STATES and replicate is not None:
+            pending.add((arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS}), replicate))
     return pending
 
 
@@ -139,7 +161,7 @@ def pending_runs(rows: list[dict]) -> set[tuple[Arm, int]]:
 
 @dataclass(frozen=True)
 class Run:
-    """One finished or failed experiment: its arm, seed, the reported metrics and counts, the testbed
+    """One finished or failed experiment: its arm, seed (and held-out fold), the reported metrics and counts, the testbed
     diagnostics it carries, the baseline commit it ran on (as exp_show names it), its experiment's name and
     commit, (once llgbm.study.run_archive keys it) the key of what made it and the machine it ran on, and for a
     failed one (no metrics) why it stopped: a run that diverged is the arm's result too, so it is counted,
@@ -159,6 +181,11 @@ class Run:
     # Per evaluated task: whether it is held out, and each compared adapter's accuracy (read from the run's
     # results/evaluate/per_task.json by llgbm.study.run_archive); None before a run is keyed.
     per_task: dict[str, dict[str, float | bool | None]] | None = None
+    fold: int = NO_FOLD  # which of heldout_folds it held out; NO_FOLD: params' heldout_tasks
+
+    @property
+    def replicate(self) -> Replicate:
+        return self.fold, self.seed
 
 
 def collect_runs(rows: list[dict]) -> list[Run]:
@@ -166,9 +193,9 @@ def collect_runs(rows: list[dict]) -> list[Run]:
     out, but an experiment row follows its baseline commit's row, which names the commit. Experiments in
     state Success count with their metrics; a queued or running one shows its baseline's metrics files, not
     its own, so it is left out, and a failed one (its metrics may be partial) counts as a failure, reason
-    "failed" until `failure_reasons` reads it. One (arm, seed) counts once as finished and once as failed."""
+    "failed" until `failure_reasons` reads it. One (arm, replicate) counts once as finished and once as failed."""
     runs: list[Run] = []
-    seen: set[tuple[Arm, int, bool]] = set()
+    seen: set[tuple[Arm, Replicate, bool]] = set()
     baseline = None
     for row in rows:
         if row.get("typ") == "baseline":
@@ -178,27 +205,28 @@ def collect_runs(rows: list[dict]) -> list[Run]:
         failed = row.get("State") == FAILED_STATE
         if row.get("Experiment") is None or (row.get("State") not in FINISHED_STATES and not failed):
             continue
-        seed = _param("seed", _lookup(row, "seed", PARAMS))
-        if not isinstance(seed, int):
+        replicate = replicate_of(row)
+        if replicate is None:
             continue
-        arm = arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS})
-        if (arm, seed, failed) in seen:
+        (fold, seed), arm = replicate, arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS})
+        if (arm, replicate, failed) in seen:
             continue
         if failed:
-            seen.add((arm, seed, failed))
+            seen.add((arm, replicate, failed))
             runs.append(Run(arm=arm, seed=seed, metrics={name: None for name in KEY_METRICS},
                             counts={name: None for name in COUNT_METRICS}, train_tasks=None, diagnostics={},
-                            baseline=baseline, name=row.get("Experiment"), rev=row.get("rev"), failure="failed"))
+                            baseline=baseline, name=row.get("Experiment"), rev=row.get("rev"), failure="failed",
+                            fold=fold))
             continue
         metrics = {name: metric_value(_lookup(row, metric, METRIC_FILES.get(name, EVALUATION)))
                    for name, (_, metric) in KEY_METRICS.items()}
         if metrics["heldout_accuracy"] is None:
             continue
-        seen.add((arm, seed, failed))
+        seen.add((arm, replicate, failed))
         runs.append(Run(arm=arm, seed=seed, metrics=metrics,
                         counts={name: _count(_lookup(row, metric, EVALUATION)) for name, metric in COUNT_METRICS.items()},
                         train_tasks=_count(_lookup(row, TRAIN_TASKS_METRIC)), diagnostics=_diagnostics(row),
-                        baseline=baseline, name=row.get("Experiment"), rev=row.get("rev")))
+                        baseline=baseline, name=row.get("Experiment"), rev=row.get("rev"), fold=fold))
     return runs
 
 
@@ -238,25 +266,25 @@ def failure_reasons(runs: list[Run], repo: str = ".") -> list[Run]:
     return done
 
 
-# --- runs by arm, seed and training-task count ------------------------------------------------------
+# --- runs by arm, replicate and training-task count -------------------------------------------------
 
-def group_runs(runs: list[Run]) -> dict[Arm, dict[int, Run]]:
-    """The finished runs by arm and seed (failed runs: `failed_seeds`)."""
-    groups: dict[Arm, dict[int, Run]] = {}
+def group_runs(runs: list[Run]) -> dict[Arm, dict[Replicate, Run]]:
+    """The finished runs by arm and replicate (failed runs: `failed_seeds`)."""
+    groups: dict[Arm, dict[Replicate, Run]] = {}
     for run in runs:
         if run.failure is None:
-            groups.setdefault(run.arm, {})[run.seed] = run
+            groups.setdefault(run.arm, {})[run.replicate] = run
     return groups
 
 
-def failed_seeds(runs: list[Run]) -> dict[Arm, dict[int, Run]]:
-    """The failed runs by arm and seed, of the seeds that did not also finish (a rerun that finished
-    counts as that seed's result)."""
-    finished = {(r.arm, r.seed) for r in runs if r.failure is None}
-    groups: dict[Arm, dict[int, Run]] = {}
+def failed_seeds(runs: list[Run]) -> dict[Arm, dict[Replicate, Run]]:
+    """The failed runs by arm and replicate, of the replicates that did not also finish (a rerun that
+    finished counts as that replicate's result)."""
+    finished = {(r.arm, r.replicate) for r in runs if r.failure is None}
+    groups: dict[Arm, dict[Replicate, Run]] = {}
     for run in runs:
-        if run.failure is not None and (run.arm, run.seed) not in finished:
-            groups.setdefault(run.arm, {}).setdefault(run.seed, run)
+        if run.failure is not None and (run.arm, run.replicate) not in finished:
+            groups.setdefault(run.arm, {}).setdefault(run.replicate, run)
     return groups
 
 

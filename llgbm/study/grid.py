@@ -13,6 +13,7 @@ from llgbm.infra.errors import LlgbmError
 # Through the modules, not their names: tests stand in for the DVC and git calls (exp_rows, workspace_key).
 from llgbm.study import experiments, run_archive
 from llgbm.study.arms import ARM_KEYS, OBJECTIVES, Arm
+from llgbm.study.experiments import NO_FOLD, Replicate
 
 # The spec's ablations (`--study ablations`): one knob at a time (others at params.yaml's values), plus one
 # interaction.
@@ -92,6 +93,20 @@ def study_arms(defaults: Mapping[str, Any], study: str, source: str = "params.ya
     return _arms(defaults, overrides)
 
 
+def study_folds(params: Mapping[str, Any], chosen: list[int] | None, source: str) -> list[int] | None:
+    """The held-out folds to sweep: every fold of params' heldout_folds, or `chosen` of them; None where
+    params hold out a fixed heldout_tasks (then `chosen` is an error)."""
+    folds = params.get("heldout_folds")
+    if folds is None:
+        if chosen:
+            raise LlgbmError(f"{source}: --folds needs 'heldout_folds' set (it is null: the held-out set is heldout_tasks)")
+        return None
+    bad = [f for f in chosen or [] if not 0 <= f < folds]
+    if bad:
+        raise LlgbmError(f"--folds: {bad} outside 0..{folds - 1} ({source}: heldout_folds is {folds})")
+    return sorted(set(chosen)) if chosen else list(range(folds))
+
+
 # --- queueing ---------------------------------------------------------------------------------------
 
 def override_value(value: Any) -> str:
@@ -105,48 +120,58 @@ def override_value(value: Any) -> str:
     return str(value)
 
 
-def queue_commands(arms: list[dict[str, Any]], seeds: list[int]) -> list[list[str]]:
-    """One `dvc exp run --queue` per arm; `-S seed=0,1,2` makes DVC queue one experiment per seed."""
+def queue_commands(arms: list[dict[str, Any]], seeds: list[int], fold: int = NO_FOLD) -> list[list[str]]:
+    """One `dvc exp run --queue` per arm; `-S seed=0,1,2` makes DVC queue one experiment per seed; with a
+    fold, `-S heldout_fold=<fold>` (params.yaml's heldout_folds says how many there are)."""
     seed_values = ",".join(str(s) for s in seeds)
+    fold_override = [] if fold == NO_FOLD else ["-S", f"heldout_fold={fold}"]
     return [["dvc", "exp", "run", "--queue", *[a for k, v in arm.items() for a in ("-S", f"{k}={override_value(v)}")],
-             "-S", f"seed={seed_values}"] for arm in arms]
+             *fold_override, "-S", f"seed={seed_values}"] for arm in arms]
 
 
-def missing_seeds(arms: list[dict[str, Any]], seeds: list[int],
-                  have: set[tuple[Arm, int]]) -> list[tuple[dict[str, Any], list[int]]]:
-    """Per arm, the seeds of `seeds` whose (arm, seed) `have` lacks; arms with none left are left out."""
+def missing_seeds(arms: list[dict[str, Any]], replicates: list[Replicate],
+                  have: set[tuple[Arm, Replicate]]) -> list[tuple[dict[str, Any], list[Replicate]]]:
+    """Per arm, the replicates (fold, seed) of `replicates` that `have` lacks; arms with none left are left out."""
     missing = []
     for arm in arms:
-        left = [s for s in seeds if (experiments.arm_of(arm), s) not in have]
+        left = [r for r in replicates if (experiments.arm_of(arm), r) not in have]
         if left:
             missing.append((arm, left))
     return missing
 
 
+def replicates_of(seeds: list[int], folds: list[int] | None) -> list[Replicate]:
+    """Every (fold, seed) to run: each seed in each fold, or (NO_FOLD, seed) without folds."""
+    return [(fold, seed) for fold in (folds if folds is not None else [NO_FOLD]) for seed in seeds]
+
+
 def queue_grid(seeds: list[int], dry_run: bool, arms: list[dict[str, Any]],
-               have: set[tuple[Arm, int]] | None = None) -> list[str]:
-    """Queue (or with `dry_run` only print) the arms over `seeds`; with `have`, only the (arm, seed) pairs it
-    lacks, so that a study interrupted or spread over sessions is finished by the same command."""
-    arm_seeds = missing_seeds(arms, seeds, have) if have is not None else [(arm, seeds) for arm in arms]
+               have: set[tuple[Arm, Replicate]] | None = None, folds: list[int] | None = None) -> list[str]:
+    """Queue (or with `dry_run` only print) the arms over `seeds` (in each of `folds`, where the study holds
+    out folds); with `have`, only the (arm, replicate) pairs it lacks, so that a study interrupted or spread
+    over sessions is finished by the same command."""
+    replicates = replicates_of(seeds, folds)
+    arm_replicates = missing_seeds(arms, replicates, have) if have is not None else [(arm, replicates) for arm in arms]
     lines = []
-    for arm, arm_seed_list in arm_seeds:
-        command = queue_commands([arm], arm_seed_list)[0]
-        lines.append(shlex.join(command))
-        if not dry_run:
-            subprocess.run(command, check=True)
+    for arm, chosen in arm_replicates:
+        for fold in sorted({f for f, _ in chosen}):
+            command = queue_commands([arm], [s for f, s in chosen if f == fold], fold)[0]
+            lines.append(shlex.join(command))
+            if not dry_run:
+                subprocess.run(command, check=True)
     return lines
 
 
-def queued_or_done(repo: str = ".") -> tuple[set[tuple[Arm, int]], str]:
-    """For `llgbm grid --missing`: the (arm, seed) pairs not to queue again (finished or failed runs of the
+def queued_or_done(repo: str = ".") -> tuple[set[tuple[Arm, Replicate]], str]:
+    """For `llgbm grid --missing`: the (arm, replicate) pairs not to queue again (finished or failed runs of the
     workspace's key, archived or DVC experiments, and queued or running experiments), and a line saying so."""
     archived = run_archive.load_archive(Path(repo) / run_archive.DEFAULT_ARCHIVE)
     rows = experiments.exp_rows(repo)
     key = run_archive.workspace_key(repo)
-    # A failed (arm, seed) is not queued again: the same code and params would fail the same way.
+    # A failed (arm, replicate) is not queued again: the same code and params would fail the same way.
     done = [r for r in archived + run_archive.keyed(experiments.collect_runs(rows), repo)[0] if r.key == key]
     pending = experiments.pending_runs(rows)
-    have = {(r.arm, r.seed) for r in done} | pending
-    return have, (f"--missing: {len({(r.arm, r.seed) for r in done if r.failure is None})} finished and "
-                  f"{len({(r.arm, r.seed) for r in done if r.failure is not None})} failed runs of key {key}, "
+    have = {(r.arm, r.replicate) for r in done} | pending
+    return have, (f"--missing: {len({(r.arm, r.replicate) for r in done if r.failure is None})} finished and "
+                  f"{len({(r.arm, r.replicate) for r in done if r.failure is not None})} failed runs of key {key}, "
                   f"{len(pending)} queued or running, are not queued again")

@@ -6,16 +6,18 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from llgbm.study.arms import Arm, arm_knobs, arm_order, objective_of, prompt_blind_of, reference_of
-from llgbm.study.crossed import CrossedEstimate, crossed_mean, holm, verdict
+from llgbm.study.crossed import CrossedEstimate, fold_stratified_mean, holm, verdict
 from llgbm.study.experiments import (
     COUNT_METRICS,
     DIAGNOSTIC_BASELINES,
     KEY_METRICS,
+    Replicate,
     Run,
     diagnostics_by_count,
     failed_seeds,
     group_runs,
     metric_value,
+    replicate_text,
 )
 from llgbm.study.stats import detectable_difference, mean_ci, paired_difference
 
@@ -46,7 +48,7 @@ def _range_cell(values: list[float], seeds: int) -> str:
     return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
 
 
-def _paired(bucket: dict[int, Run], reference: dict[int, Run], metric: str) -> tuple[float, float | None, int] | None:
+def _paired(bucket: dict[Replicate, Run], reference: dict[Replicate, Run], metric: str) -> tuple[float, float | None, int] | None:
     values = {s: r.metrics[metric] for s, r in bucket.items() if r.metrics[metric] is not None}
     base = {s: r.metrics[metric] for s, r in reference.items() if r.metrics[metric] is not None}
     return paired_difference(values, base)
@@ -124,30 +126,31 @@ def _header() -> list[str]:
             "Δ held-out accuracy vs weight-only over seeds × tasks: 95% interval, Holm p, verdict"]
 
 
-def crossed_cells(bucket: dict[int, Run], reference: dict[int, Run]) -> dict[tuple[int, str], float]:
-    """(seed, held-out task) -> the arm's generated accuracy minus the reference's, same seed and task, from
-    the runs' per-task results (runs archived before those were kept have none)."""
+def crossed_cells(bucket: dict[Replicate, Run], reference: dict[Replicate, Run]) -> dict[tuple[Replicate, str], float]:
+    """((fold, seed), held-out task) -> the arm's generated accuracy minus the reference's, same fold, seed
+    and task, from the runs' per-task results (runs archived before those were kept have none)."""
     cells = {}
-    for seed, run in bucket.items():
-        other = reference.get(seed)
+    for replicate, run in bucket.items():
+        other = reference.get(replicate)
         if run.per_task is None or other is None or other.per_task is None:
             continue
         for task, entry in run.per_task.items():
             mine, theirs = entry.get("generated"), (other.per_task.get(task) or {}).get("generated")
             if entry.get("heldout") and isinstance(mine, float) and isinstance(theirs, float):
-                cells[(seed, task)] = mine - theirs
+                cells[(replicate, task)] = mine - theirs
     return cells
 
 
-def crossed_estimates(groups: dict[Arm, dict[int, Run]]) -> dict[Arm, CrossedEstimate]:
-    """Each arm's seeds x tasks comparison with its weight-only reference, where 2 seeds x 2 tasks exist."""
+def crossed_estimates(groups: dict[Arm, dict[Replicate, Run]]) -> dict[Arm, CrossedEstimate]:
+    """Each arm's seeds x tasks comparison with its weight-only reference (fold by fold where runs held
+    out folds), where a fold has 2 seeds x 2 tasks."""
     estimates = {}
     for arm, bucket in groups.items():
         reference = reference_of(arm, list(groups))
         if reference is None or reference == arm:
             continue
         try:
-            estimates[arm] = crossed_mean(crossed_cells(bucket, groups[reference]))
+            estimates[arm] = fold_stratified_mean(crossed_cells(bucket, groups[reference]))
         except ValueError:
             continue
     return estimates
@@ -157,11 +160,12 @@ def _crossed_cell(estimate: CrossedEstimate | None, adjusted_p: float | None) ->
     if estimate is None or adjusted_p is None:
         return "—"
     low, high = estimate.interval()
-    return (f"{estimate.mean:+.3f} [{low:+.3f}, {high:+.3f}] ({estimate.seeds} seeds × {estimate.tasks} tasks), "
+    folds = f"{estimate.folds} folds, " if estimate.folds > 1 else ""
+    return (f"{estimate.mean:+.3f} [{low:+.3f}, {high:+.3f}] ({folds}{estimate.seeds} seeds × {estimate.tasks} tasks), "
             f"p {adjusted_p:.3f}: {verdict(estimate, EQUIVALENCE_MARGIN, adjusted_p)}")
 
 
-def _arm_row(arm: Arm, groups: dict[Arm, dict[int, Run]], failed: dict[Arm, dict[int, Run]], knobs: str,
+def _arm_row(arm: Arm, groups: dict[Arm, dict[Replicate, Run]], failed: dict[Arm, dict[Replicate, Run]], knobs: str,
              crossed: str = "—") -> str:
     """One arm's row: its metrics over seeds, then its paired differences from its weight-only reference."""
     bucket = groups.get(arm, {})
@@ -208,6 +212,9 @@ _HOW_TO_READ = (
     f"where the adjusted p < 0.05, equivalent where the 90% interval lies within ±{EQUIVALENCE_MARGIN} (two "
     "seed SDs of the first study's held-out accuracy), otherwise not shown either way; runs archived before "
     "per-task results were kept have none (—). "
+    "Held-out folds (`heldout_folds`): a \"seed\" above is one (fold, seed) run; means pool every fold's "
+    "runs, pairs match fold and seed, and the seeds × tasks interval is estimated fold by fold and combined "
+    "(the folds' tasks are disjoint). "
     "Tasks: "
     "the held-out and seen tasks each mean covers, from the evaluation's `heldout.tasks` / `seen.tasks` "
     "(? where a run did not record them). Delta cosine on the evaluation probe set, raw and centred on "
@@ -218,15 +225,15 @@ _HOW_TO_READ = (
     "Training curves side by side: `dvc plots diff <experiment names>`.")
 
 
-def _failure_notes(arms: list[Arm], failed: dict[Arm, dict[int, Run]], knobs: dict[Arm, str]) -> list[str]:
+def _failure_notes(arms: list[Arm], failed: dict[Arm, dict[Replicate, Run]], knobs: dict[Arm, str]) -> list[str]:
     """The failed runs, one line each with why it stopped."""
     notes = ["", "Failed runs (the seeds counted as failed above; no metric of theirs is in any mean or "
              "difference, so an arm's numbers cover only the seeds that finished):"]
     for arm in arms:
-        for seed, run in sorted(failed.get(arm, {}).items()):
+        for replicate, run in sorted(failed.get(arm, {}).items()):
             label = objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs[arm] else "")
             notes.append(f"- {label}, max training tasks {_task_count_text(dict(arm)['max_training_tasks'])}, "
-                         f"seed {seed} ({run.name}): {run.failure}")
+                         f"{replicate_text(replicate)} ({run.name}): {run.failure}")
     return notes
 
 

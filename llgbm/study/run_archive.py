@@ -24,7 +24,7 @@ import yaml
 from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.infra.io import read_json, read_text, sha256_json, write_json_atomic
 from llgbm.study.arms import ARM_KEYS
-from llgbm.study.experiments import Run, _param, resolve_commit
+from llgbm.study.experiments import Run, _param, replicate_text, resolve_commit
 
 FORMAT = 1
 DEFAULT_ARCHIVE = Path("results/study/runs.json")
@@ -36,8 +36,9 @@ CODE_DIRS = ("llgbm/", "stages/")
 # What of results/train/provenance.json makes a run (its machine name is recorded, not keyed).
 PROVENANCE_KEYS = ("libraries", "precision", "device", "processes")
 KEY_LENGTH = 16
-# A run's own params: its arm's knobs and its seed; the key holds every other param.
-RUN_PARAMS = (*ARM_KEYS, "seed")
+# A run's own params: its arm's knobs, its seed and its held-out fold (folds of one heldout_folds are
+# pooled, as seeds are); the key holds every other param.
+RUN_PARAMS = (*ARM_KEYS, "seed", "heldout_fold")
 
 
 def _has_param(params: Any, dotted: str) -> bool:
@@ -52,19 +53,35 @@ def _has_param(params: Any, dotted: str) -> bool:
     return True
 
 
+def run_varying_stages(stages: Mapping[str, Any]) -> set[str]:
+    """The stages of a dvc.lock whose outputs differ between the runs of one key: those whose params hold a
+    run param, and every stage downstream of one (a dep that is another such stage's output)."""
+    varying = {name for name, stage in stages.items()
+               if any(_has_param(p, key) for p in (stage.get("params") or {}).values() for key in RUN_PARAMS)}
+    outs = {name: {str(o.get("path")) for o in stage.get("outs") or []} for name, stage in stages.items()}
+    changed = True
+    while changed:
+        varying_outs = set().union(*(outs[name] for name in varying))
+        downstream = {name for name, stage in stages.items() if name not in varying
+                      and any(str(d.get("path")) in varying_outs for d in stage.get("deps") or [])}
+        varying |= downstream
+        changed = bool(downstream)
+    return varying
+
+
 def lock_identity(lock: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Of a dvc.lock: per stage its command and the hashes of its code deps; the output hashes of the stages
-    whose params hold no run param (tasks, base, teachers, embeddings: what every arm shares)."""
+    that every run of a key shares (tasks, base, teachers, embeddings: not `run_varying_stages`)."""
     stages = lock.get("stages") if isinstance(lock, Mapping) else None
     if not isinstance(stages, Mapping) or not stages:
         raise LlgbmError(f"{source}: no stages (a dvc.lock of a run of this pipeline is needed)")
+    varying = run_varying_stages(stages)
     identity: dict[str, Any] = {}
     for name, stage in sorted(stages.items()):
         deps = stage.get("deps") or []
         code = {d["path"]: d.get("md5") for d in deps if str(d.get("path", "")).startswith(CODE_DIRS)}
         entry: dict[str, Any] = {"cmd": stage.get("cmd"), "code": code}
-        params = stage.get("params") or {}
-        if not any(_has_param(p, key) for p in params.values() for key in RUN_PARAMS):
+        if name not in varying:
             entry["outs"] = {o["path"]: o.get("md5") for o in stage.get("outs") or []}
         identity[name] = entry
     return identity
@@ -165,14 +182,14 @@ def load_archive(path: Path) -> list[Run]:
 
 
 def save_archive(path: Path, runs: list[Run]) -> None:
-    ordered = sorted(runs, key=lambda r: (str(r.key), str(r.arm), r.seed, r.failure is not None))
+    ordered = sorted(runs, key=lambda r: (str(r.key), str(r.arm), r.replicate, r.failure is not None))
     write_json_atomic(Path(path), {"format": FORMAT, "runs": [run_to_json(r) for r in ordered]})
 
 
 def identity(run: Run) -> tuple:
-    """A finished run and a failure of the same key, arm and seed are both kept (a run killed by the machine
-    may finish when queued again; the report then counts the finished one)."""
-    return (run.key, run.arm, run.seed, run.failure is not None)
+    """A finished run and a failure of the same key, arm and replicate are both kept (a run killed by the
+    machine may finish when queued again; the report then counts the finished one)."""
+    return (run.key, run.arm, run.replicate, run.failure is not None)
 
 
 def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
@@ -278,7 +295,7 @@ def archive_notes(key: str, runs: list[Run], unkeyed: list[Run], disagreements: 
                      f"`{TRAIN_PROVENANCE}`, code older than the run archive, or a failed one's code differs from "
                      f"its dvc.lock): {', '.join(sorted(str(r.name) for r in unkeyed))}.")
     for old, new in disagreements:
-        lines.append(f"**Not reproduced:** experiment {new.name} (seed {new.seed}) repeats archived run {old.name} "
+        lines.append(f"**Not reproduced:** experiment {new.name} ({replicate_text(new.replicate)}) repeats archived run {old.name} "
                      f"of the same key and arm with other metrics (held-out accuracy {new.metrics.get('heldout_accuracy')} "
                      f"vs {old.metrics.get('heldout_accuracy')}); the archived one is kept.")
     return "\n".join(lines) + "\n"
