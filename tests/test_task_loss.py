@@ -12,6 +12,7 @@ from llgbm.bench import random_adapter, random_model, tiny_shape
 from llgbm.core.lora import layout_of_model, lora_scaling, stack_adapters
 from llgbm.core.task_loss import IGNORE, answer_cross_entropy
 from llgbm.data.tasks import Record, Task
+from llgbm.infra.errors import LlgbmError
 from llgbm.recipes.train import task_records
 
 from .conftest import micro_config
@@ -87,5 +88,5 @@ def test_task_records_hold_only_the_training_tasks_training_records() -> None:
     texts = [" ".join(words[int(i)] for i in row if int(i)) for row in batch["input_ids"]]
     assert texts == [f"{r.prompt} {r.response}" for t in training for r in t.train]  # no test record, no other task
     assert [[texts[i].split()[0] for i in r] for r in rows] == [["b"] * 4, ["a"] * 4, ["b"] * 4]
-    with pytest.raises(Exception, match="sft.records"):
+    with pytest.raises(LlgbmError, match="sft.records: 5 per step, but task 'a' has only 4 training records"):
         task_records(training, ["a"], 5, tokenizer)

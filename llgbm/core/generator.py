@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from llgbm.core.weight_tokens import standardise
+
 GENERATOR_KINDS = ("hyperconv", "mlp")
 CONDITIONS = ("prompts", "constant")
 
@@ -112,11 +114,9 @@ def token_mask(shape: GeneratorShape) -> torch.Tensor:
 
 
 def normalised_tokens(tokens: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Each token minus the mean of its real entries, over their std; padding zero (the targets' form)."""
-    weight = mask.to(tokens.dtype)
-    count = weight.sum(-1, keepdim=True)
-    centred = (tokens - (tokens * weight).sum(-1, keepdim=True) / count) * weight
-    return centred / ((centred.square().sum(-1, keepdim=True) / count).sqrt() + eps)
+    """Each token minus the mean of its real entries, over their std; padding zero (the targets' form,
+    with a larger eps: a generated token near zero std keeps a bounded gradient)."""
+    return standardise(tokens, mask, eps)[0]
 
 
 def bounded_scales(scales: torch.Tensor, centre: torch.Tensor, factor: float) -> torch.Tensor:

@@ -27,6 +27,17 @@ class TokenSpan:
     width: int  # columns of the r x width matrix this span covers (in for A, out for B)
 
 
+def standardise(raw: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each token (..., T, D) minus the mean of its real entries (`mask`), over their std + eps, padding
+    zero; with that mean and std (..., T). The targets' form, and the generator's (core.generator)."""
+    weight = mask.to(raw.dtype)
+    count = weight.sum(-1)
+    mean = (raw * weight).sum(-1) / count
+    centred = (raw - mean.unsqueeze(-1)) * weight
+    std = (centred.square().sum(-1) / count).sqrt()
+    return centred / (std + eps).unsqueeze(-1), mean, std
+
+
 class WeightTokenizer:
     def __init__(self, layout: list[LoraSlot], chunk_width: int):
         ranks = {s.rank for s in layout}
@@ -90,12 +101,7 @@ class WeightTokenizer:
     def tokenize(self, tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """{slot: (A, B)} with optional leading batch dims -> tokens (..., T, D) and scales (..., T, 2)."""
         raw = self._raw_tokens(tensors)
-        mask = self.mask.to(raw.device)
-        count = mask.sum(-1)
-        mean = (raw * mask).sum(-1) / count
-        centred = (raw - mean.unsqueeze(-1)) * mask
-        std = (centred.square().sum(-1) / count).sqrt()
-        tokens = centred / (std + STD_EPS).unsqueeze(-1)
+        tokens, mean, std = standardise(raw, self.mask.to(raw.device), STD_EPS)
         return tokens, torch.stack([mean, torch.log(std + STD_EPS)], dim=-1)
 
     def detokenize(self, tokens: torch.Tensor, scales: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -100,10 +100,10 @@ def task_records(training: list[Task], checkpoint_tasks: list[str], count: int,
                  tokenizer) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """The task loss's data: one token batch of every training task's training records (test records and
     held-out tasks never), and per checkpoint the rows of its own task's."""
-    short = [t.name for t in training if len(t.train) < count]
-    if short:
-        raise LlgbmError(f"sft.records: {count} per step, but task '{short[0]}' has only "
-                         f"{len(next(t for t in training if t.name == short[0]).train)} training records")
+    short = next((t for t in training if len(t.train) < count), None)
+    if short is not None:
+        raise LlgbmError(f"sft.records: {count} per step, but task '{short.name}' has only {len(short.train)} "
+                         "training records")
     batch = record_batch(tokenizer, [r for t in training for r in t.train])
     first, rows = 0, {}
     for t in training:
@@ -376,7 +376,6 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
     pred_tokens = pred_tokens.to(torch.promote_types(pred_tokens.dtype, torch.float32)) * token_mask
     pred_scales = pred_scales.to(pred_tokens.dtype)
     loss_weights = weight_token_loss(pred_tokens, pred_scales, batch["tokens"], batch["scales"], token_mask)
-    pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
     delta_pred = delta_target = None
     n_delta = tr.delta_batch_size
     if n_delta:
@@ -406,6 +405,7 @@ def training_step(model, dataset: GeneratorDataset, data_generator: torch.Genera
         if not math.isfinite(value):
             raise LlgbmError(f"train: {name} is {value} at step {step}; no checkpoint written")
     with torch.no_grad():
+        pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
         target_raw = batch["tokens"] * torch.exp(batch["scales"][..., 1:]) + batch["scales"][..., :1]
         metrics["weight_norm_ratio"] = ((pred_raw * token_mask).norm() / (target_raw * token_mask).norm()).item()
     metrics["_loss"] = total
