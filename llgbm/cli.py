@@ -89,12 +89,12 @@ def _add_grid(commands: argparse._SubParsersAction) -> None:
     grid = commands.add_parser(
         "grid", help="queue issue 11's study (or the old ablation grid) as DVC experiments",
         description="Queue one `dvc exp run --queue` per arm, swept over --seeds; other knobs at --params' values. "
-                    "objectives: weight-only, delta, per-probe delta, multi-layer delta, KL, delta-only, KL-only "
+                    "objectives: weight-only, delta, per-probe delta, multi-layer delta, KL, delta-only, KL-only, SFT, "
+                    "SFT-only and SFT-only prompt-blind "
                     "(the -only arms: train.lambda_weights=0 with loss_balance=none); lambdas: lambda_delta "
-                    "0.1, 1, 5 of the delta objective; task_counts: max_training_tasks 8, 12, 24 and all (null) "
-                    "for weight-only, delta and KL (8 is the smallest: 8 held-out pairs over 8 transforms need "
-                    "their selectors and transforms in training); all: the three, each arm once; ablations: the "
-                    "spec's one-knob-at-a-time grid.")
+                    "0.1, 1, 5 of the delta objective; task_counts: max_training_tasks 12, 24 and all (null) "
+                    "for weight-only, delta and SFT; all: the three, each arm once; ablations: the spec's "
+                    "one-knob-at-a-time grid. With heldout_folds set, every fold (or --folds) is queued.")
     grid.add_argument("--params", default="params.yaml")
     grid.add_argument("--study", choices=["objectives", "lambdas", "task_counts", "all", "ablations"], default="all")
     grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])

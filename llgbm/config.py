@@ -146,7 +146,7 @@ class Config:
     max_training_tasks: int | None = None
     heldout_tasks: list[str] = field(default_factory=lambda: ["third", "before_last"])
     # Every task held out once: K disjoint held-out sets (heldout_folds, None: use heldout_tasks) and which
-    # of them this run holds out (heldout_fold); with folds, heldout_tasks is not read.
+    # of them this run holds out (heldout_fold); with folds, heldout_tasks must be empty.
     heldout_folds: int | None = None
     heldout_fold: int = 0
     tasks: TasksConfig = field(default_factory=TasksConfig)
@@ -328,6 +328,10 @@ def heldout_names(cfg: Config, names: list[str]) -> list[str]:
 def _validate_split(cfg: Config, source: str) -> None:
     """heldout_tasks (or the fold) and max_training_tasks, against the built-in family's names (task files
     are checked by the check stage, which reads them)."""
+    if cfg.heldout_folds is not None and cfg.heldout_tasks:
+        # Folds decide the held-out set; a list beside them would be ignored without a word.
+        raise LlgbmError(f"{source}: 'heldout_tasks' and 'heldout_folds' are both set; set heldout_folds: null to hold "
+                         "out heldout_tasks, or heldout_tasks: [] to hold out the folds")
     if cfg.heldout_folds is not None and cfg.tasks.source == "builtin":
         try:
             heldout = heldout_names(cfg, builtin_task_names(cfg.tasks))

@@ -121,14 +121,14 @@ def test_training_subsets_keep_support_and_nest() -> None:
 def test_max_training_tasks_is_checked_against_the_family(tmp_path) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
     path = tmp_path / "params.yaml"
-    params.update(max_training_tasks=6)  # the compositional default: 8 held-out pairs use 8 transforms
+    params.update(max_training_tasks=6)  # the compositional default's fold 0: 10 held-out pairs use all 10 transforms
     path.write_text(yaml.safe_dump(params))
-    with pytest.raises(LlgbmError, match="params.yaml: max_training_tasks: 6 .* needs at least 8"):
+    with pytest.raises(LlgbmError, match="params.yaml: max_training_tasks: 6 .* needs at least 10"):
         load_config(path)
-    params.update(max_training_tasks=8)
+    params.update(max_training_tasks=10)
     path.write_text(yaml.safe_dump(params))
-    assert load_config(path).max_training_tasks == 8
-    params.update(max_training_tasks=1, heldout_tasks=["third", "before_last"])
+    assert load_config(path).max_training_tasks == 10
+    params.update(max_training_tasks=1, heldout_tasks=["third", "before_last"], heldout_folds=None)
     params["tasks"]["family"] = "eight"
     params["base"]["pretrain_primitive_share"] = 0.0
     path.write_text(yaml.safe_dump(params))
@@ -157,7 +157,10 @@ def test_folds_hold_out_every_pair_once_each_with_support() -> None:
     for fold in folds:
         assert len(fold) == 10 and not unsupported_heldout(pairs, fold)
         assert {pairs[n][0] for n in fold} == set(raw["tasks"]["selectors"])  # each selector, 2 transforms each
-    assert config_from_dict({**raw, "heldout_folds": None}).heldout_tasks == raw["heldout_tasks"]
+    eight = ["smallest_plus_two", "median_minus_one"]
+    assert config_from_dict({**raw, "heldout_folds": None, "heldout_tasks": eight}).heldout_tasks == eight
+    with pytest.raises(LlgbmError, match="params.yaml: 'heldout_tasks' and 'heldout_folds' are both set"):
+        config_from_dict({**raw, "heldout_folds": 5, "heldout_tasks": eight})  # the list would be ignored
     with pytest.raises(LlgbmError, match="params.yaml: heldout_fold: 5, expected 0 to 4"):
         config_from_dict({**raw, "heldout_folds": 5, "heldout_fold": 5})
     with pytest.raises(LlgbmError, match="heldout_folds: 1, expected 2 to 50"):

@@ -4,6 +4,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 import llgbm.study.experiments as experiments
 import llgbm.study.grid as grid
@@ -79,14 +80,14 @@ def test_study_lambdas_and_task_counts_queue(no_dvc: None) -> None:
     lambdas = _queued("lambdas")
     assert [line.split("-S lambda_delta=")[1].split()[0] for line in lambdas] == ["0.1", "1.0", "5.0"]
     counts = _queued("task_counts")
-    assert len(counts) == 12
-    for count in ("8", "12", "24", "null"):
+    assert len(counts) == 9
+    for count in ("12", "24", "null"):
         chosen = [line for line in counts if f"-S max_training_tasks={count} " in line]
         assert len(chosen) == 3
         assert {"-S lambda_delta=0.0" in line for line in chosen} == {True, False}
-        assert sum("-S behaviour_loss=kl" in line for line in chosen) == 1
-    every = study_arms(DEFAULTS, "all")  # objectives + 2 new lambdas + 3 objectives x 3 new counts
-    assert len(every) == 10 + 2 + 9 and len({str(a) for a in every}) == len(every)
+        assert sum("-S behaviour_loss=sft" in line for line in chosen) == 1
+    every = study_arms(DEFAULTS, "all")  # objectives + 2 new lambdas + 3 objectives x 2 new counts
+    assert len(every) == 10 + 2 + 6 and len({str(a) for a in every}) == len(every)
     assert "delta_layers=[0,1]" in queue_commands([{**DEFAULTS, "delta_layers": [0, 1]}], [0])[0]
 
 
@@ -114,7 +115,10 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
     save_archive(tmp_path / DEFAULT_ARCHIVE, finished + [failed, other_key])
     monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs=None: rows)
     monkeypatch.setattr(run_archive, "workspace_key", lambda repo: "k1")
-    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    # The repository's params with a fixed held-out set (runs without folds: NO_FOLD replicates).
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params = tmp_path / "fixed-heldout.yaml"
+    params.write_text(yaml.safe_dump({**raw, "heldout_folds": None, "heldout_tasks": ["smallest_plus_two"]}))
     main(["grid", "--params", str(params), "--study", "objectives", "--seeds", "0", "1", "2", "3", "4", "--missing",
           "--dry-run"])
     out = capsys.readouterr().out.splitlines()
