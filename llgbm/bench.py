@@ -411,6 +411,40 @@ def bench_teachers(cfg: Config, task_count: int | None, steps: int) -> dict:
             "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
 
 
+def bench_evaluate(cfg: Config, n_adapters: int, repeats: int) -> dict:
+    """The evaluate stage's measurement of one task's adapters (accuracy on its test records and deltas on
+    two probe sets): the batched hook path (all adapters in one batch) against PEFT's loading of each on a
+    fresh base, in one process, on the embedded default's shape (untrained base, random adapters)."""
+    from llgbm.artifacts.adapters import save_adapter
+    from llgbm.core.delta import DeltaSpec
+    from llgbm.recipes.evaluate import AdapterMeter
+
+    bench_cfg = copy.deepcopy(cfg)
+    bench_cfg.base.pretrain_steps = 0
+    tasks = make_tasks(bench_cfg.tasks, TASK_FILES_DIR)
+    generator = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        prepare_base(bench_cfg.base, vocabulary(tasks), [], root / "base")
+        tokenizer = load_tokenizer(root / "base")
+        layout = layout_of_model(load_base(root / "base", device="cpu"), cfg.lora)
+        dirs = []
+        for i in range(n_adapters):
+            save_adapter(load_base(root / "base", device="cpu"), random_adapter(layout, generator), layout, cfg.lora,
+                         root / f"adapter-{i}")
+            dirs.append(root / f"adapter-{i}")
+        vocab = len(tokenizer)
+        probes = {"train_probes": random_probes(vocab, cfg.probe_count, 12, generator),
+                  "eval": random_probes(vocab, cfg.evaluate.probe_count, 12, generator)}
+        meter = AdapterMeter(root / "base", "float32", tokenizer, probes, DeltaSpec(), cfg.lora)
+        task = tasks[0]
+        batched = _median_seconds(lambda: meter.measure(dirs, task), repeats)
+        peft = _median_seconds(lambda: [meter.peft_measure(d, task) for d in dirs], repeats)
+    return {"adapters": n_adapters, "test_records": len(task.test), "probes": [cfg.probe_count, cfg.evaluate.probe_count],
+            "batched": batched, "peft": peft, "peft_over_batched": peft / batched,
+            "torch_threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
 def peft_delta(base_dir: Path, adapter_dir: Path, probe_ids: torch.Tensor, probe_mask: torch.Tensor,
                spec: DeltaSpec = DeltaSpec(), dtype: str = "float32") -> torch.Tensor:
     """delta(base + adapter, base) the way a PEFT user would get it: two fresh bases, one with the adapter

@@ -28,6 +28,12 @@ def _bench_train(args: argparse.Namespace) -> None:
     print(json.dumps(bench_train(load_config(args.params), args.steps), indent=2))
 
 
+def _bench_evaluate(args: argparse.Namespace) -> None:
+    from llgbm.bench import bench_evaluate
+
+    print(json.dumps(bench_evaluate(load_config(args.params), args.adapters, args.repeats), indent=2))
+
+
 def _bench_teachers(args: argparse.Namespace) -> None:
     from llgbm.bench import bench_teachers
 
@@ -163,6 +169,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--params", default="params.yaml")
     train.add_argument("--steps", type=int, default=100)
     train.set_defaults(run=_bench_train)
+    evaluate = bench_kinds.add_parser("evaluate", help="one task's adapters measured batched vs loaded through PEFT")
+    evaluate.add_argument("--params", default="params.yaml")
+    evaluate.add_argument("--adapters", type=int, default=8)
+    evaluate.add_argument("--repeats", type=int, default=3)
+    evaluate.set_defaults(run=_bench_evaluate)
     teachers = bench_kinds.add_parser("teachers", help="teachers trained together vs one after another")
     teachers.add_argument("--params", default="params.yaml")
     teachers.add_argument("--tasks", type=int, default=None, help="the first N tasks of params (default: all)")

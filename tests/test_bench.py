@@ -84,3 +84,11 @@ def test_largest_passing_finds_the_wall_within_an_eighth() -> None:
         assert min((n for n in tried if n > wall), default=None) - found <= max(1, found // 8)  # a failing try is that close
         assert len(tried) == len(set(tried))  # no size tried twice
     assert largest_passing(lambda n: True, limit=100) == (64, True)
+
+
+def test_bench_evaluate_reports_both_paths() -> None:
+    from llgbm.bench import bench_evaluate
+
+    result = bench_evaluate(micro_config(), n_adapters=2, repeats=1)
+    assert result["batched"] > 0 and result["peft"] > 0
+    assert result["peft_over_batched"] == result["peft"] / result["batched"]

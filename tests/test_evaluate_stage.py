@@ -187,3 +187,51 @@ def test_generator_for_another_base_is_refused(micro_generator, tmp_path) -> Non
                             pretrain_steps=0), ["a", "b"], [], other)
     with pytest.raises(LlgbmError, match="trained for another base model"):
         open_generator(micro_generator["generator"], other)
+
+
+def _meter_and_adapters(micro_generator, tmp_path):
+    from llgbm.core.delta import DeltaSpec
+    from llgbm.recipes.evaluate import AdapterMeter
+
+    cfg, tasks = micro_generator["cfg"], micro_generator["tasks"]
+    loaded = open_generator(micro_generator["paths"].generator, micro_generator["base"])
+    tokenizer = load_tokenizer(micro_generator["base"])
+    cache = DeltaCache.load(micro_generator["deltas"])
+    probes = {"train_probes": tokenize_probes(cache.probes, tokenizer),
+              "eval": tokenize_probes(evaluation_probe_set(cfg, tasks, cfg.heldout_tasks, cache, tokenizer), tokenizer)}
+    meter = AdapterMeter(micro_generator["base"], "float32", tokenizer, probes, DeltaSpec(), loaded.lora)
+    dirs = []
+    for k, task in enumerate(tasks):  # a generated adapter per task's prompts, and the teachers
+        condition = torch.randn(loaded.prompts, 384, generator=torch.Generator().manual_seed(k))
+        loaded.save(loaded.tensors(condition), tmp_path / f"generated-{k}")
+        dirs.append(tmp_path / f"generated-{k}")
+    from llgbm.artifacts.teacher_index import final_checkpoints
+
+    dirs += list(final_checkpoints(micro_generator["teachers"]).values())
+    return meter, [None, *dirs], tasks
+
+
+def test_batched_evaluation_equals_peft_loading(micro_generator, tmp_path) -> None:
+    """The oracle: every adapter measured in one batch gives the accuracy and deltas PEFT's own loading gives."""
+    meter, dirs, tasks = _meter_and_adapters(micro_generator, tmp_path)
+    for task in tasks:
+        batched = meter.measure(dirs, task)
+        for directory, measured in zip(dirs, batched):
+            oracle = meter.peft_measure(directory, task)
+            assert measured.accuracy == oracle.accuracy
+            for where, delta in oracle.deltas.items():
+                assert (measured.deltas[where] - delta).norm() <= 1e-5 * max(delta.norm(), 1e-6)
+    assert len({m.accuracy for m in meter.measure(dirs, tasks[0])}) > 1  # the adapters do differ
+
+
+def test_the_peft_check_names_an_adapter_whose_batched_result_differs(micro_generator, tmp_path) -> None:
+    from dataclasses import replace
+
+    from llgbm.recipes.evaluate import check_against_peft
+
+    meter, dirs, tasks = _meter_and_adapters(micro_generator, tmp_path)
+    measured = meter.measure(dirs[:3], tasks[0])
+    check_against_peft(meter, dirs[:3], measured, tasks[0], "float32")  # agrees
+    off = replace(measured[1], accuracy=measured[1].accuracy + 2 / len(tasks[0].test))
+    with pytest.raises(LlgbmError, match="generated-0: the batched evaluation disagrees with PEFT"):
+        check_against_peft(meter, dirs[:3], [measured[0], off, measured[2]], tasks[0], "float32")

@@ -1,5 +1,6 @@
 """The evaluation recipe: generated adapters on held-out and seen tasks against the base model, the
-task's teacher, and the mean and nearest training teachers; every adapter loaded through PEFT."""
+task's teacher, and the mean and nearest training teachers; every adapter saved as a PEFT directory and
+measured from it by the batched hook path, checked against PEFT's own loading on the first task."""
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,9 @@ from llgbm.artifacts.delta_cache import DeltaCache, checked_probe_batch
 from llgbm.artifacts.generator_files import LoadedGenerator, open_generator
 from llgbm.artifacts.teacher_index import final_checkpoints, read_index
 from llgbm.config import Config
-from llgbm.core.delta import DeltaSpec, delta_spec, probe_states, reduce_delta
-from llgbm.core.scoring import task_accuracy
+from llgbm.core.delta import DeltaComputer, DeltaSpec, delta_spec, probe_states, reduce_delta
+from llgbm.core.lora import LoraConfig, layout_of_model, lora_scaling, stack_adapters
+from llgbm.core.scoring import adapted_task_accuracies, task_accuracy
 from llgbm.data.encoder import EmbeddingCache
 from llgbm.data.probes import (
     ProbeSet,
@@ -145,37 +147,67 @@ class Measured:
 
 
 class AdapterMeter:
-    """Measures adapters as a client loads them (`PeftModel.from_pretrained` on a fresh base): accuracy on a
-    task's test records and the delta on each probe set, from one model load. The models in `resident`
-    (the base, None, and the mean teacher) are the same for every task: loaded and probed once."""
+    """Measures adapters as saved (the tensors of their PEFT directories) through the batched hook path: every
+    adapter measured on a task on its own rows of one forward per chunk of the task's test prompts
+    (accuracy), and of one forward per probe set (deltas). `peft_measure` is the client's path it is
+    checked against: `PeftModel.from_pretrained` on a fresh base."""
 
     def __init__(self, base_dir: Path, dtype: str, tokenizer: PreTrainedTokenizerBase,
-                 probe_batches: dict[str, tuple[torch.Tensor, torch.Tensor]], spec: DeltaSpec,
-                 resident: set[Path | None]):
-        self.base_dir, self.dtype, self.tokenizer = base_dir, dtype, tokenizer
-        self.probe_batches, self.spec = probe_batches, spec
-        self.resident = {key: None for key in resident}
-        self.base_states = self._states(load_base(base_dir, dtype))
+                 probe_batches: dict[str, tuple[torch.Tensor, torch.Tensor]], spec: DeltaSpec, lora: LoraConfig):
+        self.base_dir, self.dtype, self.tokenizer, self.spec, self.lora = base_dir, dtype, tokenizer, spec, lora
+        self.model = load_base(base_dir, dtype)
+        self.layout, self.scaling = layout_of_model(self.model, lora), lora_scaling(lora)
+        self.probe_batches = probe_batches
+        self.computers = {where: DeltaComputer(self.model, self.layout, self.scaling, ids, mask, spec=spec)
+                          for where, (ids, mask) in probe_batches.items()}
 
-    def _states(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        return {where: probe_states(model, ids, mask, self.spec.layers) for where, (ids, mask) in self.probe_batches.items()}
+    def _base_deltas(self) -> dict[str, torch.Tensor]:
+        return {where: reduce_delta(c.base_states[None], c.base_states, self.spec)[0].cpu()
+                for where, c in self.computers.items()}
 
-    def _load_and_probe(self, adapter_dir: Path | None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    @torch.no_grad()
+    def measure(self, adapter_dirs: list[Path | None], task: Task) -> list[Measured]:
+        """Each adapter's accuracy on `task` and deltas (None: the base itself, whose deltas are zero), all
+        adapters in one batch."""
+        measured: dict[Path | None, Measured] = {}
+        if None in adapter_dirs:
+            measured[None] = Measured(task_accuracy(self.model, self.tokenizer, task, "test"), self._base_deltas())
+        dirs = list(dict.fromkeys(d for d in adapter_dirs if d is not None))
+        if dirs:
+            device = next(self.model.parameters()).device
+            batch = {name: (a.to(device), b.to(device)) for name, (a, b) in stack_adapters(
+                [load_adapter_tensors(d, self.layout, self.lora) for d in dirs]).items()}
+            accuracies = adapted_task_accuracies(self.model, self.layout, batch, self.scaling, self.tokenizer, task)
+            deltas = {where: computer(batch).cpu() for where, computer in self.computers.items()}
+            for j, directory in enumerate(dirs):
+                measured[directory] = Measured(accuracies[j].item(), {where: d[j] for where, d in deltas.items()})
+        return [measured[d] for d in adapter_dirs]
+
+    def peft_measure(self, adapter_dir: Path | None, task: Task) -> Measured:
+        """The oracle: the adapter loaded by PEFT into a fresh base, scored and probed as a client would."""
         model = load_base(self.base_dir, self.dtype)
         if adapter_dir is not None:
             model = load_peft_model(model, adapter_dir)
-        deltas = {where: reduce_delta(adapted[None], self.base_states[where], self.spec)[0]
-                  for where, adapted in self._states(model).items()}
-        return model, deltas
-
-    def measure(self, adapter_dir: Path | None, task: Task) -> Measured:
-        if adapter_dir in self.resident:
-            if self.resident[adapter_dir] is None:
-                self.resident[adapter_dir] = self._load_and_probe(adapter_dir)
-            model, deltas = self.resident[adapter_dir]
-        else:
-            model, deltas = self._load_and_probe(adapter_dir)
+        deltas = {where: reduce_delta(probe_states(model, ids, mask, self.spec.layers)[None],
+                                      self.computers[where].base_states.cpu(), self.spec)[0]
+                  for where, (ids, mask) in self.probe_batches.items()}
         return Measured(task_accuracy(model, self.tokenizer, task, "test"), deltas)
+
+
+def check_against_peft(meter: AdapterMeter, adapter_dirs: list[Path | None], measured: list[Measured], task: Task,
+                       dtype: str) -> None:
+    """The batched path must give what PEFT gives: deltas within 1e-4 of their norm and accuracy within one
+    test record (an argmax may flip on a near-tie) in float32; 0.1 and 5% of the records in a 16-bit dtype,
+    whose two paths round in different orders."""
+    delta_tolerance, record_share = (1e-4, 1.0) if dtype == "float32" else (0.1, 0.05 * len(task.test))
+    for directory, batched in zip(adapter_dirs, measured):
+        oracle = meter.peft_measure(directory, task)
+        far = [where for where in oracle.deltas
+               if (batched.deltas[where] - oracle.deltas[where]).norm() > delta_tolerance * max(oracle.deltas[where].norm(), 1e-6)]
+        if far or abs(batched.accuracy - oracle.accuracy) * len(task.test) > record_share + 1e-6:
+            raise LlgbmError(f"{directory or 'the base'}: the batched evaluation disagrees with PEFT on task "
+                             f"'{task.name}' (accuracy {batched.accuracy:.4f} vs {oracle.accuracy:.4f}; deltas "
+                             f"{far or 'agree'}); the batched LoRA forward no longer matches PEFT's")
 
 
 @dataclass(frozen=True)
@@ -189,33 +221,28 @@ class References:
 
 def measure_task(task: Task, meter: AdapterMeter, loaded: LoadedGenerator, refs: References,
                  embeddings: EmbeddingCache, prompt_batches: int, out_dir: Path,
-                 seed: int) -> tuple[dict[str, list[Measured]], list[str]]:
+                 seed: int) -> tuple[dict[str, list[Measured]], list[str], dict[Path | None, Measured]]:
     """Every method's measurements on `task` (generated: one adapter per batch of its test prompts, each
-    saved under out_dir), and the nearest training task of each batch."""
+    saved under out_dir), the nearest training task of each batch, and each adapter measured (once)."""
     if len(task.test) < loaded.prompts:
         raise LlgbmError(f"task '{task.name}': {len(task.test)} test prompts, the generator takes {loaded.prompts}")
     rng = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, task.name)))
-    results: dict[str, list[Measured]] = {m: [] for m in METHODS}
-    nearest_names: list[str] = []
-    measured: dict[Path | None, Measured] = {}  # the nearest teacher is often the task's own, or repeats
-
-    def measure_once(adapter_dir: Path | None) -> Measured:
-        if adapter_dir not in measured:
-            measured[adapter_dir] = meter.measure(adapter_dir, task)
-        return measured[adapter_dir]
-
-    results["base"].append(measure_once(None))
-    results["teacher"].append(measure_once(refs.final[task.name]))
-    results["mean_teacher"].append(measure_once(refs.mean_dir))
+    generated, nearest_names = [], []
     for k in range(prompt_batches):
         prompts = [task.test[i].condition for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
         condition = embeddings.lookup(prompts)
         adapter_dir = out_dir / f"generated-{k}"
         loaded.save(loaded.tensors(condition), adapter_dir)
-        results["generated"].append(measure_once(adapter_dir))
+        generated.append(adapter_dir)
         nearest_names.append(nearest_task(condition, refs.task_embeddings))
-        results["nearest_teacher"].append(measure_once(refs.final[nearest_names[-1]]))
-    return results, nearest_names
+    nearest = [refs.final[name] for name in nearest_names]
+    # The nearest teacher is often the task's own, or repeats: each adapter is measured once.
+    unique = list(dict.fromkeys([None, refs.final[task.name], refs.mean_dir, *generated, *nearest]))
+    measured = dict(zip(unique, meter.measure(unique, task)))
+    results = {"base": [measured[None]], "teacher": [measured[refs.final[task.name]]],
+               "mean_teacher": [measured[refs.mean_dir]], "generated": [measured[d] for d in generated],
+               "nearest_teacher": [measured[d] for d in nearest]}
+    return results, nearest_names, measured
 
 
 def check_teacher_against_cache(teacher_dir: Path, teacher_delta: torch.Tensor, cache: DeltaCache) -> None:
@@ -246,8 +273,10 @@ def task_row(task: Task, results: dict[str, list[Measured]], nearest_names: list
 def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: Path,
                    prompt_batches: int) -> tuple[dict, dict]:
     """Generate adapters for every task from prompt batches of its test split, save every compared adapter
-    as a PEFT directory, and measure each through `PeftModel.from_pretrained` on a fresh base: accuracy,
-    and its delta on the cache's probes and on the evaluation probes (one model load for all three)."""
+    as a PEFT directory, and measure each from its saved tensors through the batched hook path (a task's
+    adapters together): accuracy, and its delta on the cache's probes and on the evaluation probes. The
+    first task's adapters are measured through `PeftModel.from_pretrained` on a fresh base as well, and
+    must agree (`check_against_peft`)."""
     adapters_dir = Path(adapters_dir)
     tokenizer = load_tokenizer(paths.base)
     cache = DeltaCache.load(paths.deltas)
@@ -265,7 +294,7 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     train_names = {t.name for t in training}
     refs = References(final_checkpoints(paths.teachers), adapters_dir / "mean_teacher",
                       {t.name: embeddings.lookup([r.condition for r in t.train]) for t in training})
-    meter = AdapterMeter(paths.base, cfg.base.dtype, tokenizer, probe_batches, spec, {None, refs.mean_dir})
+    meter = AdapterMeter(paths.base, cfg.base.dtype, tokenizer, probe_batches, spec, loaded.lora)
     loaded.save(mean_of_factors([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
                               for c in read_index(paths.teachers) if c["task"] in train_names]), refs.mean_dir)
     per_task: dict[str, dict] = {}
@@ -273,8 +302,10 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     # Held-out and training tasks: with max_training_tasks, the other tasks are neither seen nor held out.
     evaluated = [t for t in tasks if t.name in heldout or t.name in train_names]
     for task in sorted(evaluated, key=lambda t: (t.name not in heldout, t.name)):
-        results, nearest_names = measure_task(task, meter, loaded, refs, embeddings, prompt_batches,
-                                              adapters_dir / task.name, cfg.seed)
+        results, nearest_names, measured = measure_task(task, meter, loaded, refs, embeddings, prompt_batches,
+                                                        adapters_dir / task.name, cfg.seed)
+        if not per_task:  # the first task's adapters (a held-out one's) through PEFT as well
+            check_against_peft(meter, list(measured), list(measured.values()), task, cfg.base.dtype)
         check_teacher_against_cache(refs.final[task.name], results["teacher"][0].deltas["train_probes"], cache)
         per_task[task.name] = task_row(task, results, nearest_names, task.name in heldout)
         eval_deltas[task.name] = {m: [r.deltas["eval"] for r in results[m]] for m in METHODS}
