@@ -38,6 +38,7 @@ LOCK = {"schema": "2.0", "stages": {
               "params": {"params.yaml": {"seed": 0, "lambda_delta": 1.0, "train": {"steps": 10, "lambda_weights": 1.0}}},
               "outs": [{"path": "models/generator", "md5": "g1"}]}}}
 PARAMS = {"seed": 0, "lambda_delta": 1.0, "tasks": {"seed": 0}, "train": {"steps": 10, "lambda_weights": 1.0}}
+DEFAULT_ARCHIVE_IN_REPO = Path(__file__).resolve().parents[1] / "results" / "study" / "runs.json"
 PROVENANCE = {"libraries": {"torch": "2.13.0"}, "precision": "no", "device": "cpu", "processes": 1, "machine": "m1"}
 
 
@@ -181,6 +182,21 @@ def test_failures_are_kept_beside_finished_runs_and_old_entries_still_load(tmp_p
     assert merged == [finished, failed] and disagreements == []
     save_archive(path, merged)
     assert load_archive(path) == merged
+
+
+def test_runs_archived_before_a_knob_or_the_fold_existed_still_load(tmp_path: Path) -> None:
+    """The first study's runs predate train.delta_batch_size, the generator knobs and folds: they load, the
+    knobs they lacked None and the fold NO_FOLD (their key keeps them apart from newer runs)."""
+    from llgbm.study.experiments import NO_FOLD
+
+    entry = run_to_json(_run("a", 0, 0.3, key="old"))
+    for knob in ("train.delta_batch_size", "generator.kind", "generator.condition", "generator.max_scale_factor"):
+        del entry["arm"][knob]
+    del entry["fold"]
+    (tmp_path / "runs.json").write_text(json.dumps({"format": 1, "runs": [entry]}))
+    [run] = load_archive(tmp_path / "runs.json")
+    assert dict(run.arm)["generator.kind"] is None and run.replicate == (NO_FOLD, 0)
+    assert load_archive(DEFAULT_ARCHIVE_IN_REPO)  # the repository's own archive loads
 
 
 def test_a_metric_the_report_gained_is_added_from_the_same_experiment_only() -> None:

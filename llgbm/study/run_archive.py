@@ -161,7 +161,9 @@ def run_to_json(run: Run) -> dict[str, Any]:
 
 def run_from_json(entry: Mapping[str, Any], source: str) -> Run:
     try:
-        arm = tuple((k, _param(k, entry["arm"][k])) for k in ARM_KEYS)
+        # A knob added to ARM_KEYS after a run was archived did not exist for it: None (its key, made by
+        # older code, keeps it apart from every newer run).
+        arm = tuple((k, _param(k, entry["arm"].get(k))) for k in ARM_KEYS)
         # A field with a default (failure, added later) may be absent from runs recorded before it.
         fields = {name: entry[name] if name in entry or field.default is MISSING else field.default
                   for name, field in Run.__dataclass_fields__.items() if name != "arm"}
