@@ -132,7 +132,7 @@ def _timed(fn: Callable[[], object], repeats: int, device: torch.device) -> tupl
 
 def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, length: int, lora: LoraConfig,
           repeats: int, device: torch.device, autocast_dtype: torch.dtype | None,
-          bf16_model: PreTrainedModel | None) -> list[dict]:
+          bf16_model: PreTrainedModel | None, with_peft: bool = True) -> list[dict]:
     generator = torch.Generator().manual_seed(n_adapters)
     layout = layout_of_model(model, lora)
     ids, mask = random_probes(model.config.vocab_size, probes, length, generator)
@@ -178,7 +178,7 @@ def _case(model: PreTrainedModel, name: str, n_adapters: int, probes: int, lengt
         row["plain"], row["peak_gib_plain"] = _timed(lambda: plain(model, autocast), repeats, device)
         if bf16_model is not None:
             row["plain_bf16_weights"], _ = _timed(lambda: plain(bf16_model, contextlib.nullcontext), repeats, device)
-        if mode == "forward":
+        if mode == "forward" and with_peft:
             row["peft"], _ = _timed(lambda: [in_memory_peft_delta(model, a, layout, lora, ids, mask,
                                                                   computers[False, True].base_states.cpu())
                                              for a in adapters], repeats, device)
@@ -270,10 +270,11 @@ def bench_deltas_stage(cfg: Config, n_adapters: int, repeats: int) -> dict:
 
 
 def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repeats: int,
-                probes: int | None, probe_length: int | None, device: str, dtype: str, fit_limit: int = 0) -> dict:
+                probes: int | None, probe_length: int | None, device: str, dtype: str, fit_limit: int = 0,
+                with_peft: bool = True) -> dict:
     """The cases of every model shape and adapter count; with fit_limit > 0 on a GPU, also the largest
     adapters per step that fit for each shape, with and without gradient checkpointing (searched up to
-    fit_limit)."""
+    fit_limit). Without with_peft, the PEFT column (a fresh PEFT model per adapter: slow at 1.5B) is null."""
     torch_device = torch.device(device)
     autocast_dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     shapes = {
@@ -293,7 +294,7 @@ def bench_delta(cfg: Config, models: list[str], adapter_counts: list[int], repea
         bf16_model = copy.deepcopy(model).to(torch.bfloat16) if autocast_dtype == torch.bfloat16 else None
         for n_adapters in adapter_counts:
             cases.extend(_case(model, name, n_adapters, n_probes, length, lora, repeats, torch_device, autocast_dtype,
-                               bf16_model))
+                               bf16_model, with_peft))
         del model, bf16_model
     peak_dtype = autocast_dtype or torch.float32
     return {

@@ -35,6 +35,12 @@ def test_the_fit_search_is_gpu_only_and_says_so() -> None:
                                     False, 4) is None
 
 
+def test_bench_delta_can_leave_out_the_peft_column() -> None:
+    result = bench_delta(micro_config(), ["embedded-default"], [1], repeats=1, probes=2, probe_length=6,
+                         device="cpu", dtype="float32", with_peft=False)
+    assert all(case["peft"] is None for case in result["cases"])
+
+
 def test_bench_delta_in_bf16_has_a_bf16_weights_floor() -> None:
     result = bench_delta(micro_config(), ["embedded-default"], [2], repeats=1, probes=2, probe_length=6,
                          device="cpu", dtype="bfloat16")
