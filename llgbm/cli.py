@@ -68,7 +68,7 @@ def _compare(args: argparse.Namespace) -> None:
     from llgbm.study.compare import compare
 
     compare(repo=args.repo, revs=args.rev, runs=args.runs, record=args.record, key=args.key, out=args.out,
-            readme=args.readme, plot=args.plot, echo=lambda text: print(text, end=""))
+            readme=args.readme, plot=args.plot, echo=lambda text: print(text, end=""), block=args.block)
 
 
 def _diagnostics_table(args: argparse.Namespace) -> None:
@@ -131,6 +131,8 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                          help="report the runs of this key (default: the workspace run's: its code, params and "
                               "libraries)")
     compare.add_argument("--out", default=None, help="also write the markdown report here")
+    compare.add_argument("--block", default="compare",
+                         help="with --readme: the markers to write between, <!-- BLOCK:begin/end --> (default: compare)")
     compare.add_argument("--readme", default=None,
                          help="replace what lies between the '<!-- compare:begin -->' and '<!-- compare:end -->' "
                               "lines of this file with the report, machine, seeds, commits and the plot")

@@ -281,6 +281,21 @@ def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.Monk
     assert "wrote the results between the markers" in capsys.readouterr().out
 
 
+def test_compare_writes_its_own_block_beside_another_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--block: a second study's table goes between its own markers; the first study's block is kept."""
+    readme = tmp_path / "results.md"
+    readme.write_text(f"{README_BEGIN}\nfirst study\n{README_END}\n<!-- second:begin -->\nstale\n<!-- second:end -->\n")
+    save_archive(tmp_path / DEFAULT_ARCHIVE, [replace(run, key="k1") for run in collect_runs(_study_rows())])
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
+    main(["compare", "--repo", str(tmp_path), "--key", "k1", "--readme", str(readme), "--block", "second"])
+    text = readme.read_text()
+    assert "first study" in text and "stale" not in text and "| delta | — | all | 3 |" in text
+    assert f"--readme {readme} --block second`" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        main(["compare", "--repo", str(tmp_path), "--key", "k1", "--readme", str(readme), "--block", "second"])
+
+
 def test_compare_without_markers_fails_before_reading_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   capsys: pytest.CaptureFixture) -> None:
     readme = tmp_path / "README.md"

@@ -23,7 +23,7 @@ Echo = Callable[[str], object]
 
 
 def compare_command(repo: str, revs: list[str] | None, runs: str | None, key: str | None, out: str | None,
-                    readme: str | None, plot: str | None) -> str:
+                    readme: str | None, plot: str | None, block: str = "compare") -> str:
     """The command line that regenerates what this `llgbm compare` writes (from the archive: --record is
     not needed again)."""
     words = ["llgbm", "compare"]
@@ -34,20 +34,22 @@ def compare_command(repo: str, revs: list[str] | None, runs: str | None, key: st
     for option, value in (("runs", runs), ("key", key), ("out", out), ("readme", readme), ("plot", plot)):
         if value:
             words += [f"--{option}", str(value)]
+    if block != "compare":
+        words += ["--block", block]
     return shlex.join(words)
 
 
 def compare(*, repo: str, revs: list[str] | None, runs: str | None, record: bool, key: str | None,
-            out: str | None, readme: str | None, plot: str | None, echo: Echo) -> None:
+            out: str | None, readme: str | None, plot: str | None, echo: Echo, block: str = "compare") -> None:
     """Report the runs of `key` (default: the workspace's) from the archive `runs` (default: in `repo`) and
     the DVC experiments of `revs`; with `record`, add the experiments to the archive first. The report goes to
     `echo`, and to `out`; the plot to `plot` (default with `readme`: DEFAULT_PLOT beside it); with `readme`,
-    both and their provenance go between its compare markers. What can fail fast is checked before the slow
-    part: the markers, then the archive, then DVC."""
+    both and their provenance go between its markers named `block` (one document can hold several
+    studies). What can fail fast is checked before the slow part: the markers, then the archive, then DVC."""
     readme_path = Path(readme) if readme else None
     readme_text = read_text(readme_path, "README") if readme_path else None
     if readme_text is not None:
-        replace_marked(readme_text, "", str(readme_path))  # no markers: stop before the slow part
+        replace_marked(readme_text, "", str(readme_path), block)  # no markers: stop before the slow part
     archive = Path(runs) if runs else Path(repo) / run_archive.DEFAULT_ARCHIVE
     selected_key, every, unkeyed, disagreements = _merged_runs(archive, repo, revs, key, record, echo)
     selected = [run for run in every if run.key == selected_key]
@@ -61,12 +63,12 @@ def compare(*, repo: str, revs: list[str] | None, runs: str | None, record: bool
     plot_path = Path(plot) if plot else (readme_path.parent / DEFAULT_PLOT if readme_path else None)
     plotted = plot_path is not None and _plot(selected, fallback, plot_path, echo)
     if readme_path is not None and readme_text is not None:
-        block = readme_block(report, machine=machine_description(), seeds=experiments.study_seeds(selected),
+        text = readme_block(report, machine=machine_description(), seeds=experiments.study_seeds(selected),
                              commits=experiments.experiment_commits(repo, selected),
-                             command=compare_command(repo, revs, runs, key, out, readme, plot),
+                             command=compare_command(repo, revs, runs, key, out, readme, plot, block),
                              plot=Path(os.path.relpath(plot_path, readme_path.parent)).as_posix()
                              if plotted and plot_path else None)
-        write_bytes_atomic(readme_path, replace_marked(readme_text, block, str(readme_path)).encode())
+        write_bytes_atomic(readme_path, replace_marked(readme_text, text, str(readme_path), block).encode())
         echo(f"wrote the results between the markers of {readme_path}\n")
 
 
