@@ -471,6 +471,14 @@ def test_folds_are_replicates_queued_per_fold_and_missing_per_fold_and_seed() ->
     assert [line.split("-S heldout_fold=")[1] for line in lines] == ["2 -S seed=0,1", "3 -S seed=0"]
 
 
+def test_integer_knobs_read_back_as_integers() -> None:
+    """exp_show gives every number as a float; a knob that is an integer in params.yaml is one again."""
+    row = {**_row("w", 1, 0.2, lambda_delta=0.0, **{"train.delta_batch_size": 2.0}), "heldout_fold": 3.0,
+           "heldout_folds": 5.0}
+    [run] = collect_runs([row])
+    assert type(dict(run.arm)["train.delta_batch_size"]) is int and type(run.fold) is int
+
+
 def test_report_pools_folds_pairing_by_fold_and_seed() -> None:
     """Runs of two folds (disjoint held-out tasks) pool into one row: seeds count (fold, seed) runs, the paired
     difference matches fold and seed, and the seeds x tasks cell combines the folds."""

@@ -20,7 +20,7 @@ from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.study.arms import ARM_KEYS, Arm
 
 # exp_show gives every number as a float; these knobs are integers.
-INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed", "heldout_folds", "heldout_fold")
+INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed", "heldout_folds", "heldout_fold", "train.delta_batch_size")
 # dvc exp show's State of an experiment whose outputs are its own (None: one run by `dvc exp run` in the
 # workspace, which has no executor state), and of one whose run stopped with an error.
 FINISHED_STATES = ("Success", None)
