@@ -103,7 +103,7 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
     assert experiments.pending_runs(rows) == {(experiments.arm_of(weight_only), (no_fold, 3)),
                                               (experiments.arm_of(weight_only), (no_fold, 4))}
     have = experiments.pending_runs(rows) | {(experiments.arm_of(delta), (no_fold, 0))}
-    assert grid.missing_seeds([weight_only, delta], grid.replicates_of([0, 3, 4], None), have) == [
+    assert grid.missing_replicates([weight_only, delta], grid.replicates_of([0, 3, 4], None), have) == [
         (weight_only, [(no_fold, 0)]), (delta, [(no_fold, 3), (no_fold, 4)])]
     assert queue_grid([3, 4], True, [weight_only], have) == []
     assert queue_grid([0, 3], True, [delta], have)[0].endswith(" -S seed=3")

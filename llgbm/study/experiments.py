@@ -269,7 +269,7 @@ def failure_reasons(runs: list[Run], repo: str = ".") -> list[Run]:
 # --- runs by arm, replicate and training-task count -------------------------------------------------
 
 def group_runs(runs: list[Run]) -> dict[Arm, dict[Replicate, Run]]:
-    """The finished runs by arm and replicate (failed runs: `failed_seeds`)."""
+    """The finished runs by arm and replicate (failed runs: `failed_replicates`)."""
     groups: dict[Arm, dict[Replicate, Run]] = {}
     for run in runs:
         if run.failure is None:
@@ -277,7 +277,7 @@ def group_runs(runs: list[Run]) -> dict[Arm, dict[Replicate, Run]]:
     return groups
 
 
-def failed_seeds(runs: list[Run]) -> dict[Arm, dict[Replicate, Run]]:
+def failed_replicates(runs: list[Run]) -> dict[Arm, dict[Replicate, Run]]:
     """The failed runs by arm and replicate, of the replicates that did not also finish (a rerun that
     finished counts as that replicate's result)."""
     finished = {(r.arm, r.replicate) for r in runs if r.failure is None}

@@ -130,7 +130,7 @@ def queue_commands(arms: list[dict[str, Any]], seeds: list[int], fold: int = NO_
              *fold_override, "-S", f"seed={seed_values}"] for arm in arms]
 
 
-def missing_seeds(arms: list[dict[str, Any]], replicates: list[Replicate],
+def missing_replicates(arms: list[dict[str, Any]], replicates: list[Replicate],
                   have: set[tuple[Arm, Replicate]]) -> list[tuple[dict[str, Any], list[Replicate]]]:
     """Per arm, the replicates (fold, seed) of `replicates` that `have` lacks; arms with none left are left out."""
     missing = []
@@ -152,7 +152,7 @@ def queue_grid(seeds: list[int], dry_run: bool, arms: list[dict[str, Any]],
     out folds); with `have`, only the (arm, replicate) pairs it lacks, so that a study interrupted or spread
     over sessions is finished by the same command."""
     replicates = replicates_of(seeds, folds)
-    arm_replicates = missing_seeds(arms, replicates, have) if have is not None else [(arm, replicates) for arm in arms]
+    arm_replicates = missing_replicates(arms, replicates, have) if have is not None else [(arm, replicates) for arm in arms]
     lines = []
     for arm, chosen in arm_replicates:
         for fold in sorted({f for f, _ in chosen}):

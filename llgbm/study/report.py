@@ -14,7 +14,7 @@ from llgbm.study.experiments import (
     Replicate,
     Run,
     diagnostics_by_count,
-    failed_seeds,
+    failed_replicates,
     group_runs,
     metric_value,
     replicate_text,
@@ -241,7 +241,7 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
     """The markdown table: each arm's metrics over seeds and its paired difference from the weight-only arm
     of its training-task count, then the testbed's baselines as extra rows, then how to read it. `runs` are
     of one key (llgbm.study.run_archive): runs made by other code or params are not comparable."""
-    groups, failed = group_runs(runs), failed_seeds(runs)
+    groups, failed = group_runs(runs), failed_replicates(runs)
     if not groups and not failed:
         return "No finished experiments with evaluation metrics.\n"
     arms = sorted(set(groups) | set(failed), key=arm_order)
