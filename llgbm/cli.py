@@ -51,10 +51,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _grid(args: argparse.Namespace) -> None:
     from llgbm.config import to_dict
-    from llgbm.study.grid import knob_defaults, queue_grid, queued_or_done, study_arms, study_folds
+    from llgbm.study.grid import chosen_arms, knob_defaults, queue_grid, queued_or_done, study_arms, study_folds
 
     defaults = knob_defaults(to_dict(load_config(args.params)), args.params)
-    arms = study_arms(defaults, args.study, args.params)
+    arms = chosen_arms(study_arms(defaults, args.study, args.params), args.arms, args.study)
     have = None
     if args.missing:
         have, said = queued_or_done(".")
@@ -106,6 +106,9 @@ def _add_grid(commands: argparse._SubParsersAction) -> None:
     grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     grid.add_argument("--folds", nargs="+", type=int, default=None,
                       help="with heldout_folds set in --params: the folds to run (default: every fold)")
+    grid.add_argument("--arms", nargs="+", default=None, metavar="OBJECTIVE",
+                      help="only these arms of --study, by name as the report writes them (e.g. delta SFT "
+                           "'SFT-only, prompt-blind'), queued in this order (default: every arm)")
     grid.add_argument("--dry-run", action="store_true", help="print the dvc commands without queueing")
     grid.add_argument("--missing", action="store_true",
                       help="queue only the (arm, seed) runs that the run archive and DVC's experiments lack for the "

@@ -91,6 +91,21 @@ def test_study_lambdas_and_task_counts_queue(no_dvc: None) -> None:
     assert "delta_layers=[0,1]" in queue_commands([{**DEFAULTS, "delta_layers": [0, 1]}], [0])[0]
 
 
+def test_grid_arms_chooses_by_name_in_the_given_order(no_dvc: None, capsys: pytest.CaptureFixture) -> None:
+    arms = study_arms(DEFAULTS, "all")
+    chosen = grid.chosen_arms(arms, ["SFT", "weight-only", "SFT"], "all")
+    assert [objective_of(a) for a in chosen] == ["SFT"] * 3 + ["weight-only"] * 3  # every task count of each
+    assert [a["max_training_tasks"] for a in chosen] == [None, 12, 24, None, 12, 24]
+    assert grid.chosen_arms(arms, None, "all") == arms
+    with pytest.raises(LlgbmError, match=r"--arms: 'sft' not among the arms of --study objectives: 'weight-only', 'delta'"):
+        grid.chosen_arms(study_arms(DEFAULTS, "objectives"), ["delta", "sft"], "objectives")
+    main(["grid", "--study", "objectives", "--arms", "SFT-only, prompt-blind", "delta", "--seeds", "0", "--folds", "1",
+          "--dry-run"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "-S generator.condition=constant" in out[0] and "-S behaviour_loss=delta" in out[1]
+    assert all(line.endswith("-S heldout_fold=1 -S seed=0") for line in out)
+
+
 def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture) -> None:
     """`llgbm grid --missing`: finished or failed runs of the workspace's key (archived or experiments) and

@@ -12,7 +12,7 @@ from llgbm.infra.errors import LlgbmError
 
 # Through the modules, not their names: tests stand in for the DVC and git calls (exp_rows, workspace_key).
 from llgbm.study import experiments, run_archive
-from llgbm.study.arms import ARM_KEYS, OBJECTIVES, Arm
+from llgbm.study.arms import ARM_KEYS, OBJECTIVES, Arm, objective_of
 from llgbm.study.experiments import NO_FOLD, Replicate
 
 # The spec's ablations (`--study ablations`): one knob at a time (others at params.yaml's values), plus one
@@ -92,6 +92,19 @@ def study_arms(defaults: Mapping[str, Any], study: str, source: str = "params.ya
         overrides += [{**OBJECTIVES[name], "max_training_tasks": count}
                       for count in STUDY_TASK_COUNTS for name in TASK_COUNT_OBJECTIVES]
     return _arms(defaults, overrides)
+
+
+def chosen_arms(arms: list[dict[str, Any]], names: list[str] | None, study: str) -> list[dict[str, Any]]:
+    """The arms whose objective (`objective_of`) is one of `names`, in the order `names` gives them (the
+    queue's order, so the arms that matter most run first); every arm where `names` is None."""
+    if names is None:
+        return arms
+    known = list(dict.fromkeys(objective_of(arm) for arm in arms))
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise LlgbmError(f"--arms: {', '.join(repr(n) for n in unknown)} not among the arms of --study {study}: "
+                         + ", ".join(repr(n) for n in known))
+    return [arm for name in dict.fromkeys(names) for arm in arms if objective_of(arm) == name]
 
 
 def study_folds(params: Mapping[str, Any], chosen: list[int] | None, source: str) -> list[int] | None:
