@@ -467,6 +467,36 @@ def test_report_gives_the_seeds_by_tasks_interval_with_holm_over_its_family() ->
     assert _line(without, "| delta | — | all |").endswith("| — | — |")
 
 
+def test_report_contrasts_objectives_in_a_family_of_their_own() -> None:
+    """SFT - delta and SFT - SFT-only (CONTRASTS) where both ran: paired by seed and task, Holm over the
+    contrasts only; a contrast whose second arm did not run (KL - delta here: no KL) is left out."""
+    from llgbm.study.crossed import crossed_mean, holm
+
+    sft = {"behaviour_loss": "sft", "train.delta_batch_size": 8}
+    arms = {"w": {"lambda_delta": 0.0}, "d": {}, "s": sft,
+            "o": {**sft, "train.lambda_weights": 0.0, "loss_balance": "none"}}
+    runs = collect_runs([_row(f"{name}{seed}", seed, 0.3, **knobs) for name, knobs in arms.items() for seed in range(3)])
+    tasks = ["a", "b", "c"]
+    gains = {"w": [0.0, 0.0, 0.0], "d": [0.01, 0.0, 0.02], "s": [0.30, 0.20, 0.25], "o": [0.28, 0.22, 0.21]}
+
+    def per_task(run) -> dict:
+        return {t: {"heldout": True, "generated": 0.2 + g + 0.03 * run.seed * (i == 1)}
+                for i, (t, g) in enumerate(zip(tasks, gains[run.name[0]]))}
+
+    report = comparison_report([replace(r, per_task=per_task(r)) for r in runs])
+    estimates = {pair: crossed_mean({(seed, t): gains[pair[0]][i] - gains[pair[1]][i] for seed in range(3)
+                                     for i, t in enumerate(tasks)}) for pair in (("s", "d"), ("s", "o"))}
+    adjusted = holm({str(pair): e.p_value for pair, e in estimates.items()})
+    section = report.split("Contrasts between objectives")[1]
+    for pair, label in ((("s", "d"), "| SFT − delta | all |"), (("s", "o"), "| SFT − SFT-only | all |")):
+        low, high = estimates[pair].interval()
+        assert _line(section, label).endswith(
+            f"| {estimates[pair].mean:+.3f} [{low:+.3f}, {high:+.3f}] (3 seeds × 3 tasks), p {adjusted[str(pair)]:.3f}: "
+            f"{'better' if adjusted[str(pair)] < 0.05 else 'not shown either way'} |")
+    assert "KL − delta" not in section and "multi-layer" not in section
+    assert "Contrasts between objectives" not in comparison_report(runs)  # no per-task results: no contrasts
+
+
 def test_folds_are_replicates_queued_per_fold_and_missing_per_fold_and_seed() -> None:
     """With heldout_folds, a run is one (fold, seed): a row's fold is read back, the grid queues one command per
     arm and fold, and --missing leaves out exactly the (fold, seed) pairs that ran."""

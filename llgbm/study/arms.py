@@ -31,6 +31,12 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
                                "loss_balance": "none", "generator.condition": "constant"},
 }
 
+# Contrasts between objectives, first minus second, that the study's answer needs beside the comparisons with
+# weight-only: does the probe delta carry anything the task loss does not (SFT - delta), does weight
+# matching add to the task loss (SFT - SFT-only), and do the delta's variants and KL differ from it.
+CONTRASTS: tuple[tuple[str, str], ...] = (("SFT", "delta"), ("SFT", "SFT-only"), ("multi-layer delta", "delta"),
+                                          ("KL", "delta"))
+
 # An arm as read back (llgbm.study.experiments.arm_of): (knob, value) pairs in ARM_KEYS' order, hashable.
 Arm = tuple[tuple[str, Any], ...]
 
@@ -80,13 +86,18 @@ def _text(value: Any) -> str:
     return "[" + ", ".join(str(v) for v in value) + "]" if isinstance(value, tuple) else str(value)
 
 
-def reference_of(arm: Arm, arms: list[Arm]) -> Arm | None:
-    """The weight-only arm with the same max_training_tasks and otherwise the most knobs equal to `arm`'s
-    (with lambda_delta = 0 the behaviour knobs do not train)."""
+def closest_arm(arm: Arm, objective: str, arms: list[Arm]) -> Arm | None:
+    """The arm of `objective` with the same max_training_tasks as `arm` and otherwise the most knobs equal to
+    its (ties: the first by its text), or None."""
     task_count = dict(arm)["max_training_tasks"]
-    candidates = sorted((a for a in arms if objective_of(dict(a)) == "weight-only"
+    candidates = sorted((a for a in arms if objective_of(dict(a)) == objective
                          and dict(a)["max_training_tasks"] == task_count), key=str)
     return max(candidates, key=lambda a: sum(x == y for x, y in zip(a, arm)), default=None)
+
+
+def reference_of(arm: Arm, arms: list[Arm]) -> Arm | None:
+    """The weight-only arm closest to `arm` (with lambda_delta = 0 the behaviour knobs do not train)."""
+    return closest_arm(arm, "weight-only", arms)
 
 
 def prompt_blind_of(arm: Arm, arms: list[Arm]) -> Arm | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from llgbm.study.arms import Arm, arm_knobs, arm_order, objective_of, prompt_blind_of, reference_of
+from llgbm.study.arms import CONTRASTS, Arm, arm_knobs, arm_order, closest_arm, objective_of, prompt_blind_of, reference_of
 from llgbm.study.crossed import CrossedEstimate, fold_stratified_mean, holm, verdict
 from llgbm.study.experiments import (
     COUNT_METRICS,
@@ -156,6 +156,39 @@ def crossed_estimates(groups: dict[Arm, dict[Replicate, Run]]) -> dict[Arm, Cros
     return estimates
 
 
+def contrast_estimates(groups: dict[Arm, dict[Replicate, Run]]) -> list[tuple[Arm, Arm, CrossedEstimate]]:
+    """Each contrast of CONTRASTS that ran: (first arm, the second's closest arm, first minus second over
+    (fold, seed, task) cells), per arm of the first objective (one per training-task count or knob set)."""
+    arms = sorted(groups, key=arm_order)
+    contrasts = []
+    for first, second in CONTRASTS:
+        for arm in (a for a in arms if objective_of(dict(a)) == first):
+            other = closest_arm(arm, second, arms)
+            if other is None:
+                continue
+            try:
+                contrasts.append((arm, other, fold_stratified_mean(crossed_cells(groups[arm], groups[other]))))
+            except ValueError:
+                continue
+    return contrasts
+
+
+def _contrast_notes(contrasts: list[tuple[Arm, Arm, CrossedEstimate]], knobs: dict[Arm, str]) -> list[str]:
+    """The contrasts between objectives as a table of their own: their own Holm family."""
+    adjusted = holm({str((a, b)): e.p_value for a, b, e in contrasts})
+
+    def label(arm: Arm) -> str:
+        return objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs.get(arm) else "")
+
+    lines = ["", "Contrasts between objectives (first minus second: held-out accuracy paired by fold, seed and task, "
+             "the seeds × tasks interval above; Holm-adjusted over these contrasts, a family of their own):", "",
+             "| contrast | max training tasks | Δ held-out accuracy over seeds × tasks: 95% interval, Holm p, verdict |",
+             "|---|---|---|"]
+    lines += [f"| {label(a)} − {label(b)} | {_task_count_text(dict(a)['max_training_tasks'])} | "
+              f"{_crossed_cell(e, adjusted[str((a, b))])} |" for a, b, e in contrasts]
+    return lines
+
+
 def _crossed_cell(estimate: CrossedEstimate | None, adjusted_p: float | None) -> str:
     if estimate is None or adjusted_p is None:
         return "—"
@@ -254,6 +287,9 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
               for arm in arms]
     lines += _diagnostic_rows(runs, diagnostics_fallback, len(header))
     notes = ["", _HOW_TO_READ]
+    contrasts = contrast_estimates(groups)
+    if contrasts:
+        notes += _contrast_notes(contrasts, knobs)
     if failed:
         notes += _failure_notes(arms, failed, knobs)
     return "\n".join(lines + notes) + "\n"
