@@ -552,3 +552,8 @@ def test_report_pools_folds_pairing_by_fold_and_seed() -> None:
     estimate = fold_stratified_mean(cells)
     low, high = estimate.interval()
     assert f"| {estimate.mean:+.3f} [{low:+.3f}, {high:+.3f}] (2 folds, 3 seeds × 4 tasks), p " in delta
+    per_fold = report.split("Per held-out fold")[1]
+    assert _line(per_fold, "| delta (lambda_delta=1.0) |").endswith("| all | 0.260 (+0.060) | 0.360 (+0.060) | +0.060 to +0.060 |")
+    assert _line(per_fold, "| weight-only |") == "| weight-only | all | 0.200 | 0.300 | — |"
+    unfolded = comparison_report(collect_runs([_row("w", 0, 0.2, lambda_delta=0.0), _row("d", 0, 0.3)]))
+    assert "Per held-out fold" not in unfolded

@@ -3,6 +3,7 @@ and its paired difference from the weight-only arm of the same training-task cou
 the testbed's baselines as extra rows, then how to read it and which runs failed."""
 from __future__ import annotations
 
+import statistics
 from typing import Any, Mapping
 
 from llgbm.study.arms import CONTRASTS, Arm, arm_knobs, arm_order, closest_arm, objective_of, prompt_blind_of, reference_of
@@ -11,6 +12,7 @@ from llgbm.study.experiments import (
     COUNT_METRICS,
     DIAGNOSTIC_BASELINES,
     KEY_METRICS,
+    NO_FOLD,
     Replicate,
     Run,
     diagnostics_by_count,
@@ -189,6 +191,43 @@ def _contrast_notes(contrasts: list[tuple[Arm, Arm, CrossedEstimate]], knobs: di
     return lines
 
 
+def _fold_notes(arms: list[Arm], groups: dict[Arm, dict[Replicate, Run]], knobs: dict[Arm, str]) -> list[str]:
+    """Per arm and held-out fold: the held-out accuracy (mean over the fold's seeds) and the paired difference
+    from weight-only in that fold; then the range of those differences over folds (the per-fold spread).
+    Nothing where the runs hold out fewer than two folds."""
+    folds = sorted({fold for bucket in groups.values() for fold, _ in bucket if fold != NO_FOLD})
+    if len(folds) < 2:
+        return []
+
+    def in_fold(bucket: dict[Replicate, Run], fold: int) -> dict[Replicate, Run]:
+        return {replicate: run for replicate, run in bucket.items() if replicate[0] == fold}
+
+    lines = ["", "Per held-out fold: held-out accuracy (mean over the fold's seeds) and, in brackets, the paired "
+             "difference from weight-only in that fold (its seeds); the spread is the range of those differences "
+             "over folds.", "",
+             "| arm | max training tasks | " + " | ".join(f"fold {f}" for f in folds) + " | spread of Δ over folds |",
+             "|---|---|" + "---|" * (len(folds) + 1)]
+    for arm in arms:
+        bucket, reference = groups.get(arm, {}), reference_of(arm, list(groups))
+        cells, differences = [], []
+        for fold in folds:
+            mine = in_fold(bucket, fold)
+            values = [r.metrics["heldout_accuracy"] for r in mine.values() if r.metrics.get("heldout_accuracy") is not None]
+            if not values:
+                cells.append("—")
+                continue
+            paired = (_paired(mine, in_fold(groups[reference], fold), "heldout_accuracy")
+                      if reference is not None and reference != arm else None)
+            if paired is not None:
+                differences.append(paired[0])
+            cells.append(f"{statistics.fmean(values):.3f}" + (f" ({paired[0]:+.3f})" if paired is not None else ""))
+        spread = f"{min(differences):+.3f} to {max(differences):+.3f}" if len(differences) > 1 else "—"
+        label = objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs.get(arm) else "")
+        lines.append(f"| {label} | {_task_count_text(dict(arm)['max_training_tasks'])} | " + " | ".join(cells)
+                     + f" | {spread} |")
+    return lines
+
+
 def _crossed_cell(estimate: CrossedEstimate | None, adjusted_p: float | None) -> str:
     if estimate is None or adjusted_p is None:
         return "—"
@@ -287,6 +326,7 @@ def comparison_report(runs: list[Run], diagnostics_fallback: Mapping[str, Any] |
               for arm in arms]
     lines += _diagnostic_rows(runs, diagnostics_fallback, len(header))
     notes = ["", _HOW_TO_READ]
+    notes += _fold_notes(arms, groups, knobs)
     contrasts = contrast_estimates(groups)
     if contrasts:
         notes += _contrast_notes(contrasts, knobs)
