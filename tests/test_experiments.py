@@ -106,6 +106,29 @@ def test_grid_arms_chooses_by_name_in_the_given_order(no_dvc: None, capsys: pyte
     assert all(line.endswith("-S heldout_fold=1 -S seed=0") for line in out)
 
 
+def test_exp_rows_tries_again_while_the_queue_sets_an_experiment_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scmrepo.exceptions import SCMError
+
+    calls = []
+
+    def flaky(repo: str, revs: object) -> list[dict]:
+        calls.append(revs)
+        if len(calls) < experiments.EXP_SHOW_TRIES:
+            raise SCMError("Empty git repo")
+        return [{"Experiment": "x"}]
+
+    monkeypatch.setattr(experiments, "EXP_SHOW_RETRY_SECONDS", 0.0)
+    monkeypatch.setattr(experiments.dvc.api, "exp_show", flaky)
+    assert experiments.exp_rows(".", ["abc"]) == [{"Experiment": "x"}] and len(calls) == experiments.EXP_SHOW_TRIES
+
+    def broken(repo: str, revs: object) -> list[dict]:
+        raise SCMError("Empty git repo")
+
+    monkeypatch.setattr(experiments.dvc.api, "exp_show", broken)
+    with pytest.raises(LlgbmError, match=r"dvc exp show failed 3 times \(Empty git repo\).*run it again"):
+        experiments.exp_rows(".", ["abc"])
+
+
 def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture) -> None:
     """`llgbm grid --missing`: finished or failed runs of the workspace's key (archived or experiments) and

@@ -10,11 +10,13 @@ import math
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 import dvc.api
 from dvc.exceptions import DvcException
+from scmrepo.exceptions import SCMError
 
 from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.study.arms import ARM_KEYS, Arm
@@ -73,14 +75,27 @@ def experiment_baselines(repo: str = ".") -> list[str]:
     return sorted(baselines)
 
 
+# While the queue sets an experiment up, its temporary git repository is empty for a moment, and exp_show,
+# which reads the running ones too, fails on it (scmrepo's SCMError "Empty git repo"): a few tries apart.
+EXP_SHOW_TRIES = 3
+EXP_SHOW_RETRY_SECONDS = 2.0
+
+
 def exp_rows(repo: str = ".", revs: list[str] | None = None) -> list[dict]:
     """exp_show's rows of the experiments of `revs`; by default, of every commit that has any (runs of other
     code are told apart by their keys, not by where they hang), else HEAD's."""
     revs = revs or experiment_baselines(repo) or None
-    try:
-        return dvc.api.exp_show(repo=repo, revs=revs)
-    except DvcException as exc:
-        raise LlgbmError(f"{repo}: dvc exp show failed ({first_line(exc)})") from None
+    for attempt in range(1, EXP_SHOW_TRIES + 1):
+        try:
+            return dvc.api.exp_show(repo=repo, revs=revs)
+        except DvcException as exc:
+            raise LlgbmError(f"{repo}: dvc exp show failed ({first_line(exc)})") from None
+        except SCMError as exc:
+            if attempt == EXP_SHOW_TRIES:
+                raise LlgbmError(f"{repo}: dvc exp show failed {EXP_SHOW_TRIES} times ({first_line(exc)}), "
+                                 "each while the queue was setting up an experiment; run it again") from None
+            time.sleep(EXP_SHOW_RETRY_SECONDS)
+    raise AssertionError("unreachable")
 
 
 def _lookup(row: Mapping[str, Any], name: str, file: str | None = None) -> Any:
