@@ -144,7 +144,7 @@ def queue_commands(arms: list[dict[str, Any]], seeds: list[int], fold: int = NO_
 
 
 def missing_replicates(arms: list[dict[str, Any]], replicates: list[Replicate],
-                  have: set[tuple[Arm, Replicate]]) -> list[tuple[dict[str, Any], list[Replicate]]]:
+                       have: set[tuple[Arm, Replicate]]) -> list[tuple[dict[str, Any], list[Replicate]]]:
     """Per arm, the replicates (fold, seed) of `replicates` that `have` lacks; arms with none left are left out."""
     missing = []
     for arm in arms:

@@ -158,6 +158,11 @@ def crossed_estimates(groups: dict[Arm, dict[Replicate, Run]]) -> dict[Arm, Cros
     return estimates
 
 
+def _arm_label(arm: Arm, knobs: dict[Arm, str]) -> str:
+    """An arm in words outside the table: its objective, then the knobs its name does not say."""
+    return objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs.get(arm) else "")
+
+
 def contrast_estimates(groups: dict[Arm, dict[Replicate, Run]]) -> list[tuple[Arm, Arm, CrossedEstimate]]:
     """Each contrast of CONTRASTS that ran: (first arm, the second's closest arm, first minus second over
     (fold, seed, task) cells), per arm of the first objective (one per training-task count or knob set)."""
@@ -179,14 +184,11 @@ def _contrast_notes(contrasts: list[tuple[Arm, Arm, CrossedEstimate]], knobs: di
     """The contrasts between objectives as a table of their own: their own Holm family."""
     adjusted = holm({str((a, b)): e.p_value for a, b, e in contrasts})
 
-    def label(arm: Arm) -> str:
-        return objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs.get(arm) else "")
-
     lines = ["", "Contrasts between objectives (first minus second: held-out accuracy paired by fold, seed and task, "
              "the seeds × tasks interval above; Holm-adjusted over these contrasts, a family of their own):", "",
              "| contrast | max training tasks | Δ held-out accuracy over seeds × tasks: 95% interval, Holm p, verdict |",
              "|---|---|---|"]
-    lines += [f"| {label(a)} − {label(b)} | {_task_count_text(dict(a)['max_training_tasks'])} | "
+    lines += [f"| {_arm_label(a, knobs)} − {_arm_label(b, knobs)} | {_task_count_text(dict(a)['max_training_tasks'])} | "
               f"{_crossed_cell(e, adjusted[str((a, b))])} |" for a, b, e in contrasts]
     return lines
 
@@ -222,8 +224,7 @@ def _fold_notes(arms: list[Arm], groups: dict[Arm, dict[Replicate, Run]], knobs:
                 differences.append(paired[0])
             cells.append(f"{statistics.fmean(values):.3f}" + (f" ({paired[0]:+.3f})" if paired is not None else ""))
         spread = f"{min(differences):+.3f} to {max(differences):+.3f}" if len(differences) > 1 else "—"
-        label = objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs.get(arm) else "")
-        lines.append(f"| {label} | {_task_count_text(dict(arm)['max_training_tasks'])} | " + " | ".join(cells)
+        lines.append(f"| {_arm_label(arm, knobs)} | {_task_count_text(dict(arm)['max_training_tasks'])} | " + " | ".join(cells)
                      + f" | {spread} |")
     return lines
 
@@ -303,8 +304,7 @@ def _failure_notes(arms: list[Arm], failed: dict[Arm, dict[Replicate, Run]], kno
              "difference, so an arm's numbers cover only the seeds that finished):"]
     for arm in arms:
         for replicate, run in sorted(failed.get(arm, {}).items()):
-            label = objective_of(dict(arm)) + (f" ({knobs[arm]})" if knobs[arm] else "")
-            notes.append(f"- {label}, max training tasks {_task_count_text(dict(arm)['max_training_tasks'])}, "
+            notes.append(f"- {_arm_label(arm, knobs)}, max training tasks {_task_count_text(dict(arm)['max_training_tasks'])}, "
                          f"{replicate_text(replicate)} ({run.name}): {run.failure}")
     return notes
 
