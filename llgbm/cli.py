@@ -68,7 +68,8 @@ def _compare(args: argparse.Namespace) -> None:
     from llgbm.study.compare import compare
 
     compare(repo=args.repo, revs=args.rev, runs=args.runs, record=args.record, key=args.key, out=args.out,
-            readme=args.readme, plot=args.plot, echo=lambda text: print(text, end=""), block=args.block)
+            readme=args.readme, plot=args.plot, echo=lambda text: print(text, end=""), block=args.block,
+            folds=args.folds)
 
 
 def _diagnostics_table(args: argparse.Namespace) -> None:
@@ -133,6 +134,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--key", default=None,
                          help="report the runs of this key (default: the workspace run's: its code, params and "
                               "libraries)")
+    compare.add_argument("--folds", nargs="+", type=int, default=None,
+                         help="only the runs that held out these folds (e.g. --folds 0 for the task-count curve, "
+                              "which runs on fold 0 alone)")
     compare.add_argument("--out", default=None, help="also write the markdown report here")
     compare.add_argument("--block", default="compare",
                          help="with --readme: the markers to write between, <!-- BLOCK:begin/end --> (default: compare)")

@@ -13,6 +13,7 @@ from llgbm.cli import main
 from llgbm.infra.errors import LlgbmError
 from llgbm.study.arms import objective_of
 from llgbm.study.blocks import README_BEGIN, README_END, replace_marked
+from llgbm.study.compare import compare_command
 from llgbm.study.experiments import collect_runs, failure_reasons, failure_text
 from llgbm.study.grid import grid_arms, knob_defaults, queue_commands, queue_grid, study_arms
 from llgbm.study.plot import heldout_vs_tasks, reference_points, training_task_count, write_plot
@@ -332,6 +333,21 @@ def test_compare_writes_its_own_block_beside_another_study(tmp_path: Path, monke
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit):
         main(["compare", "--repo", str(tmp_path), "--key", "k1", "--readme", str(readme), "--block", "second"])
+
+
+def test_compare_folds_keeps_only_those_folds_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """--folds: a curve run on fold 0 alone is reported without the other folds' runs of the same arms."""
+    runs = [replace(run, key="k1") for run in collect_runs(_study_rows())]
+    moved = [replace(run, fold=3, seed=run.seed + 10) for run in runs]
+    save_archive(tmp_path / DEFAULT_ARCHIVE, runs + moved)
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
+    main(["compare", "--repo", str(tmp_path), "--key", "k1", "--folds", "3", "--out", str(tmp_path / "r.md")])
+    text = (tmp_path / "r.md").read_text()
+    assert "| delta | — | all | 3 |" in text  # 3 of fold 3's runs, not 6 of both folds
+    assert f"(`--folds`): {len(moved)} of the key's {2 * len(runs)}." in text
+    assert compare_command(".", None, None, "k1", None, None, None, folds=[0]) == "llgbm compare --key k1 --folds 0"
+    capsys.readouterr()
 
 
 def test_compare_without_markers_fails_before_reading_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

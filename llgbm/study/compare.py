@@ -23,7 +23,7 @@ Echo = Callable[[str], object]
 
 
 def compare_command(repo: str, revs: list[str] | None, runs: str | None, key: str | None, out: str | None,
-                    readme: str | None, plot: str | None, block: str = "compare") -> str:
+                    readme: str | None, plot: str | None, block: str = "compare", folds: list[int] | None = None) -> str:
     """The command line that regenerates what this `llgbm compare` writes (from the archive: --record is
     not needed again)."""
     words = ["llgbm", "compare"]
@@ -36,27 +36,32 @@ def compare_command(repo: str, revs: list[str] | None, runs: str | None, key: st
             words += [f"--{option}", str(value)]
     if block != "compare":
         words += ["--block", block]
+    if folds:
+        words += ["--folds", *map(str, folds)]
     return shlex.join(words)
 
 
 def compare(*, repo: str, revs: list[str] | None, runs: str | None, record: bool, key: str | None,
-            out: str | None, readme: str | None, plot: str | None, echo: Echo, block: str = "compare") -> None:
+            out: str | None, readme: str | None, plot: str | None, echo: Echo, block: str = "compare",
+            folds: list[int] | None = None) -> None:
     """Report the runs of `key` (default: the workspace's) from the archive `runs` (default: in `repo`) and
     the DVC experiments of `revs`; with `record`, add the experiments to the archive first. The report goes to
     `echo`, and to `out`; the plot to `plot` (default with `readme`: DEFAULT_PLOT beside it); with `readme`,
     both and their provenance go between its markers named `block` (one document can hold several
-    studies). What can fail fast is checked before the slow part: the markers, then the archive, then DVC."""
+    studies). With `folds`, only the runs that held out those folds (a curve run on one fold is not read
+    beside arms pooled over five). What can fail fast is checked before the slow part: the markers, then the archive, then DVC."""
     readme_path = Path(readme) if readme else None
     readme_text = read_text(readme_path, "README") if readme_path else None
     if readme_text is not None:
         replace_marked(readme_text, "", str(readme_path), block)  # no markers: stop before the slow part
     archive = Path(runs) if runs else Path(repo) / run_archive.DEFAULT_ARCHIVE
     selected_key, every, unkeyed, disagreements = _merged_runs(archive, repo, revs, key, record, echo)
-    selected = [run for run in every if run.key == selected_key]
+    selected = [run for run in every if run.key == selected_key and (not folds or run.fold in folds)]
     workspace_diagnostics = Path(repo) / experiments.DIAGNOSTICS
     fallback = read_json(workspace_diagnostics, "diagnostics metrics") if workspace_diagnostics.is_file() else None
     report = (comparison_report(selected, fallback)
-              + run_archive.archive_notes(selected_key, every, unkeyed, disagreements, archive))
+              + run_archive.archive_notes(selected_key, every, unkeyed, disagreements, archive)
+              + _fold_filter_note(folds, selected, every, selected_key))
     echo(report)
     if out:
         write_bytes_atomic(Path(out), report.encode())
@@ -65,11 +70,20 @@ def compare(*, repo: str, revs: list[str] | None, runs: str | None, record: bool
     if readme_path is not None and readme_text is not None:
         text = readme_block(report, machine=machine_description(), seeds=experiments.study_seeds(selected),
                              commits=experiments.experiment_commits(repo, selected),
-                             command=compare_command(repo, revs, runs, key, out, readme, plot, block),
+                             command=compare_command(repo, revs, runs, key, out, readme, plot, block, folds),
                              plot=Path(os.path.relpath(plot_path, readme_path.parent)).as_posix()
                              if plotted and plot_path else None)
         write_bytes_atomic(readme_path, replace_marked(readme_text, text, str(readme_path), block).encode())
         echo(f"wrote the results between the markers of {readme_path}\n")
+
+
+def _fold_filter_note(folds: list[int] | None, selected: list[Run], every: list[Run], key: str) -> str:
+    """With --folds: which runs of the key the table kept."""
+    if not folds:
+        return ""
+    of_key = sum(run.key == key for run in every)
+    return (f"Only the runs that held out fold {', '.join(map(str, sorted(folds)))} (`--folds`): {len(selected)} of "
+            f"the key's {of_key}.\n")
 
 
 def _merged_runs(archive: Path, repo: str, revs: list[str] | None, key: str | None, record: bool,
