@@ -532,7 +532,7 @@ def test_report_contrasts_objectives_in_a_family_of_their_own() -> None:
         assert _line(section, label).endswith(
             f"| {estimates[pair].mean:+.3f} [{low:+.3f}, {high:+.3f}] (3 seeds × 3 tasks), p {adjusted[str(pair)]:.3f}: "
             f"{'better' if adjusted[str(pair)] < 0.05 else 'not shown either way'} |")
-    assert "KL − delta" not in section and "multi-layer" not in section
+    assert "KL − delta" not in section and "multi-layer" not in section and "delta-only" not in section
     assert "Contrasts between objectives" not in comparison_report(runs)  # no per-task results: no contrasts
 
 

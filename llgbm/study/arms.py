@@ -33,9 +33,10 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
 
 # Contrasts between objectives, first minus second, that the study's answer needs beside the comparisons with
 # weight-only: does the probe delta carry anything the task loss does not (SFT - delta), does weight
-# matching add to the task loss (SFT - SFT-only), and do the delta's variants and KL differ from it.
+# matching add to the task loss (SFT - SFT-only), do the delta's variants and KL differ from it, and (without
+# the weight term, where the task loss alone gains most) does the probe delta alone reach it (delta-only - SFT-only).
 CONTRASTS: tuple[tuple[str, str], ...] = (("SFT", "delta"), ("SFT", "SFT-only"), ("multi-layer delta", "delta"),
-                                          ("KL", "delta"))
+                                          ("KL", "delta"), ("delta-only", "SFT-only"))
 
 # An arm as read back (llgbm.study.experiments.arm_of): (knob, value) pairs in ARM_KEYS' order, hashable.
 Arm = tuple[tuple[str, Any], ...]
