@@ -14,7 +14,7 @@ from llgbm.infra.errors import LlgbmError
 from llgbm.study.arms import objective_of
 from llgbm.study.blocks import README_BEGIN, README_END, replace_marked
 from llgbm.study.compare import compare_command
-from llgbm.study.experiments import collect_runs, failure_reasons, failure_text
+from llgbm.study.experiments import collect_runs, failed_replicates, failure_reasons, failure_text
 from llgbm.study.grid import grid_arms, knob_defaults, queue_commands, queue_grid, study_arms
 from llgbm.study.plot import heldout_vs_tasks, reference_points, training_task_count, write_plot
 from llgbm.study.report import comparison_report
@@ -215,7 +215,7 @@ def _study_rows() -> list[dict]:
         _row("w2", 2, 0.30, lambda_delta=0.0),
         # the delta arm's rows in another order than the reference's: pairing is by seed
         _row("d2", 2, 0.37, seen=0.7), _row("d0", 0, 0.15, seen=0.8), _row("d1", 1, 0.24, seen=0.9),
-        _row("d0-again", 0, 0.99),  # the same arm and seed twice counts once
+        _row("d0-again", 0, 0.99),  # the same arm and seed twice: the report counts the first
         _row("kl0", 0, 0.50, behaviour_loss="kl"),
         _row("only0", 0, 0.0, **{"train.lambda_weights": 0.0, "loss_balance": "none"}),  # 0.0 is a value
         _row("t8", 0, 0.20, tasks=("None", 8.0), max_training_tasks=8),
@@ -274,8 +274,8 @@ def test_params_read_back_from_exp_show() -> None:
     eight = next(r for r in runs if dict(r.arm)["max_training_tasks"] is not None)
     assert dict(eight.arm)["max_training_tasks"] == 8 and eight.counts["heldout_tasks"] is None
     assert {r.baseline for r in runs} == {"master"}
-    # three seeds of the delta arm, one of its probe_count=10 variant
-    assert sum(objective_of(dict(r.arm)) == "delta" and dict(r.arm)["max_training_tasks"] is None for r in runs) == 4
+    # three seeds of the delta arm (one read twice: every experiment is kept until keyed), one of its probe_count=10 variant
+    assert sum(objective_of(dict(r.arm)) == "delta" and dict(r.arm)["max_training_tasks"] is None for r in runs) == 5
     # a param name a metrics file shares: exp_show prefixes both, and the param is read from params.yaml
     row = {k: v for k, v in _row("x", 0, 0.1).items() if k != "seed"}
     (run,) = collect_runs([{**row, "results/train/metrics.json:seed": 9.0, "params.yaml:seed": 4.0}])
@@ -293,6 +293,21 @@ def test_readme_markers_replaced_and_required() -> None:
                    f"{README_BEGIN}\n{README_END}\n{README_BEGIN}\n{README_END}\n"):
         with pytest.raises(LlgbmError, match="^docs/README.md: needs one"):
             replace_marked(broken, "x", "docs/README.md")
+
+
+def test_runs_of_one_arm_and_seed_on_two_testbeds_both_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two experiments of one arm and seed are kept until keyed: here they are two testbeds (base.seed), and
+    each key's report has its own run, where collect_runs once kept only the first it read."""
+    rows = [_row("t1", 0, 0.10, lambda_delta=0.0), _row("t2", 0, 0.40, lambda_delta=0.0)]
+    assert [run.name for run in collect_runs(rows)] == ["t1", "t2"]
+    key_of = {rows[0]["rev"]: "first", rows[1]["rev"]: "second"}
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: rows)
+    monkeypatch.setattr(run_archive, "key_of_commit", lambda repo, rev: (key_of[rev], {"machine": "m"}))
+    monkeypatch.setattr(run_archive, "resolve_commit", lambda repo, rev: None)
+    monkeypatch.setattr(run_archive, "_per_task_of_commit", lambda repo, rev: None)
+    for key, accuracy in (("first", "0.100"), ("second", "0.400")):
+        main(["compare", "--repo", str(tmp_path), "--key", key, "--out", str(tmp_path / f"{key}.md")])
+        assert _line((tmp_path / f"{key}.md").read_text(), "| weight-only | — | all | 1 |").split(" | ")[5].startswith(accuracy)
 
 
 def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -409,10 +424,12 @@ def test_only_finished_experiments_count_and_failed_ones_are_failures() -> None:
     rows = [_row("done", 0, 0.3)]
     for state in ("Running", "Queued", "Failed"):
         rows.append({**_row(f"not-{state}", 1, 0.9), "State": state})
-    rows.append({**_row("failed-again", 1, 0.9), "State": "Failed"})  # the same arm and seed: once
+    rows.append({**_row("failed-again", 1, 0.9), "State": "Failed"})  # the same arm and seed: kept until keyed
     runs = collect_runs(rows)
-    assert [(r.seed, r.metrics["heldout_accuracy"], r.failure) for r in runs] == [(0, 0.3, None), (1, None, "failed")]
+    assert [(r.seed, r.metrics["heldout_accuracy"], r.failure) for r in runs] == [
+        (0, 0.3, None), (1, None, "failed"), (1, None, "failed")]
     assert runs[1].name == "not-Failed" and set(runs[1].metrics.values()) == {None}
+    assert [run.name for run in failed_replicates(runs)[runs[1].arm].values()] == ["not-Failed"]  # counted once
 
 
 def test_failure_text_from_a_queue_log() -> None:

@@ -208,9 +208,10 @@ def collect_runs(rows: list[dict]) -> list[Run]:
     out, but an experiment row follows its baseline commit's row, which names the commit. Experiments in
     state Success count with their metrics; a queued or running one shows its baseline's metrics files, not
     its own, so it is left out, and a failed one (its metrics may be partial) counts as a failure, reason
-    "failed" until `failure_reasons` reads it. One (arm, replicate) counts once as finished and once as failed."""
+    "failed" until `failure_reasons` reads it. Every experiment is returned, even two of one arm and replicate:
+    only their keys (llgbm.study.run_archive.keyed) tell whether they repeat one run (the archive then keeps
+    the first and reports a repeat with other metrics) or are runs of two testbeds, which must both count."""
     runs: list[Run] = []
-    seen: set[tuple[Arm, Replicate, bool]] = set()
     baseline = None
     for row in rows:
         if row.get("typ") == "baseline":
@@ -224,10 +225,7 @@ def collect_runs(rows: list[dict]) -> list[Run]:
         if replicate is None:
             continue
         (fold, seed), arm = replicate, arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS})
-        if (arm, replicate, failed) in seen:
-            continue
         if failed:
-            seen.add((arm, replicate, failed))
             runs.append(Run(arm=arm, seed=seed, metrics={name: None for name in KEY_METRICS},
                             counts={name: None for name in COUNT_METRICS}, train_tasks=None, diagnostics={},
                             baseline=baseline, name=row.get("Experiment"), rev=row.get("rev"), failure="failed",
@@ -237,7 +235,6 @@ def collect_runs(rows: list[dict]) -> list[Run]:
                    for name, (_, metric) in KEY_METRICS.items()}
         if metrics["heldout_accuracy"] is None:
             continue
-        seen.add((arm, replicate, failed))
         runs.append(Run(arm=arm, seed=seed, metrics=metrics,
                         counts={name: _count(_lookup(row, metric, EVALUATION)) for name, metric in COUNT_METRICS.items()},
                         train_tasks=_count(_lookup(row, TRAIN_TASKS_METRIC)), diagnostics=_diagnostics(row),
@@ -284,11 +281,12 @@ def failure_reasons(runs: list[Run], repo: str = ".") -> list[Run]:
 # --- runs by arm, replicate and training-task count -------------------------------------------------
 
 def group_runs(runs: list[Run]) -> dict[Arm, dict[Replicate, Run]]:
-    """The finished runs by arm and replicate (failed runs: `failed_replicates`)."""
+    """The finished runs by arm and replicate (failed runs: `failed_replicates`); of two of one arm and
+    replicate (`runs` of one key), the first."""
     groups: dict[Arm, dict[Replicate, Run]] = {}
     for run in runs:
         if run.failure is None:
-            groups.setdefault(run.arm, {})[run.replicate] = run
+            groups.setdefault(run.arm, {}).setdefault(run.replicate, run)
     return groups
 
 
