@@ -14,7 +14,7 @@ from llgbm.infra.errors import LlgbmError
 
 
 def _bench_delta(args: argparse.Namespace) -> None:
-    from llgbm.bench import bench_delta
+    from llgbm.bench.delta import bench_delta
 
     cfg = load_config(args.params)
     result = bench_delta(cfg, args.models, args.adapters, args.repeats, args.probes, args.probe_length,
@@ -23,21 +23,21 @@ def _bench_delta(args: argparse.Namespace) -> None:
 
 
 def _bench_train(args: argparse.Namespace) -> None:
-    from llgbm.bench import bench_train
+    from llgbm.bench.train import bench_train
 
     print(json.dumps(bench_train(load_config(args.params), args.steps), indent=2))
 
 
 def _bench_evaluate(args: argparse.Namespace) -> None:
-    from llgbm.bench import bench_evaluate
+    from llgbm.bench.evaluate import bench_evaluate
 
     print(json.dumps(bench_evaluate(load_config(args.params), args.adapters, args.repeats), indent=2))
 
 
 def _bench_teachers(args: argparse.Namespace) -> None:
-    from llgbm.bench import bench_teachers
+    from llgbm.bench.teachers import bench_teachers
 
-    print(json.dumps(bench_teachers(load_config(args.params), args.tasks, args.steps), indent=2))
+    print(json.dumps(bench_teachers(load_config(args.params), args.tasks, args.steps, args.repeats), indent=2))
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -50,18 +50,10 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _grid(args: argparse.Namespace) -> None:
-    from llgbm.config import to_dict
-    from llgbm.study.grid import chosen_arms, knob_defaults, queue_grid, queued_or_done, study_arms, study_folds
+    from llgbm.study.grid import grid
 
-    defaults = knob_defaults(to_dict(load_config(args.params)), args.params)
-    arms = chosen_arms(study_arms(defaults, args.study, args.params), args.arms, args.study)
-    have = None
-    if args.missing:
-        have, said = queued_or_done(".")
-        print(said)
-    folds = study_folds(to_dict(load_config(args.params)), args.folds, args.params)
-    for line in queue_grid(args.seeds, args.dry_run, arms, have, folds):
-        print(line)
+    grid(params=args.params, study=args.study, arm_names=args.arms, seeds=args.seeds, folds=args.folds,
+         missing=args.missing, dry_run=args.dry_run, echo=lambda text: print(text, end=""))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -174,9 +166,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     delta.add_argument("--fit-limit", type=int, default=0,
                        help="on a GPU: also search the largest adapters per step that fit, up to this many (0: skip)")
     delta.set_defaults(run=_bench_delta)
-    train = bench_kinds.add_parser("train", help="seconds per training step, with the delta loss vs weight-only")
+    train = bench_kinds.add_parser("train", help="seconds per training step of every objective vs weight-only")
     train.add_argument("--params", default="params.yaml")
-    train.add_argument("--steps", type=int, default=100)
+    train.add_argument("--steps", type=int, default=100, help="timed steps of every objective (after 5 warm-up steps)")
     train.set_defaults(run=_bench_train)
     evaluate = bench_kinds.add_parser("evaluate", help="one task's adapters measured batched vs loaded through PEFT")
     evaluate.add_argument("--params", default="params.yaml")
@@ -187,6 +179,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     teachers.add_argument("--params", default="params.yaml")
     teachers.add_argument("--tasks", type=int, default=None, help="the first N tasks of params (default: all)")
     teachers.add_argument("--steps", type=int, default=40)
+    teachers.add_argument("--repeats", type=int, default=1, help="timed rounds after the warm-up round (default 1)")
     teachers.set_defaults(run=_bench_teachers)
 
 

@@ -9,6 +9,7 @@ with the key named, before any work.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -22,7 +23,8 @@ from llgbm.artifacts.base_model import DTYPES, BaseConfig
 from llgbm.core.delta import DELTA_REDUCTIONS
 from llgbm.core.generator import CONDITIONS, GENERATOR_KINDS, GeneratorConfig
 from llgbm.core.lora import LoraConfig
-from llgbm.core.losses import BEHAVIOUR_LOSSES, DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
+from llgbm.core.losses import DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
+from llgbm.core.objective import BEHAVIOUR_LOSSES
 from llgbm.core.precision import MIXED_PRECISION
 from llgbm.data.encoder import EncoderConfig
 from llgbm.data.probes import PROBE_TEMPLATES, PROBE_TYPES, ProbesConfig
@@ -67,7 +69,7 @@ class DiagnosticsConfig:
     multitask_batch_size: int = 64
     multitask_learning_rate: float = 5e-3
     # Prompt -> task recoverability: a ridge read-out (not a behavioural probe) on this many train-prompt embeddings per task.
-    probe_prompts: int = 32
+    readout_prompts: int = 32
     ridge_penalty: float = 1.0
     nearest_k: int = 3  # the k-nearest-teachers baseline: similarity-weighted mean of k teachers' updates
 
@@ -97,7 +99,9 @@ class KLConfig:
 class TrainConfig:
     steps: int = 1500  # optimizer steps
     batch_size: int = 8
-    delta_batch_size: int = 2  # items of each batch that get the delta loss, in one batched forward
+    # Generated adapters of each batch (its first items) whose behaviour term is computed, in one batched
+    # forward of the frozen base, whatever the term.
+    behaviour_adapters: int = 2
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
@@ -172,7 +176,9 @@ def _build(cls: type, raw: Any, where: str, source: str) -> Any:
     for key in raw:
         if key not in names:
             full = f"{where}.{key}" if where else str(key)
-            raise LlgbmError(f"{source}: unknown key '{full}'")
+            near = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f" (did you mean '{f'{where}.{near[0]}' if where else near[0]}'?)" if near else ""
+            raise LlgbmError(f"{source}: unknown key '{full}'{hint}")
     values = {}
     for name, value in raw.items():
         full = f"{where}.{name}" if where else name
@@ -299,7 +305,7 @@ def _validate_teachers(cfg: Config, source: str) -> None:
     _check_choice(t.below_bar, BELOW_BAR, "teachers.below_bar", source)
     if (t.checkpoints_per_task - 1) * t.checkpoint_interval >= t.steps:
         raise LlgbmError(f"{source}: 'teachers.steps' must exceed (checkpoints_per_task - 1) * checkpoint_interval")
-    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "probe_prompts", "ridge_penalty",
+    for key in ("multitask_steps", "multitask_batch_size", "multitask_learning_rate", "readout_prompts", "ridge_penalty",
                 "nearest_k"):
         _check_positive(getattr(cfg.diagnostics, key), f"diagnostics.{key}", source)
 
@@ -383,10 +389,10 @@ def _validate_training(cfg: Config, source: str) -> None:
                 "max_grad_norm"):
         _check_positive(getattr(tr, key), f"train.{key}", source)
     _check_positive(cfg.sft.records, "sft.records", source)
-    for key in ("delta_batch_size", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps"):
+    for key in ("behaviour_adapters", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps"):
         _check_positive(getattr(tr, key), f"train.{key}", source, allow_zero=True)
-    if tr.delta_batch_size > tr.batch_size:
-        raise LlgbmError(f"{source}: 'train.delta_batch_size' ({tr.delta_batch_size}) exceeds train.batch_size")
+    if tr.behaviour_adapters > tr.batch_size:
+        raise LlgbmError(f"{source}: 'train.behaviour_adapters' ({tr.behaviour_adapters}) exceeds train.batch_size")
     if tr.mixed_precision == "fp16":
         # fp16 needs a dynamic loss scale, which the training checkpoints do not carry: a resumed run would
         # not continue the one that was killed.
@@ -398,7 +404,7 @@ def _validate_training(cfg: Config, source: str) -> None:
     if tr.lambda_weights == 0 and cfg.loss_balance == "grad_norm":
         raise LlgbmError(f"{source}: 'loss_balance' grad_norm scales the delta term to the weight term's gradient, "
                          "which train.lambda_weights 0 removes; use loss_balance none for delta-only training")
-    if tr.lambda_weights == 0 and (cfg.lambda_delta == 0 or tr.delta_batch_size == 0):
+    if tr.lambda_weights == 0 and (cfg.lambda_delta == 0 or tr.behaviour_adapters == 0):
         raise LlgbmError(f"{source}: 'train.lambda_weights' and 'lambda_delta' are both 0: nothing to train on")
 
 

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import yaml
 
-from llgbm.bench import QWEN25_05B, bench_delta
+from llgbm.bench.delta import QWEN25_05B, bench_delta
 from llgbm.config import Config, config_from_dict, load_config
 from llgbm.infra.io import write_json_atomic
 

@@ -27,22 +27,70 @@ MICRO_PARAMS = {
                  "min_accuracy": 0.0},
     "diagnostics": {"multitask_steps": 40, "multitask_batch_size": 16},
     "generator": {"chunk_width": 16, "prompts_per_sample": 4, "feature_dim": 32, "channels": [8]},
-    "train": {"steps": 40, "batch_size": 4, "delta_batch_size": 2, "learning_rate": 0.003, "warmup_steps": 5,
+    "train": {"steps": 40, "batch_size": 4, "behaviour_adapters": 2, "learning_rate": 0.003, "warmup_steps": 5,
               "lambda_warmup_steps": 10, "save_interval": 10, "log_interval": 5},
 }
 
 
 # The micro world's session fixtures: a test that uses one (directly or through another fixture) trains
-# models, so it is an integration test; a test marked e2e runs subprocesses; every other test is a unit test.
+# models, so it is an integration test; a test marked e2e runs subprocesses; a test (or module) marked
+# integration keeps that mark (it trains or runs a pipeline without these fixtures); every other test is a
+# unit test, and trains nothing: one that needs a base model and adapters takes `random_base`.
 MICRO_FIXTURES = {"micro", "micro_train_inputs", "micro_generator"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("e2e"):
-            continue
+        if item.get_closest_marker("e2e") or item.get_closest_marker("integration"):
+            continue  # an explicit mark wins over the default
         fixtures = set(getattr(item, "fixturenames", ()))
         item.add_marker(pytest.mark.integration if fixtures & MICRO_FIXTURES else pytest.mark.unit)
+
+
+def tiny_random_model(cfg: Config | None = None, seed: int = 0):
+    """A Qwen2 causal LM of the micro base's shape (vocabulary 32), randomly initialised with `seed`, in eval
+    mode and frozen: nothing trained."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tiny = (cfg or micro_config()).base.tiny
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=32, hidden_size=tiny.hidden_size, intermediate_size=tiny.intermediate_size,
+                                         num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
+                                         num_key_value_heads=tiny.num_kv_heads, tie_word_embeddings=True)).eval()
+    model.requires_grad_(False)
+    return model
+
+
+@pytest.fixture(scope="session")
+def random_base(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A tiny random base (tiny_random_model, saved in from_pretrained format), four random adapters of the
+    micro LoRA config saved through PEFT, and right-padded random probes of unequal length: what the tests of
+    the LoRA, delta and weight-token code need instead of the micro world's trained base and teachers."""
+    import torch
+
+    from llgbm.artifacts.adapters import save_adapter, write_adapter
+    from llgbm.artifacts.base_model import load_base
+    from llgbm.core.lora import layout_of_model
+
+    cfg = micro_config()
+    root = tmp_path_factory.mktemp("random-base")
+    tiny_random_model(cfg).save_pretrained(root / "base")
+    layout = layout_of_model(load_base(root / "base"), cfg.lora)
+    generator = torch.Generator().manual_seed(0)
+    adapters, writer = [], None
+    for k in range(4):  # LoRA updates about the size of the base's own weights (std 0.02)
+        tensors = {s.name: (torch.randn(s.a_shape, generator=generator) * 0.1, torch.randn(s.b_shape, generator=generator) * 0.1)
+                   for s in layout}
+        if writer is None:
+            writer = save_adapter(load_base(root / "base"), tensors, layout, cfg.lora, root / f"adapter-{k}")
+        else:
+            write_adapter(writer, tensors, layout, root / f"adapter-{k}")
+        adapters.append(root / f"adapter-{k}")
+    lengths = torch.tensor([10, 9, 8, 10, 7, 9])
+    mask = (torch.arange(10)[None] < lengths[:, None]).long()
+    ids = torch.randint(3, 32, (len(lengths), 10), generator=generator) * mask
+    return {"cfg": cfg, "base": root / "base", "adapters": adapters, "layout": layout, "probe_ids": ids, "probe_mask": mask}
 
 
 def micro_split(cfg: Config, tasks: list) -> Split:

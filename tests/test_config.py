@@ -21,8 +21,8 @@ def test_repository_params_load() -> None:
 
 
 @pytest.mark.parametrize("raw, fragment", [
-    ({"lambda_dleta": 1.0}, "unknown key 'lambda_dleta'"),
-    ({"teachers": {"stpes": 3}}, "unknown key 'teachers.stpes'"),
+    ({"lambda_dleta": 1.0}, "unknown key 'lambda_dleta' (did you mean 'lambda_delta'?)"),
+    ({"teachers": {"stpes": 3}}, "unknown key 'teachers.stpes' (did you mean 'teachers.steps'?)"),
     ({"probes": {"types": ["generic", "oracle"]}}, "'probes.types' is 'oracle'"),
     ({"delta_loss_type": "huber"}, "'delta_loss_type' is 'huber'"),
     ({"lambda_schedule": "step"}, "'lambda_schedule' is 'step'"),
@@ -43,6 +43,12 @@ def test_bad_params_name_the_key(raw: dict, fragment: str) -> None:
         config_from_dict(raw, "params.yaml")
     assert str(info.value).startswith("params.yaml: ")
     assert "\n" not in str(info.value)
+
+
+def test_an_unknown_key_far_from_every_name_gets_no_suggestion() -> None:
+    with pytest.raises(LlgbmError) as info:
+        config_from_dict({"qwerty": 3}, "params.yaml")
+    assert str(info.value) == "params.yaml: unknown key 'qwerty'"
 
 
 def test_delta_variants_are_accepted() -> None:

@@ -1,3 +1,7 @@
+import re
+import subprocess
+import sys
+
 import pytest
 
 from llgbm.data.split import Split
@@ -17,12 +21,14 @@ def test_mean_above_chance_is_exact() -> None:
     assert mean_above_chance({"a": 0.3, "b": 0.25}, tasks) == pytest.approx((0.2 + 0.0) / 2)
 
 
-def test_split_needs_known_heldout_tasks() -> None:
+def test_split_tasks_are_the_generators_and_need_a_heldout_task() -> None:
     tasks = [_task("first", 10), _task("last", 10), _task("largest", 6)]
     training, heldout = split_tasks(micro_split(micro_config(), tasks), tasks)
     assert [t.name for t in training] == ["first", "last"] and [t.name for t in heldout] == ["largest"]
-    with pytest.raises(LlgbmError, match="heldout_tasks"):
-        micro_split(micro_config(), tasks[:2])
+    training, _ = split_tasks(Split(("last",), ("largest",)), tasks)  # max_training_tasks: 'first' is neither
+    assert [t.name for t in training] == ["last"]
+    with pytest.raises(LlgbmError, match="diagnostics need at least one held-out task"):
+        split_tasks(Split(("first", "last", "largest"), ()), tasks)
 
 
 def test_headroom_trains_the_multitask_reference_and_measures_it_through_peft(micro, tmp_path) -> None:
@@ -42,19 +48,7 @@ def test_headroom_trains_the_multitask_reference_and_measures_it_through_peft(mi
     assert summary["base_heldout_max_distance_from_chance"] == pytest.approx(abs(result["base"]["heldout"]["largest"] - chance))
 
 
-def test_lstsq_r2_and_nearest_cosine_are_exact() -> None:
-    import torch
-
-    from llgbm.recipes.diagnostics import lstsq_r2, max_cosine
-
-    e1, e2, e3 = torch.eye(3)
-    assert lstsq_r2(2 * e1 - e2, [e1, e2]) == pytest.approx(1.0)
-    assert lstsq_r2(e3, [e1, e2]) == pytest.approx(0.0)
-    assert lstsq_r2(e1 + e3, [e1, e2]) == pytest.approx(0.5)
-    assert max_cosine(e1 + e2, [e1, e3]) == pytest.approx(2 ** -0.5)
-
-
-def test_ridge_probe_names_the_part_shared_with_training_tasks() -> None:
+def test_ridge_readout_names_the_part_shared_with_training_tasks() -> None:
     import torch
 
     from llgbm.recipes.diagnostics import leave_one_task_out, readout_scores
@@ -82,20 +76,6 @@ def test_structure_of_the_micro_teachers(micro_train_inputs) -> None:
     assert -1.0 <= summary["weight_nearest_cosine_heldout_mean"] <= 1.0
 
 
-def test_combined_updates_are_exact() -> None:
-    import torch
-
-    from llgbm.recipes.diagnostics import combine_updates
-
-    gen = torch.Generator().manual_seed(0)
-    adapters = [{"m": (torch.randn(2, 5, generator=gen), torch.randn(4, 2, generator=gen))} for _ in range(3)]
-    combined = combine_updates(adapters, [1.0, 1.0, -1.0])
-    a, b = combined["m"]
-    assert a.shape == (6, 5) and b.shape == (4, 6)
-    expected = sum(w * (x["m"][1] @ x["m"][0]) for x, w in zip(adapters, [1.0, 1.0, -1.0]))
-    torch.testing.assert_close(b @ a, expected)
-
-
 def test_task_arithmetic_uses_seen_pairs_only() -> None:
     from llgbm.data.tasks import compositional_pairs
     from llgbm.recipes.diagnostics import arithmetic_pairs
@@ -112,7 +92,7 @@ def test_teacher_baselines_are_measured_through_peft(micro_train_inputs, tmp_pat
     m = micro_train_inputs
     result = teacher_baselines(m["cfg"], m["tasks"], Split.load(m["split"]), m["base"], m["teachers"], m["embeddings"], tmp_path)
     assert set(result) == {"largest"}
-    assert set(result["largest"]) == {"mean_teacher", "nearest_teacher", "knearest_teachers"}  # no arithmetic: eight family
+    assert set(result["largest"]) == {"update_mean_teacher", "nearest_teacher", "knearest_teachers"}  # no arithmetic: eight family
     assert (tmp_path / "largest" / "knearest_teachers" / "adapter_config.json").is_file()
     summary = baselines_summary(result, m["tasks"])
     chance = next(t.chance for t in m["tasks"] if t.name == "largest")
@@ -125,49 +105,46 @@ def test_report_has_a_row_per_heldout_task_and_the_summary_means() -> None:
     result = {"chance": {"a_x": 0.25, "b_y": 0.5},
               "base": {"heldout": {"a_x": 0.2, "b_y": 0.5}},
               "multitask": {"heldout": {"a_x": 0.9, "b_y": 0.7}, "seen": {"a_y": 0.95, "b_x": 0.85}},
-              "baselines": {"a_x": {"mean_teacher": 0.3, "task_arithmetic": 0.4}, "b_y": {"mean_teacher": 0.5}},
+              "baselines": {"a_x": {"update_mean_teacher": 0.3, "task_arithmetic": 0.4}, "b_y": {"update_mean_teacher": 0.5}},
               "structure": {"weight_space": {"a_x": {"r2_mean": 0.1, "nearest_cosine_mean": 0.2},
                                              "b_y": {"r2_mean": 0.3, "nearest_cosine_mean": 0.4}},
                             "recover_selector": {"heldout": {"a_x": 1.0, "b_y": 0.5}}}}
     summary = {"heldout_chance_mean": 0.375, "base_heldout_accuracy_mean": 0.35, "multitask_heldout_accuracy_mean": 0.8,
-               "multitask_seen_accuracy_mean": 0.9, "mean_teacher_heldout_accuracy_mean": 0.4,
+               "multitask_seen_accuracy_mean": 0.9, "update_mean_teacher_heldout_accuracy_mean": 0.4,
                "task_arithmetic_heldout_accuracy_mean": 0.4, "weight_r2_heldout_mean": 0.2,
                "weight_nearest_cosine_heldout_mean": 0.3, "recover_selector_heldout": 0.75}
     report = markdown_report(summary, result)
     assert "| a_x | 0.250 | 0.200 | 0.900 | 0.300 | 0.400 | 0.100 | 0.200 | 1.000 |" in report
     assert "| b_y | 0.500 | 0.500 | 0.700 | 0.500 | — | 0.300 | 0.400 | 0.500 |" in report  # no arithmetic triple
     assert "| **mean** | 0.375 | 0.350 | 0.800 | 0.400 | 0.400 | 0.200 | 0.300 | 0.750 |" in report
-    assert "selector recovered" in report and "transform recovered" not in report
+    assert "selector recovered" in report and "transform recovered" not in report and "| update mean teacher |" in report
     assert "on its 2 training tasks: 0.900" in report
 
 
-def test_diagnostics_table_goes_between_the_readme_markers(tmp_path, capsys) -> None:
-    from llgbm.cli import main
+def test_diagnostics_table_goes_between_the_readme_markers(tmp_path) -> None:
+    from llgbm.study.diagnostics_table import diagnostics_table
 
     report = tmp_path / "results" / "diagnostics" / "report.md"
     report.parent.mkdir(parents=True)
     report.write_text("# Diagnostics of the testbed\n\n| task | base |\n|---|---|\n| a_x | 0.200 |\n")
     readme = tmp_path / "README.md"
     readme.write_text("# r\n<!-- diagnostics:begin -->\nold\n<!-- diagnostics:end -->\nkept\n")
-    main(["diagnostics-table", "--readme", str(readme), "--repo", str(tmp_path)])
+    assert diagnostics_table(str(readme), str(tmp_path)) == f"wrote the diagnostics table between the markers of {readme}"
     text = readme.read_text()
     assert "old" not in text and "| a_x | 0.200 |" in text and "Diagnostics of the testbed" not in text
     assert text.startswith("# r\n<!-- diagnostics:begin -->\n_Written by `llgbm diagnostics-table") and text.endswith(
         "<!-- diagnostics:end -->\nkept\n")
     readme.write_text("no markers\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["diagnostics-table", "--readme", str(readme), "--repo", str(tmp_path)])
-    assert exit_info.value.code == 2 and readme.read_text() == "no markers\n"
-    assert capsys.readouterr().err.startswith(f"error: {readme}: needs one '<!-- diagnostics:begin -->'")
+    with pytest.raises(LlgbmError, match=f"^{re.escape(str(readme))}: needs one '<!-- diagnostics:begin -->'"):
+        diagnostics_table(str(readme), str(tmp_path))
+    assert readme.read_text() == "no markers\n"
 
 
-def test_diagnostics_table_writes_only_a_named_document(tmp_path, monkeypatch) -> None:
+@pytest.mark.e2e  # a subprocess: the command line itself
+def test_diagnostics_table_writes_only_a_named_document(tmp_path) -> None:
     # The table is stamped with this machine and commit: no default document is rewritten.
-    from llgbm.cli import main
-
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "README.md").write_text("<!-- diagnostics:begin -->\n<!-- diagnostics:end -->\n")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["diagnostics-table", "--repo", str(tmp_path)])
-    assert exit_info.value.code == 2
+    result = subprocess.run([sys.executable, "-m", "llgbm.cli", "diagnostics-table", "--repo", str(tmp_path)],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and "--readme" in result.stderr
     assert (tmp_path / "README.md").read_text() == "<!-- diagnostics:begin -->\n<!-- diagnostics:end -->\n"

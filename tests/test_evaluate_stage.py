@@ -7,7 +7,6 @@ import torch
 from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.artifacts.delta_cache import DeltaCache
 from llgbm.artifacts.generator_files import open_generator
-from llgbm.bench import peft_delta
 from llgbm.core.delta import DeltaComputer
 from llgbm.core.lora import lora_scaling, stack_adapters
 from llgbm.data.probes import answer_prompts, apply_template, tokenize_probes
@@ -19,22 +18,11 @@ from llgbm.recipes.evaluate import (
     delta_alignment,
     evaluation_probe_set,
     gain_share,
-    mean_of_factors,
-    nearest_task,
     run_evaluation,
     summarise_methods,
 )
 from llgbm.recipes.generate import generate_from_file, read_prompts
-
-
-def test_mean_and_nearest_baselines_on_a_hand_made_case() -> None:
-    one = {"m": (torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0], [5.0]]))}
-    two = {"m": (torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0], [1.0]]))}
-    mean = mean_of_factors([one, two])
-    assert torch.equal(mean["m"][0], torch.tensor([[2.0, 3.0]])) and torch.equal(mean["m"][1], torch.tensor([[2.0], [3.0]]))
-    tasks = {"north": torch.tensor([[0.0, 1.0], [0.2, 1.0]]), "east": torch.tensor([[1.0, 0.0], [1.0, 0.3]])}
-    assert nearest_task(torch.tensor([[0.9, 0.2], [1.0, -0.1]]), tasks) == "east"
-    assert nearest_task(torch.tensor([[0.1, 2.0]]), tasks) == "north"
+from llgbm.testing import peft_delta
 
 
 def test_alignment_on_a_hand_made_case() -> None:
@@ -135,7 +123,7 @@ def test_evaluation_on_the_micro_configuration(micro_generator, tmp_path) -> Non
     assert defined == (per_task["largest"]["generated"]["gain_share"] is not None)
     assert summary["seen"]["defined"]["delta_cosine_eval"]["base"] == 0  # the base's zero delta, counted
     assert (tmp_path / "adapters" / "largest" / "generated-1" / "adapter_model.safetensors").is_file()
-    assert (tmp_path / "adapters" / "mean_teacher" / "adapter_config.json").is_file()
+    assert (tmp_path / "adapters" / "factor_mean_teacher" / "adapter_config.json").is_file()
 
 
 def test_evaluation_probes_never_appear_in_training(micro_generator) -> None:

@@ -1,4 +1,5 @@
 import math
+import re
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -9,11 +10,10 @@ import yaml
 import llgbm.study.experiments as experiments
 import llgbm.study.grid as grid
 import llgbm.study.run_archive as run_archive
-from llgbm.cli import main
 from llgbm.infra.errors import LlgbmError
 from llgbm.study.arms import objective_of
 from llgbm.study.blocks import README_BEGIN, README_END, replace_marked
-from llgbm.study.compare import compare_command
+from llgbm.study.compare import compare, compare_command
 from llgbm.study.experiments import collect_runs, failed_replicates, failure_reasons, failure_text
 from llgbm.study.grid import grid_arms, knob_defaults, queue_commands, queue_grid, study_arms
 from llgbm.study.plot import heldout_vs_tasks, reference_points, training_task_count, write_plot
@@ -23,7 +23,7 @@ from llgbm.study.stats import mean_ci
 
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
             "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",
-            "max_training_tasks": None, "train.lambda_weights": 1.0, "train.delta_batch_size": 2,
+            "max_training_tasks": None, "train.lambda_weights": 1.0, "train.behaviour_adapters": 2,
             "generator.kind": "mlp", "generator.condition": "prompts", "generator.max_scale_factor": 4.0}
 
 
@@ -72,7 +72,7 @@ def test_study_objectives_queue(no_dvc: None) -> None:
     assert "-S delta_layers=all" in lines[3] and "-S behaviour_loss=kl" in lines[4]
     for line in lines[5:7] + lines[8:]:  # behaviour term alone: lambda_weights 0 needs the plain sum
         assert "-S train.lambda_weights=0.0" in line and "-S loss_balance=none" in line
-    assert all("-S behaviour_loss=sft" in line and "-S train.delta_batch_size=8" in line for line in lines[7:])
+    assert all("-S behaviour_loss=sft" in line and "-S train.behaviour_adapters=8" in line for line in lines[7:])
     assert "-S generator.condition=constant" in lines[9] and "-S generator.condition=prompts" in lines[8]
     assert all("-S max_training_tasks=null" in line for line in lines)
 
@@ -92,7 +92,7 @@ def test_study_lambdas_and_task_counts_queue(no_dvc: None) -> None:
     assert "delta_layers=[0,1]" in queue_commands([{**DEFAULTS, "delta_layers": [0, 1]}], [0])[0]
 
 
-def test_grid_arms_chooses_by_name_in_the_given_order(no_dvc: None, capsys: pytest.CaptureFixture) -> None:
+def test_grid_arms_chooses_by_name_in_the_given_order(no_dvc: None) -> None:
     arms = study_arms(DEFAULTS, "all")
     chosen = grid.chosen_arms(arms, ["SFT", "weight-only", "SFT"], "all")
     assert [objective_of(a) for a in chosen] == ["SFT"] * 3 + ["weight-only"] * 3  # every task count of each
@@ -100,9 +100,10 @@ def test_grid_arms_chooses_by_name_in_the_given_order(no_dvc: None, capsys: pyte
     assert grid.chosen_arms(arms, None, "all") == arms
     with pytest.raises(LlgbmError, match=r"--arms: 'sft' not among the arms of --study objectives: 'weight-only', 'delta'"):
         grid.chosen_arms(study_arms(DEFAULTS, "objectives"), ["delta", "sft"], "objectives")
-    main(["grid", "--study", "objectives", "--arms", "SFT-only, prompt-blind", "delta", "--seeds", "0", "--folds", "1",
-          "--dry-run"])
-    out = capsys.readouterr().out.splitlines()
+    said: list[str] = []  # `llgbm grid --study objectives --arms 'SFT-only, prompt-blind' delta --seeds 0 --folds 1 --dry-run`
+    grid.grid(params="params.yaml", study="objectives", arm_names=["SFT-only, prompt-blind", "delta"], seeds=[0],
+              folds=[1], missing=False, dry_run=True, echo=said.append)
+    out = "".join(said).splitlines()
     assert len(out) == 2 and "-S generator.condition=constant" in out[0] and "-S behaviour_loss=delta" in out[1]
     assert all(line.endswith("-S heldout_fold=1 -S seed=0") for line in out)
 
@@ -130,8 +131,7 @@ def test_exp_rows_tries_again_while_the_queue_sets_an_experiment_up(monkeypatch:
         experiments.exp_rows(".", ["abc"])
 
 
-def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`llgbm grid --missing`: finished or failed runs of the workspace's key (archived or experiments) and
     queued or running experiments are not queued again; runs of another key do not count."""
     arms = study_arms(DEFAULTS, "objectives")
@@ -158,9 +158,10 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
     params = tmp_path / "fixed-heldout.yaml"
     params.write_text(yaml.safe_dump({**raw, "heldout_folds": None, "heldout_tasks": ["smallest_plus_two"]}))
-    main(["grid", "--params", str(params), "--study", "objectives", "--seeds", "0", "1", "2", "3", "4", "--missing",
-          "--dry-run"])
-    out = capsys.readouterr().out.splitlines()
+    said: list[str] = []  # `llgbm grid --params <params> --study objectives --seeds 0 1 2 3 4 --missing --dry-run`
+    grid.grid(params=str(params), study="objectives", arm_names=None, seeds=[0, 1, 2, 3, 4], folds=None, missing=True,
+              dry_run=True, echo=said.append)
+    out = "".join(said).splitlines()
     assert out[0] == ("--missing: 1 finished and 1 failed runs of key k1, 2 queued or running, are not queued again")
     assert out[1].startswith("dvc exp run --queue -S lambda_delta=0.0 ") and out[1].endswith(" -S seed=2")
     assert len(out) == 1 + len(arms) and all(line.endswith(" -S seed=0,1,2,3,4") for line in out[2:])
@@ -168,7 +169,7 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
 
 def test_study_needs_every_knob_and_a_behaviour_weight() -> None:
     params = {k: v for k, v in DEFAULTS.items() if "." not in k} | {
-        "train": {"lambda_weights": 1.0, "delta_batch_size": 2, "steps": 9},
+        "train": {"lambda_weights": 1.0, "behaviour_adapters": 2, "steps": 9},
         "generator": {"kind": "mlp", "condition": "prompts", "max_scale_factor": 4.0}}
     assert knob_defaults(params, "p.yaml") == DEFAULTS
     with pytest.raises(LlgbmError, match="p.yaml: no 'train.lambda_weights'"):
@@ -201,7 +202,7 @@ def _row(name: str, seed: int, heldout: float | None, seen: float = 0.9, tasks: 
            "heldout.gain_share.generated": 0.05, "heldout.defined.gain_share.generated": 6.0,
            "heldout.delta_cosine_eval.generated": 0.4, "heldout.delta_cosine_eval_centred.generated": 0.1,
            "results/evaluate/metrics.json:heldout.tasks": tasks[0], "seen.tasks": tasks[1],
-           "mean_teacher_heldout_accuracy_mean": 0.11, "heldout_chance_mean": 0.1,
+           "update_mean_teacher_heldout_accuracy_mean": 0.11, "heldout_chance_mean": 0.1,
            "multitask_heldout_accuracy_mean": 0.12, "multitask_seen_accuracy_mean": 0.8}
     row.update({k: _shown(v) for k, v in params.items()})
     return row
@@ -258,7 +259,8 @@ def test_report_pairs_arms_and_shows_seeds_and_tasks() -> None:
 
 
 def test_report_diagnostics_per_task_count_where_they_differ() -> None:
-    rows = [_row("w0", 0, 0.1, lambda_delta=0.0), {**_row("e0", 0, 0.2, max_training_tasks=8), "mean_teacher_heldout_accuracy_mean": 0.3}]
+    rows = [_row("w0", 0, 0.1, lambda_delta=0.0),
+            {**_row("e0", 0, 0.2, max_training_tasks=8), "update_mean_teacher_heldout_accuracy_mean": 0.3}]
     report = comparison_report(collect_runs(rows))
     assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | 8 | — | — | 0.300 |")
     assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | all | — | — | 0.110 |")
@@ -282,6 +284,31 @@ def test_params_read_back_from_exp_show() -> None:
     assert run.seed == 4
 
 
+def test_experiments_of_code_older_than_a_rename_read_under_the_new_names() -> None:
+    """Issue 33 renamed the batch knob (train.delta_batch_size) and the diagnostics' mean of the teachers'
+    updates (mean_teacher_heldout_accuracy_mean): an experiment of older code, whose row has the old names,
+    is read as one of today's, finished or pending."""
+    def older(row: dict) -> dict:
+        renames = {"train.behaviour_adapters": "train.delta_batch_size",
+                   "update_mean_teacher_heldout_accuracy_mean": "mean_teacher_heldout_accuracy_mean"}
+        return {renames.get(k, k): v for k, v in row.items()}
+
+    sft = {"behaviour_loss": "sft", "train.behaviour_adapters": 8}
+    new, old = collect_runs([_row("n", 0, 0.3, **sft)]), collect_runs([older(_row("o", 0, 0.3, **sft))])
+    assert old[0].arm == new[0].arm and dict(old[0].arm)["train.behaviour_adapters"] == 8
+    assert old[0].diagnostics == new[0].diagnostics and old[0].diagnostics["update_mean_teacher_heldout_accuracy_mean"] == 0.11
+    queued = {**older(_row("q", 1, None, **sft)), "State": "Queued"}
+    assert experiments.pending_runs([queued]) == {(new[0].arm, (experiments.NO_FOLD, 1))}
+    # exp_show puts every row's columns in every row: the new name's None in an old row is not its value
+    assert collect_runs([{**older(_row("o", 0, 0.3, **sft)), "train.behaviour_adapters": None}])[0].arm == new[0].arm
+    report = comparison_report(old)
+    assert _line(report, "| baseline: mean of training teachers | testbed diagnostics | any | — | — | 0.110 |")
+    # the workspace's diagnostics of older code, where no run carries any
+    bare = [{k: v for k, v in _row("w0", 0, 0.1).items() if "." in k or not k.endswith("_mean")}]
+    fallback = comparison_report(collect_runs(bare), {"mean_teacher_heldout_accuracy_mean": 0.0125})
+    assert _line(fallback, "| baseline: mean of training teachers | testbed diagnostics | workspace | — | — | 0.013 |")
+
+
 # --- README and plot --------------------------------------------------------------------------------
 
 def test_readme_markers_replaced_and_required() -> None:
@@ -295,6 +322,14 @@ def test_readme_markers_replaced_and_required() -> None:
             replace_marked(broken, "x", "docs/README.md")
 
 
+def _compare(**options: object) -> str:
+    """What `llgbm compare` runs, its options at their defaults but `options`; what it says, as one text."""
+    said: list[str] = []
+    compare(**{"repo": ".", "revs": None, "runs": None, "record": False, "key": None, "out": None, "readme": None,
+               "plot": None, "block": "compare", "folds": None, **options}, echo=said.append)  # type: ignore[arg-type]
+    return "".join(said)
+
+
 def test_runs_of_one_arm_and_seed_on_two_testbeds_both_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two experiments of one arm and seed are kept until keyed: here they are two testbeds (base.seed), and
     each key's report has its own run, where collect_runs once kept only the first it read."""
@@ -306,12 +341,11 @@ def test_runs_of_one_arm_and_seed_on_two_testbeds_both_count(tmp_path: Path, mon
     monkeypatch.setattr(run_archive, "resolve_commit", lambda repo, rev: None)
     monkeypatch.setattr(run_archive, "_per_task_of_commit", lambda repo, rev: None)
     for key, accuracy in (("first", "0.100"), ("second", "0.400")):
-        main(["compare", "--repo", str(tmp_path), "--key", key, "--out", str(tmp_path / f"{key}.md")])
+        _compare(repo=str(tmp_path), key=key, out=str(tmp_path / f"{key}.md"))
         assert _line((tmp_path / f"{key}.md").read_text(), "| weight-only | — | all | 1 |").split(" | ")[5].startswith(accuracy)
 
 
-def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture) -> None:
+def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """From the run archive alone (a fresh clone has no DVC experiments), runs of the named key only."""
     readme = tmp_path / "README.md"
     readme.write_text(f"# results\n{README_BEGIN}\nstale\n{README_END}\nkept\n")
@@ -319,7 +353,7 @@ def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.Monk
     other = replace(runs[0], key="k0", arm=tuple((k, 0.5 if k == "lambda_delta" else v) for k, v in runs[0].arm))
     save_archive(tmp_path / DEFAULT_ARCHIVE, runs + [other])
     monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
-    main(["compare", "--repo", str(tmp_path), "--key", "k1", "--readme", str(readme)])
+    said = _compare(repo=str(tmp_path), key="k1", readme=str(readme))
     text = readme.read_text()
     assert "stale" not in text and text.startswith(f"# results\n{README_BEGIN}\n") and text.endswith(f"{README_END}\nkept\n")
     assert f"`llgbm compare --repo {tmp_path} --key k1 --readme {readme}`" in text
@@ -332,7 +366,7 @@ def test_compare_writes_readme_and_plot(tmp_path: Path, monkeypatch: pytest.Monk
            "(results/compare/heldout_vs_tasks.png)" in text
     png = tmp_path / "results/compare/heldout_vs_tasks.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "wrote the results between the markers" in capsys.readouterr().out
+    assert "wrote the results between the markers" in said
 
 
 def test_compare_writes_its_own_block_beside_another_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -341,42 +375,39 @@ def test_compare_writes_its_own_block_beside_another_study(tmp_path: Path, monke
     readme.write_text(f"{README_BEGIN}\nfirst study\n{README_END}\n<!-- second:begin -->\nstale\n<!-- second:end -->\n")
     save_archive(tmp_path / DEFAULT_ARCHIVE, [replace(run, key="k1") for run in collect_runs(_study_rows())])
     monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
-    main(["compare", "--repo", str(tmp_path), "--key", "k1", "--readme", str(readme), "--block", "second"])
+    _compare(repo=str(tmp_path), key="k1", readme=str(readme), block="second")
     text = readme.read_text()
     assert "first study" in text and "stale" not in text and "| delta | — | all | 3 |" in text
     assert f"--readme {readme} --block second`" in text
     readme.write_text("no markers\n")
-    with pytest.raises(SystemExit):
-        main(["compare", "--repo", str(tmp_path), "--key", "k1", "--readme", str(readme), "--block", "second"])
+    with pytest.raises(LlgbmError, match="needs one '<!-- second:begin -->'"):
+        _compare(repo=str(tmp_path), key="k1", readme=str(readme), block="second")
 
 
-def test_compare_folds_keeps_only_those_folds_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_compare_folds_keeps_only_those_folds_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--folds: a curve run on fold 0 alone is reported without the other folds' runs of the same arms."""
     runs = [replace(run, key="k1") for run in collect_runs(_study_rows())]
     moved = [replace(run, fold=3, seed=run.seed + 10) for run in runs]
     save_archive(tmp_path / DEFAULT_ARCHIVE, runs + moved)
     monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
-    main(["compare", "--repo", str(tmp_path), "--key", "k1", "--folds", "3", "--out", str(tmp_path / "r.md")])
+    _compare(repo=str(tmp_path), key="k1", folds=[3], out=str(tmp_path / "r.md"))
     text = (tmp_path / "r.md").read_text()
     assert "| delta | — | all | 3 |" in text  # 3 of fold 3's runs, not 6 of both folds
     assert f"(`--folds`): {len(moved)} of the key's {2 * len(runs)}." in text
     assert compare_command(".", None, None, "k1", None, None, None, folds=[0]) == "llgbm compare --key k1 --folds 0"
-    capsys.readouterr()
 
 
-def test_compare_without_markers_fails_before_reading_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  capsys: pytest.CaptureFixture) -> None:
+def test_compare_without_markers_fails_before_reading_experiments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`llgbm compare --readme README.md` without markers: an LlgbmError, which the command prints as its one line
+    `error: <message>` with exit status 2 (tests/test_bad_input.py runs the command itself)."""
     readme = tmp_path / "README.md"
     readme.write_text("# results\nno markers\n")
 
     def refuse(repo: str, revs: object) -> list:
         raise AssertionError("read experiments before checking the README")
     monkeypatch.setattr(experiments, "exp_rows", refuse)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["compare", "--readme", str(readme)])
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.startswith(f"error: {readme}: needs one '{README_BEGIN}'")
+    with pytest.raises(LlgbmError, match=f"^{re.escape(str(readme))}: needs one '{re.escape(README_BEGIN)}'"):
+        _compare(readme=str(readme))
     assert readme.read_text() == "# results\nno markers\n" and not (tmp_path / "results").exists()
 
 
@@ -433,9 +464,9 @@ def test_only_finished_experiments_count_and_failed_ones_are_failures() -> None:
 
 
 def test_failure_text_from_a_queue_log() -> None:
-    log = ("train:  58%|#####8    | 1758/3000 [01:04<00:45, loss=2.5229]error: train: loss_delta is nan at step "
+    log = ("train:  58%|#####8    | 1758/3000 [01:04<00:45, loss=2.5229]error: train: loss_behaviour is nan at step "
            "1759; no checkpoint written\r\ntrain:  58%|\nERROR: failed to reproduce 'train': exited with 2\n")
-    assert failure_text(log) == "train: loss_delta is nan at step 1759; no checkpoint written"
+    assert failure_text(log) == "train: loss_behaviour is nan at step 1759; no checkpoint written"
     assert failure_text("ERROR: one\nERROR: out of memory\n") == "out of memory"
     assert failure_text("killed\n") == "failed (no error in its log)"
 
@@ -486,7 +517,7 @@ def test_weight_norm_ratio_is_read_from_train_metrics_and_shown_as_a_range() -> 
 
 
 def test_report_pairs_a_conditioned_arm_with_its_prompt_blind_twin() -> None:
-    sft = {"behaviour_loss": "sft", "train.delta_batch_size": 8, "train.lambda_weights": 0.0, "loss_balance": "none"}
+    sft = {"behaviour_loss": "sft", "train.behaviour_adapters": 8, "train.lambda_weights": 0.0, "loss_balance": "none"}
     rows = [_row(f"w{s}", s, 0.2, lambda_delta=0.0) for s in range(3)]
     rows += [_row(f"s{s}", s, 0.6 + 0.01 * s, **sft) for s in range(3)]
     rows += [_row(f"b{s}", s, 0.5, **sft, **{"generator.condition": "constant"}) for s in range(3)]
@@ -528,7 +559,7 @@ def test_report_contrasts_objectives_in_a_family_of_their_own() -> None:
     contrasts only; a contrast whose second arm did not run (KL - delta here: no KL) is left out."""
     from llgbm.study.crossed import crossed_mean, holm
 
-    sft = {"behaviour_loss": "sft", "train.delta_batch_size": 8}
+    sft = {"behaviour_loss": "sft", "train.behaviour_adapters": 8}
     arms = {"w": {"lambda_delta": 0.0}, "d": {}, "s": sft,
             "o": {**sft, "train.lambda_weights": 0.0, "loss_balance": "none"}}
     runs = collect_runs([_row(f"{name}{seed}", seed, 0.3, **knobs) for name, knobs in arms.items() for seed in range(3)])
@@ -574,10 +605,10 @@ def test_folds_are_replicates_queued_per_fold_and_missing_per_fold_and_seed() ->
 
 def test_integer_knobs_read_back_as_integers() -> None:
     """exp_show gives every number as a float; a knob that is an integer in params.yaml is one again."""
-    row = {**_row("w", 1, 0.2, lambda_delta=0.0, **{"train.delta_batch_size": 2.0}), "heldout_fold": 3.0,
+    row = {**_row("w", 1, 0.2, lambda_delta=0.0, **{"train.behaviour_adapters": 2.0}), "heldout_fold": 3.0,
            "heldout_folds": 5.0}
     [run] = collect_runs([row])
-    assert type(dict(run.arm)["train.delta_batch_size"]) is int and type(run.fold) is int
+    assert type(dict(run.arm)["train.behaviour_adapters"]) is int and type(run.fold) is int
 
 
 def test_report_pools_folds_pairing_by_fold_and_seed() -> None:

@@ -64,23 +64,25 @@ def test_shape_check_names_the_bad_field() -> None:
 
 @pytest.mark.parametrize("kind", GENERATOR_KINDS)
 def test_an_untrained_generator_started_at_the_mean_writes_the_mean_target(kind: str) -> None:
-    from llgbm.core.generator import normalised_tokens, start_at_mean
+    from llgbm.core.generator import GENERATED_STD_EPS, start_at_mean
+    from llgbm.core.weight_tokens import standardise
 
     model = _generator(kind)
     targets, target_scales = torch.randn(5, 7, 10), torch.randn(5, 7, 2)
     start_at_mean(model, targets, target_scales)
     tokens, scales = model(torch.randn(3, 4, 12))
-    torch.testing.assert_close(tokens, normalised_tokens(targets.mean(0), model.mask).expand_as(tokens))
+    expected = standardise(targets.mean(0), model.mask, GENERATED_STD_EPS)[0]  # the mean target, normalised
+    torch.testing.assert_close(tokens, expected.expand_as(tokens))
     torch.testing.assert_close(scales, target_scales.mean(0).expand_as(scales))
     tokens.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())  # it can leave
 
 
 def test_generated_tokens_are_normalised_and_their_scales_bounded() -> None:
-    from llgbm.core.generator import bounded_scales, token_mask
+    from llgbm.core.generator import bounded_scales
 
     model = _generator("mlp")
-    mask = token_mask(model.shape)
+    mask = model.mask
     assert mask.sum(-1).tolist() == [2 * c for c in COLUMNS]  # rank 2 rows of the real columns
     with torch.no_grad():
         model.token_offset.normal_(0, 30.0)  # far outside any teacher's range
@@ -98,16 +100,23 @@ def test_generated_tokens_are_normalised_and_their_scales_bounded() -> None:
 
 
 def test_the_generators_mask_is_the_weight_tokenizers() -> None:
-    # core.generator.token_mask derives from the shape what WeightTokenizer.mask holds: the two must agree.
-    from llgbm.bench import random_model, tiny_shape
-    from llgbm.core.generator import token_mask
+    # The generator knows only its shape: weight_tokens.token_mask gives it the mask WeightTokenizer holds.
     from llgbm.core.lora import layout_of_model
     from llgbm.core.weight_tokens import WeightTokenizer
 
-    from .conftest import micro_config
+    from .conftest import micro_config, tiny_random_model
 
     cfg = micro_config()
-    tokenizer = WeightTokenizer(layout_of_model(random_model(tiny_shape(cfg)), cfg.lora), 24)  # 24: partial chunks
-    shape = generator_shape(GeneratorConfig(chunk_width=24), 12, tokenizer.token_roles(), tokenizer.token_columns(),
-                            tokenizer.token_dim)
-    assert torch.equal(token_mask(shape), tokenizer.mask)
+    tokenizer = WeightTokenizer(layout_of_model(tiny_random_model(cfg), cfg.lora), 24)  # 24: partial chunks
+    shape = generator_shape(GeneratorConfig(chunk_width=24, hidden_dim=16, depth=1), 12, tokenizer.token_roles(),
+                            tokenizer.token_columns(), tokenizer.token_dim)
+    model = LoraGenerator(shape)
+    assert torch.equal(model.mask, tokenizer.mask) and not tokenizer.mask.all()
+    assert "mask" not in model.state_dict() and "decoder.tokens_by_role" not in model.state_dict()  # neither is saved
+
+
+def test_the_mlp_generators_role_indices_move_with_it() -> None:
+    model = _generator("mlp")
+    assert model.decoder.tokens_by_role.tolist() == [0, 1, 2, 3, 4, 5, 6] and model.decoder.role_sizes == [2, 1, 3, 1]
+    assert dict(model.named_buffers())["decoder.tokens_by_role"] is model.decoder.tokens_by_role
+    assert model.double().decoder.tokens_by_role.dtype == torch.int64  # an index, never cast

@@ -34,12 +34,14 @@ def _run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
                           env=env, timeout=900)
 
 
+@pytest.mark.e2e  # a subprocess (the script itself)
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_gpu_mode_without_cuda_says_so(tmp_path: Path) -> None:
     result = _run("--mode", "gpu", "--out", tmp_path / "r.json", cwd=tmp_path)
     assert result.returncode != 0 and "needs CUDA" in result.stderr and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.e2e  # a subprocess (the script itself)
 def test_a_folder_prepared_for_another_mode_is_refused(tmp_path: Path) -> None:
     (tmp_path / "prep").mkdir()
     (tmp_path / "prep" / "prepared.json").write_text(json.dumps({"mode": "gpu"}))

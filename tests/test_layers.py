@@ -2,6 +2,7 @@
 recipe imports another, and the whole Config reaches only the recipes and the commands above them."""
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from llgbm.infra.provenance import PACKAGE_DIR, _imported_modules
 
 # Bottom to top; modules of one rank may import each other (except recipes, see below).
-LAYERS = {"infra": 0, "core": 1, "data": 2, "artifacts": 3, "config": 4, "recipes": 5, "study": 5,
+LAYERS = {"infra": 0, "core": 1, "data": 2, "artifacts": 3, "config": 4, "assembly": 4, "testing": 3, "recipes": 5, "study": 5,
           "bench": 6, "gpu_check": 6, "stage": 6, "cli": 6}
 
 
@@ -47,3 +48,25 @@ def test_no_recipe_imports_another(module: str) -> None:
 @pytest.mark.parametrize("module", [m for m in _modules() if _layer(m) and LAYERS[_layer(m)] < LAYERS["config"]])
 def test_below_the_recipes_nothing_sees_the_config(module: str) -> None:
     assert "llgbm.config" not in _imported_modules(_path(module), module)
+
+
+TOP = sorted(name for name, rank in LAYERS.items() if rank == max(LAYERS.values()))
+TESTS_DIR = Path(__file__).parent
+
+
+def _top_layer_imports(test_file: Path) -> set[str]:
+    """The top-layer modules (bench, cli, gpu_check, stage) a test file imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(test_file.read_text())):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        found |= {name.split(".")[1] for name in names if name.startswith("llgbm.") and name.split(".")[1] in TOP}
+    return found
+
+
+@pytest.mark.parametrize("test_file", sorted(TESTS_DIR.glob("test_*.py")), ids=lambda p: p.name)
+def test_only_a_top_modules_own_tests_import_it(test_file: Path) -> None:
+    # Fixtures and reference paths live below (llgbm.testing); a test reaches a command through a
+    # subprocess, and imports a top-layer module only to test that module itself (tests/test_<module>.py).
+    imported = _top_layer_imports(test_file)
+    assert imported <= {test_file.stem.removeprefix("test_")}, f"{test_file.name} imports {sorted(imported)} from the top layer"

@@ -10,8 +10,6 @@ from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
 from llgbm.core.lora import LoraConfig, lora_layout
 from llgbm.infra.errors import LlgbmError
 
-from .conftest import checkpoint_dirs
-
 # Published Qwen2.5 shapes (config.json values); the layout is read off models built on the meta device.
 QWEN25 = {
     "0.5B": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -44,75 +42,74 @@ def test_layout_rejects_unknown_targets() -> None:
         lora_layout(Qwen2Config(**QWEN25["0.5B"]), LoraConfig(target_modules=["q_proj", "qkv"]))
 
 
-def test_teacher_adapters_match_the_layout(micro) -> None:
-    cfg = micro["cfg"]
-    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), cfg.lora)
-    for directory in checkpoint_dirs(micro["teachers"]):
+def test_saved_adapters_load_in_layout_order(random_base) -> None:
+    cfg = random_base["cfg"]
+    layout = lora_layout(AutoConfig.from_pretrained(random_base["base"]), cfg.lora)
+    assert layout == random_base["layout"]
+    for directory in random_base["adapters"]:
         tensors = load_adapter_tensors(directory, layout, cfg.lora)
         assert list(tensors) == [s.name for s in layout]
 
 
-def test_all_teachers_start_from_one_initialisation(micro) -> None:
-    init = load_file(str(micro["teachers"] / "init" / ADAPTER_WEIGHTS))
+def test_the_shared_initialisation_is_peft_s_and_its_seed_s_alone(random_base) -> None:
+    from llgbm.artifacts.adapters import shared_initialisation
+    from llgbm.artifacts.base_model import load_base
+
+    cfg = random_base["cfg"]
+    init = shared_initialisation(load_base(random_base["base"]), cfg.lora, 0)
     a_keys = [k for k in init if "lora_A" in k]
     assert a_keys and all(init[k].abs().sum() > 0 for k in a_keys)
     assert all(init[k].abs().sum() == 0 for k in init if "lora_B" in k)  # PEFT's init: B = 0
     torch.manual_seed(12345)  # the shared init must not depend on the global RNG state at call time
-    from llgbm.artifacts.adapters import shared_initialisation
-    from llgbm.artifacts.base_model import load_base
-
-    again = shared_initialisation(load_base(micro["base"]), micro["cfg"].lora, micro["cfg"].teachers.seed)
+    again = shared_initialisation(load_base(random_base["base"]), cfg.lora, 0)
     assert all(torch.equal(again[k], init[k]) for k in init)
+    other = shared_initialisation(load_base(random_base["base"]), cfg.lora, 1)
+    assert not torch.equal(other[a_keys[0]], init[a_keys[0]])
 
 
-def _copy_adapter(micro, tmp_path):
-    source = checkpoint_dirs(micro["teachers"])[0]
+def _copy_adapter(random_base, tmp_path):
     target = tmp_path / "adapter"
-    shutil.copytree(source, target)
+    shutil.copytree(random_base["adapters"][0], target)
     return target
 
 
-def test_missing_adapter_file(micro, tmp_path) -> None:
-    adapter = _copy_adapter(micro, tmp_path)
+def test_missing_adapter_file(random_base, tmp_path) -> None:
+    adapter = _copy_adapter(random_base, tmp_path)
     (adapter / ADAPTER_WEIGHTS).unlink()
-    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), micro["cfg"].lora)
     with pytest.raises(LlgbmError, match="adapter weights not found"):
-        load_adapter_tensors(adapter, layout, micro["cfg"].lora)
+        load_adapter_tensors(adapter, random_base["layout"], random_base["cfg"].lora)
 
 
-def test_corrupt_adapter_file(micro, tmp_path) -> None:
-    adapter = _copy_adapter(micro, tmp_path)
+def test_corrupt_adapter_file(random_base, tmp_path) -> None:
+    adapter = _copy_adapter(random_base, tmp_path)
     (adapter / ADAPTER_WEIGHTS).write_bytes(b"\x00garbage" * 10)
-    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), micro["cfg"].lora)
     with pytest.raises(LlgbmError, match=f"{ADAPTER_WEIGHTS}: cannot read adapter weights"):
-        load_adapter_tensors(adapter, layout, micro["cfg"].lora)
+        load_adapter_tensors(adapter, random_base["layout"], random_base["cfg"].lora)
 
 
-def test_adapter_shapes_that_do_not_fit(micro, tmp_path) -> None:
-    adapter = _copy_adapter(micro, tmp_path)
+def test_adapter_shapes_that_do_not_fit(random_base, tmp_path) -> None:
+    adapter = _copy_adapter(random_base, tmp_path)
     state = load_file(str(adapter / ADAPTER_WEIGHTS))
     key = next(k for k in state if k.endswith("q_proj.lora_A.weight"))
     state[key] = torch.zeros(state[key].shape[0], state[key].shape[1] + 3)
     save_file(state, str(adapter / ADAPTER_WEIGHTS))
-    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), micro["cfg"].lora)
     with pytest.raises(LlgbmError, match="the base model needs"):
-        load_adapter_tensors(adapter, layout, micro["cfg"].lora)
+        load_adapter_tensors(adapter, random_base["layout"], random_base["cfg"].lora)
 
 
-def test_adapter_rank_differs_from_params(micro, tmp_path) -> None:
-    adapter = _copy_adapter(micro, tmp_path)
+def test_adapter_rank_differs_from_params(random_base, tmp_path) -> None:
+    adapter = _copy_adapter(random_base, tmp_path)
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["r"] = 16
     (adapter / "adapter_config.json").write_text(json.dumps(config))
-    layout = lora_layout(AutoConfig.from_pretrained(micro["base"]), micro["cfg"].lora)
     with pytest.raises(LlgbmError, match="r is 16, params say 2"):
-        load_adapter_tensors(adapter, layout, micro["cfg"].lora)
+        load_adapter_tensors(adapter, random_base["layout"], random_base["cfg"].lora)
 
 
-def test_saved_adapter_config_is_stable(micro) -> None:
-    for directory in checkpoint_dirs(micro["teachers"]):
+def test_saved_adapter_config_is_stable(random_base) -> None:
+    for directory in random_base["adapters"]:
         config = json.loads((directory / "adapter_config.json").read_text())
-        assert config["target_modules"] == sorted(micro["cfg"].lora.target_modules)
+        assert config["target_modules"] == sorted(random_base["cfg"].lora.target_modules)
 
 
 def _float64_model_and_adapters(n_adapters: int = 3):

@@ -77,7 +77,7 @@ def test_a_misspelt_key_fails_the_experiment_at_the_check(project) -> None:
     run(["git", "checkout", "params.yaml"], root)
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "error: params.yaml: unknown key 'lamda_delta'" in output
+    assert "error: params.yaml: unknown key 'lamda_delta' (did you mean 'lambda_delta'?)" in output
     assert re.findall(r"Running stage '(\w+)'", output) == ["check"]
 
 

@@ -87,7 +87,7 @@ def test_unknown_params_key_fails_in_one_line(project: Path) -> None:
     finally:
         (project / "params.yaml").write_text(params_text)
     assert result.returncode != 0
-    assert result.stderr.strip() == "error: params.yaml: unknown key 'lambda_dleta'"
+    assert result.stderr.strip() == "error: params.yaml: unknown key 'lambda_dleta' (did you mean 'lambda_delta'?)"
 
 
 def test_corrupt_input_leaves_outputs_untouched(project: Path) -> None:

@@ -13,8 +13,8 @@ import yaml
 
 import llgbm.study.arms as arms
 import llgbm.study.experiments as experiments
-from llgbm.cli import main
 from llgbm.infra.errors import LlgbmError
+from llgbm.study.compare import compare
 from llgbm.study.experiments import Run
 from llgbm.study.run_archive import (
     key_of_commit,
@@ -145,6 +145,9 @@ def test_keys_read_from_experiment_commits_match_the_workspace(tmp_path: Path) -
     assert done[0].per_task == {"t1": {"heldout": True, "generated": 0.5, "base": 0.1}}  # each adapter's accuracy
     with pytest.raises(LlgbmError, match="per_task.json task 'x' lacks 'heldout'"):
         per_task_accuracies({"x": {"generated": {"accuracy": 0.5}}}, "r")
+    # an evaluation of code older than issue 33 names the mean of the teachers' factors mean_teacher
+    assert per_task_accuracies({"x": {"heldout": False, "mean_teacher": {"accuracy": 0.25}}}, "r") == {
+        "x": {"heldout": False, "factor_mean_teacher": 0.25}}
     assert [r.name for r in unkeyed] == ["b", "c"]
     (tmp_path / "results" / "train" / "provenance.json").unlink()
     with pytest.raises(LlgbmError, match="provenance.json: not found; run `dvc repro` first"):
@@ -185,18 +188,59 @@ def test_failures_are_kept_beside_finished_runs_and_old_entries_still_load(tmp_p
 
 
 def test_runs_archived_before_a_knob_or_the_fold_existed_still_load(tmp_path: Path) -> None:
-    """The first study's runs predate train.delta_batch_size, the generator knobs and folds: they load, the
-    knobs they lacked None and the fold NO_FOLD (their key keeps them apart from newer runs)."""
+    """The first study's runs predate train.behaviour_adapters (once train.delta_batch_size), the generator
+    knobs and folds: they load, the knobs they lacked None and the fold NO_FOLD (their key keeps them apart
+    from newer runs)."""
     from llgbm.study.experiments import NO_FOLD
 
     entry = run_to_json(_run("a", 0, 0.3, key="old"))
-    for knob in ("train.delta_batch_size", "generator.kind", "generator.condition", "generator.max_scale_factor"):
+    for knob in ("train.behaviour_adapters", "generator.kind", "generator.condition", "generator.max_scale_factor"):
         del entry["arm"][knob]
     del entry["fold"]
     (tmp_path / "runs.json").write_text(json.dumps({"format": 1, "runs": [entry]}))
     [run] = load_archive(tmp_path / "runs.json")
     assert dict(run.arm)["generator.kind"] is None and run.replicate == (NO_FOLD, 0)
     assert load_archive(DEFAULT_ARCHIVE_IN_REPO)  # the repository's own archive loads
+
+
+def test_runs_archived_under_old_names_load_under_the_new_ones(tmp_path: Path) -> None:
+    """Issue 33 renamed a knob (train.delta_batch_size: train.behaviour_adapters), the diagnostics' mean of
+    the teachers' updates (mean_teacher_...: update_mean_teacher_...) and the evaluation's mean of their
+    factors (per-task mean_teacher: factor_mean_teacher); runs archived before read as if recorded now, and
+    the file keeps what it holds."""
+    run = replace(_run("a", 0, 0.3, key="k"), per_task={"t": {"heldout": True, "generated": 0.5, "factor_mean_teacher": 0.2}},
+                  diagnostics={"heldout_chance_mean": 0.1, "update_mean_teacher_heldout_accuracy_mean": 0.15})
+    entry = run_to_json(run)
+    entry["arm"] = {("train.delta_batch_size" if k == "train.behaviour_adapters" else k): v for k, v in entry["arm"].items()}
+    entry["diagnostics"] = {"heldout_chance_mean": 0.1, "mean_teacher_heldout_accuracy_mean": 0.15}
+    entry["per_task"] = {"t": {"heldout": True, "generated": 0.5, "mean_teacher": 0.2}}
+    text = json.dumps({"format": 1, "runs": [entry]})
+    (tmp_path / "runs.json").write_text(text)
+    assert load_archive(tmp_path / "runs.json") == [run]
+    assert (tmp_path / "runs.json").read_text() == text
+    # where a run holds both names, the new one's value
+    both = {**entry, "diagnostics": {**entry["diagnostics"], "update_mean_teacher_heldout_accuracy_mean": 0.9}}
+    (tmp_path / "runs.json").write_text(json.dumps({"format": 1, "runs": [both]}))
+    assert load_archive(tmp_path / "runs.json")[0].diagnostics["update_mean_teacher_heldout_accuracy_mean"] == 0.9
+    # the repository's own archive, recorded under the old names: none is left, and the SFT arms' count survives
+    archived = load_archive(DEFAULT_ARCHIVE_IN_REPO)
+    assert len(archived) == 240
+    old_names = {"train.delta_batch_size", "mean_teacher_heldout_accuracy_mean", "mean_teacher"}
+    for r in archived:
+        assert not old_names & (set(dict(r.arm)) | set(r.diagnostics) | {m for e in (r.per_task or {}).values() for m in e})
+    sft = [r for r in archived if dict(r.arm)["behaviour_loss"] == "sft"]
+    assert sft and {dict(r.arm)["train.behaviour_adapters"] for r in sft} == {8}
+    assert any("update_mean_teacher_heldout_accuracy_mean" in r.diagnostics for r in archived)
+    assert any("factor_mean_teacher" in e for r in archived for e in (r.per_task or {}).values())
+
+
+def test_an_experiment_of_older_code_keeps_its_key_under_the_renamed_knob() -> None:
+    """The batch knob is a run's own param under its old name too: an experiment of code older than the
+    rename is keyed as its archived runs were, whatever its value."""
+    old = {**PARAMS, "train": {**PARAMS["train"], "delta_batch_size": 2}}
+    assert _key(params=_changed(old, ["train", "delta_batch_size"], 8)) == _key(params=old)
+    new = {**PARAMS, "train": {**PARAMS["train"], "behaviour_adapters": 2}}
+    assert _key(params=_changed(new, ["train", "behaviour_adapters"], 8)) == _key(params=new)
 
 
 def test_a_metric_the_report_gained_is_added_from_the_same_experiment_only() -> None:
@@ -238,8 +282,9 @@ def test_a_failed_run_is_keyed_only_where_its_code_is_what_its_lock_says(tmp_pat
     assert [r.name for r in done] == ["f", "finished"] and [r.name for r in unkeyed] == ["g"]
 
 
-def test_a_bad_archive_is_a_one_line_error_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_a_bad_archive_is_a_one_line_error_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `llgbm compare --repo R --runs BAD --record --key k` does: an LlgbmError, which the command prints
+    as its one line `error: <message>` with exit status 2 (tests/test_bad_input.py runs the command itself)."""
     def refuse(repo: str, revs: object) -> list:
         raise AssertionError("read experiments before the archive")
     monkeypatch.setattr(experiments, "exp_rows", refuse)
@@ -247,12 +292,12 @@ def test_a_bad_archive_is_a_one_line_error_and_nothing_is_written(tmp_path: Path
     for text, message in (("{not json", "is not valid JSON"), ('{"format": 0, "runs": []}', "not a run archive"),
                           ('{"format": 1, "runs": [{"arm": {}}]}', "a run lacks")):
         bad.write_text(text)
-        with pytest.raises(SystemExit) as exit_info:
-            main(["compare", "--repo", str(tmp_path), "--runs", str(bad), "--record", "--key", "k"])
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err
-        assert err.startswith(f"error: {bad}: ") and message in err and err.count("\n") == 1
-        assert bad.read_text() == text
+        said: list[str] = []
+        with pytest.raises(LlgbmError) as error:
+            compare(repo=str(tmp_path), revs=None, runs=str(bad), record=True, key="k", out=None, readme=None,
+                    plot=None, echo=said.append)
+        assert str(error.value).startswith(f"{bad}: ") and message in str(error.value) and "\n" not in str(error.value)
+        assert bad.read_text() == text and said == []
 
 
 def test_experiment_baselines_are_read_from_dvc_refs(tmp_path: Path) -> None:

@@ -3,7 +3,15 @@ import statistics
 
 import pytest
 
-from llgbm.study.stats import detectable_difference, mean_ci, paired_difference, t_cdf, t_quantile_975
+from llgbm.study.stats import (
+    detectable_difference,
+    mean_ci,
+    paired_difference,
+    t_cdf,
+    t_quantile,
+    t_quantile_975,
+    t_two_sided_p,
+)
 
 
 def test_t_quantiles() -> None:
@@ -17,6 +25,22 @@ def test_t_quantiles() -> None:
     assert t_cdf(0.0, 3) == 0.5 and t_cdf(-2.0, 5) + t_cdf(2.0, 5) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         t_quantile_975(0)
+
+
+def test_a_t_quantile_and_a_p_value_against_known_values() -> None:
+    # Known values, not computed with scipy: t(0.975, df = 4) = 2.776445 (any t table) and the two-sided
+    # p-value of t = 2.0 at df = 10, 0.07338803 (R's 2 * pt(-2, 10)).
+    assert t_quantile(0.975, 4) == pytest.approx(2.776445, abs=1e-6)
+    assert t_two_sided_p(2.0, 10) == pytest.approx(0.07338803, abs=1e-8)
+    assert t_two_sided_p(-2.0, 10) == t_two_sided_p(2.0, 10)
+    # At df = 2 both have closed forms: t(p) = (2p - 1) / sqrt(2p(1 - p)), P(|T| >= t) = 1 - t / sqrt(2 + t^2).
+    assert t_quantile(0.8, 2) == pytest.approx(0.6 / math.sqrt(2 * 0.8 * 0.2), rel=1e-10)
+    assert t_two_sided_p(1.5, 2) == pytest.approx(1 - 1.5 / math.sqrt(2 + 1.5**2), rel=1e-10)
+    assert t_two_sided_p(0.0, 7) == 1.0
+    with pytest.raises(ValueError):
+        t_quantile(0.4, 3)
+    with pytest.raises(ValueError):
+        t_two_sided_p(1.0, 0)
 
 
 def test_mean_and_confidence_interval() -> None:

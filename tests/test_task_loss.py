@@ -3,17 +3,18 @@ records, checked against PEFT, and the records it may see."""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
 from llgbm.artifacts.adapters import load_peft_model, save_adapter
-from llgbm.bench import random_adapter, random_model, tiny_shape
 from llgbm.core.lora import layout_of_model, lora_scaling, stack_adapters
-from llgbm.core.task_loss import IGNORE, answer_cross_entropy
+from llgbm.core.task_loss import IGNORE, answer_cross_entropy, group_cross_entropy
 from llgbm.data.tasks import Record, Task
 from llgbm.infra.errors import LlgbmError
 from llgbm.recipes.train import task_records
+from llgbm.testing import random_adapter, random_model, tiny_shape
 
 from .conftest import micro_config
 
@@ -29,9 +30,43 @@ def _records(generator: torch.Generator, n: int, k: int, length: int) -> tuple[t
     return ids * mask, mask, labels
 
 
+def test_group_cross_entropy_on_a_hand_made_case() -> None:
+    # Two groups of three positions; group 0 scores positions 0 and 2, group 1 position 1: the three scored
+    # tokens in that (row-major) order. With logits [0, log 3], token 1 has probability 3/4, token 0 1/4.
+    scored = torch.tensor([[True, False, True], [False, True, False]])
+    logits = torch.tensor([0.0, math.log(3.0)]).repeat(3, 1)
+    targets = torch.tensor([1, 0, 0])
+    losses = group_cross_entropy(logits, targets, scored)
+    expected = torch.tensor([-(math.log(0.75) + math.log(0.25)) / 2, -math.log(0.25)])
+    torch.testing.assert_close(losses, expected)
+    assert losses.dtype == torch.float32
+    assert group_cross_entropy(logits.to(torch.bfloat16), targets, scored).dtype == torch.float32
+    assert group_cross_entropy(logits.double(), targets, scored).dtype == torch.float64
+    with pytest.raises(ValueError, match="a group has no scored token"):
+        group_cross_entropy(logits[:2], torch.tensor([1, 0]), torch.tensor([[True, True], [False, False]]))
+
+
+def test_group_cross_entropy_is_each_groups_own_causal_lm_loss() -> None:
+    """Rows group-major, labels IGNORE where not scored: group j's loss is the mean cross-entropy over its
+    own label tokens, what transformers computes for a batch of that group alone."""
+    generator = torch.Generator().manual_seed(0)
+    groups, rows, length, vocab = 3, 4, 6, 11
+    logits = torch.randn(groups * rows, length, vocab, generator=generator)
+    labels = torch.randint(0, vocab, (groups * rows, length), generator=generator)
+    labels[torch.rand(groups * rows, length, generator=generator) < 0.5] = IGNORE
+    labels[:, -1] = 5  # at least one label per row (the last one is predicted by position length - 2)
+    targets = torch.nn.functional.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    scored = targets != IGNORE
+    losses = group_cross_entropy(logits[scored], targets[scored], scored.view(groups, -1))
+    for j in range(groups):
+        own = slice(j * rows, (j + 1) * rows)
+        alone = torch.nn.functional.cross_entropy(logits[own].reshape(-1, vocab), targets[own].reshape(-1), ignore_index=IGNORE)
+        torch.testing.assert_close(losses[j], alone)
+
+
 def test_batched_task_loss_equals_the_peft_models_own_cross_entropy(tmp_path) -> None:
     cfg = micro_config()
-    base = random_model(tiny_shape(cfg)).double()
+    base = random_model(tiny_shape(cfg.base.tiny)).double()
     layout = layout_of_model(base, cfg.lora)
     generator = torch.Generator().manual_seed(0)
     adapters = [{k: (a.double() * 4, b.double() * 4) for k, (a, b) in random_adapter(layout, generator).items()}
@@ -39,7 +74,7 @@ def test_batched_task_loss_equals_the_peft_models_own_cross_entropy(tmp_path) ->
     ids, mask, labels = _records(generator, 3, 5, 9)
     batched = answer_cross_entropy(base, layout, stack_adapters(adapters), lora_scaling(cfg.lora), ids, mask, labels)
     for j, adapter in enumerate(adapters):
-        save_adapter(random_model(tiny_shape(cfg)), {k: (a.float(), b.float()) for k, (a, b) in adapter.items()},
+        save_adapter(random_model(tiny_shape(cfg.base.tiny)), {k: (a.float(), b.float()) for k, (a, b) in adapter.items()},
                      layout, cfg.lora, tmp_path / str(j))
         peft = load_peft_model(copy.deepcopy(base), tmp_path / str(j))
         for module in peft.modules():  # PEFT loads the adapter in float32; compare in float64
@@ -55,7 +90,7 @@ def test_batched_task_loss_equals_the_peft_models_own_cross_entropy(tmp_path) ->
 
 def test_task_loss_differentiates_the_adapters() -> None:
     cfg = micro_config()
-    base = random_model(tiny_shape(cfg))
+    base = random_model(tiny_shape(cfg.base.tiny))
     layout = layout_of_model(base, cfg.lora)
     generator = torch.Generator().manual_seed(1)
     adapters = stack_adapters([random_adapter(layout, generator) for _ in range(2)])

@@ -21,6 +21,18 @@ def test_every_task_has_its_checkpoints_and_metrics(micro) -> None:
         assert (d / "adapter_config.json").is_file() and (d / "prompts.json").is_file() and (d / "metrics.json").is_file()
 
 
+def test_every_teacher_starts_from_the_saved_shared_initialisation(micro) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    from llgbm.artifacts.adapters import shared_initialisation
+    from llgbm.artifacts.base_model import load_base
+
+    init = load_file(str(micro["teachers"] / "init" / ADAPTER_WEIGHTS))
+    again = shared_initialisation(load_base(micro["base"]), micro["cfg"].lora, micro["cfg"].teachers.seed)
+    assert set(again) == set(init) and all(torch.equal(again[k], init[k]) for k in init)
+
+
 def test_two_runs_give_identical_teachers(micro, tmp_path) -> None:
     again = train_all_teachers(micro["base"], micro["tasks"], micro["cfg"], tmp_path / "teachers")
     assert again == micro["summary"]

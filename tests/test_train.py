@@ -39,7 +39,7 @@ def trained(micro_train_inputs: dict, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_every_step_metric_is_logged_and_finite(trained) -> None:
-    for name in ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
+    for name in ("loss_total", "loss_weights", "loss_behaviour", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
                  "delta_target_norm", "learning_rate", "grad_norm"):
         curve = _curve(trained["run"], name)
         assert len(curve) == 120, name
@@ -59,7 +59,7 @@ def test_the_delta_loss_decreases_and_delta_cosine_improves(trained) -> None:
     def mean(values: list[float]) -> float:
         return sum(values) / len(values)
 
-    weights, delta, cosine = (_curve(trained["run"], n) for n in ("loss_weights", "loss_delta", "delta_cosine_sim"))
+    weights, delta, cosine = (_curve(trained["run"], n) for n in ("loss_weights", "loss_behaviour", "delta_cosine_sim"))
     assert weights[0] < mean(weights[-20:]) < 1.0
     assert mean(delta[-20:]) < 0.8 * mean(delta[:20])
     assert mean(cosine[-20:]) > mean(cosine[:20])
@@ -184,7 +184,7 @@ def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_pa
                micro_train_inputs["base"], micro_train_inputs["teachers"], tmp_path / "deltas")
     metrics = train_generator(cfg, micro_train_inputs["tasks"],
                               _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "run"))
-    assert math.isfinite(metrics["loss_delta"]) and metrics["loss_delta"] > 0
+    assert math.isfinite(metrics["loss_behaviour"]) and metrics["loss_behaviour"] > 0
     with pytest.raises(LlgbmError, match=r"another definition \(variant differs\)"):
         train_generator(micro_config(train=train), micro_train_inputs["tasks"],
                         _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "other"))
@@ -193,16 +193,16 @@ def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_pa
 def _bench_world(cfg, dtype: torch.dtype = torch.float32):
     """A random base, teachers, prompts and records of the micro shapes (as `llgbm bench train` builds
     them), in dtype."""
-    from llgbm.bench import random_adapter, random_model, random_probes, random_records, tiny_shape
     from llgbm.core.delta import DeltaComputer
     from llgbm.core.generator import LoraGenerator, generator_shape
     from llgbm.core.lora import layout_of_model, lora_scaling, stack_adapters
     from llgbm.core.weight_tokens import WeightTokenizer
     from llgbm.data.batching import GeneratorDataset
+    from llgbm.testing import random_adapter, random_model, random_probes, random_records, tiny_shape
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    base = random_model(tiny_shape(cfg)).to(dtype)
+    base = random_model(tiny_shape(cfg.base.tiny)).to(dtype)
     layout = layout_of_model(base, cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
     tokens, scales = weight_tokenizer.tokenize(stack_adapters([random_adapter(layout, generator) for _ in range(4)]))
@@ -210,11 +210,23 @@ def _bench_world(cfg, dtype: torch.dtype = torch.float32):
     dataset = GeneratorDataset(tokens.to(dtype), scales.to(dtype), deltas,
                                [torch.arange(16)] * 4, torch.randn(16, 24, generator=generator, dtype=dtype),
                                cfg.generator.prompts_per_sample, [str(i) for i in range(4)],
-                               records=random_records(32, 16, 8, generator), record_rows=[torch.arange(i, i + 8) for i in range(4)])
+                               records=random_records(32, 16, 8, generator), record_rows=[torch.arange(i, i + 8) for i in range(4)],
+                               records_per_item=3)
     computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), *random_probes(32, 3, 6, generator))
     model = LoraGenerator(generator_shape(cfg.generator, 24, weight_tokenizer.token_roles(), weight_tokenizer.token_columns(),
                           weight_tokenizer.token_dim)).to(dtype)
     return model, dataset, weight_tokenizer, computer
+
+
+def _objective(cfg, computer, loss_fn):
+    """The recipe's objective on the bench world: the behaviour term behaviour_loss names."""
+    from llgbm.core.losses import DeltaLoss
+    from llgbm.core.objective import DeltaTerm, TaskLossTerm
+    from llgbm.recipes.train import Objective
+
+    term = (TaskLossTerm(computer.model, computer.layout, computer.scaling) if cfg.behaviour_loss == "sft"
+            else DeltaTerm(computer, DeltaLoss(cfg.delta_loss_type)))
+    return Objective(loss_fn, term, cfg.train.behaviour_adapters)
 
 
 def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() -> None:
@@ -226,7 +238,7 @@ def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() 
     # gradients by ~1e-3 of their size (1e-7 to 1e-5 in float64: parts of the base's attention stay
     # float32); a wrong coefficient or a missing term moves them by far more.
     model, dataset, weight_tokenizer, computer = _bench_world(cfg, torch.float64)
-    mask, n = weight_tokenizer.mask, cfg.train.delta_batch_size
+    mask, n = weight_tokenizer.mask, cfg.train.behaviour_adapters
 
     def grads(loss: torch.Tensor) -> list[torch.Tensor]:
         model.zero_grad()
@@ -234,8 +246,9 @@ def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() 
         return [p.grad.clone() for p in model.parameters()]
 
     loss_fn = MultiTaskLoss(lambda_delta=0.7)
-    metrics = training_step(model, dataset, torch.Generator().manual_seed(1), cfg.train, mask, weight_tokenizer,
-                            computer, loss_fn, torch.device("cpu"), 1)
+    streams = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    metrics = training_step(model, dataset, weight_tokenizer, _objective(cfg, computer, loss_fn), cfg.train.batch_size,
+                            streams, torch.device("cpu"), 1)
     surrogate = grads(metrics["_loss"])
     # The plain sum, written out: the same batch, L_weights + 0.7 * L_delta, one backward.
     batch = dataset.draw(cfg.train.batch_size, torch.Generator().manual_seed(1))
@@ -245,11 +258,14 @@ def test_balance_none_gives_the_plain_sums_gradient_and_grad_norm_rescales_it() 
     plain, _ = loss_fn(weight_token_loss(tokens, scales, batch["tokens"], batch["scales"], mask), delta, batch["delta"][:n])
     for a, b in zip(surrogate, grads(plain)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
-    assert metrics["delta_coefficient"] == 0.7 and metrics["grad_norm_delta"] > 0
+    assert metrics["behaviour_coefficient"] == 0.7 and metrics["grad_norm_behaviour"] > 0
+    assert metrics["loss_total"] == pytest.approx(plain.item(), rel=1e-9)
 
-    balanced = training_step(model, dataset, torch.Generator().manual_seed(1), cfg.train, mask, weight_tokenizer,
-                             computer, MultiTaskLoss(lambda_delta=0.7, balance="grad_norm"), torch.device("cpu"), 1)
-    assert balanced["delta_coefficient"] * balanced["grad_norm_delta"] == pytest.approx(
+    balanced_objective = _objective(cfg, computer, MultiTaskLoss(lambda_delta=0.7, balance="grad_norm"))
+    streams = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    balanced = training_step(model, dataset, weight_tokenizer, balanced_objective, cfg.train.batch_size, streams,
+                             torch.device("cpu"), 1)
+    assert balanced["behaviour_coefficient"] * balanced["grad_norm_behaviour"] == pytest.approx(
         0.7 * balanced["grad_norm_weights"], rel=1e-6)
 
 
@@ -262,7 +278,7 @@ def test_the_kl_reference_trains(micro_train_inputs, tmp_path) -> None:
                micro_train_inputs["base"], micro_train_inputs["teachers"], tmp_path / "deltas")
     run = tmp_path / "run"
     metrics = train_generator(cfg, micro_train_inputs["tasks"], _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, run))
-    assert metrics["loss_delta"] > 0 and math.isfinite(metrics["grad_norm_delta"])
+    assert metrics["loss_behaviour"] > 0 and math.isfinite(metrics["grad_norm_behaviour"])
     assert not (run / "live" / "plots" / "metrics" / "delta_cosine_sim.tsv").exists()  # no cosine of log-probs
 
 
@@ -276,12 +292,13 @@ def test_the_scales_get_the_weight_terms_gradient_alone_and_behaviour_only_the_t
         cfg = micro_config(behaviour_loss=behaviour, train={**micro_config().train.__dict__, "lambda_weights": lambda_weights})
         model, dataset, weight_tokenizer, computer = _bench_world(cfg)
         start_at_mean(model, dataset.tokens, dataset.scales)
-        loss_fn = MultiTaskLoss(lambda_delta=1.0, lambda_weights=lambda_weights, behaviour=behaviour)
-        metrics = training_step(model, dataset, torch.Generator().manual_seed(1), cfg.train, weight_tokenizer.mask,
-                                weight_tokenizer, computer, loss_fn, torch.device("cpu"), 1, (torch.Generator().manual_seed(2), 3))
+        loss_fn = MultiTaskLoss(lambda_delta=1.0, lambda_weights=lambda_weights)
+        streams = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+        metrics = training_step(model, dataset, weight_tokenizer, _objective(cfg, computer, loss_fn), cfg.train.batch_size,
+                                streams, torch.device("cpu"), 1)
         metrics["_loss"].backward()
         d = weight_tokenizer.token_dim
-        return model.token_offset.grad[:, :d], model.token_offset.grad[:, d:], metrics["grad_norm_delta"]
+        return model.token_offset.grad[:, :d], model.token_offset.grad[:, d:], metrics["grad_norm_behaviour"]
 
     tokens, scales, norm = gradients(0.0)
     assert norm > 0 and tokens.abs().sum() > 0  # behaviour-only: the tokens learn
@@ -302,11 +319,11 @@ def test_behaviour_only_runs_finish_with_their_weights_bounded(micro_train_input
     # The bound: with generator.max_scale_factor F the generated weights stay within about 2F of the
     # teachers' norm (before it, delta-only reached 333 to 1.9e5 times their norm on the embedded default).
     train = {**micro_config().train.__dict__, "steps": 60, "save_interval": 100, "lambda_weights": 0.0,
-             "delta_batch_size": 4}
+             "behaviour_adapters": 4}
     generator = {**micro_config().generator.__dict__, "max_scale_factor": 2.0}
     cfg = micro_config(behaviour_loss=behaviour, loss_balance="none", train=train, generator=generator)
     metrics = train_generator(cfg, micro_train_inputs["tasks"], _paths(micro_train_inputs, tmp_path / "run"))
-    assert math.isfinite(metrics["loss_delta"]) and metrics["grad_norm_delta"] > 0
+    assert math.isfinite(metrics["loss_behaviour"]) and metrics["grad_norm_behaviour"] > 0
     assert 0.1 < max(_curve(tmp_path / "run", "weight_norm_ratio")) < 2 * 2.0
     summary = json.loads((tmp_path / "run" / "live" / "metrics.json").read_text())
     assert summary["generator_parameters"] > 0 and math.isfinite(summary["loss_weights_tail_change"])

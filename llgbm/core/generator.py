@@ -29,10 +29,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from llgbm.core.weight_tokens import standardise
+from llgbm.core.weight_tokens import standardise, token_mask
 
 GENERATOR_KINDS = ("hyperconv", "mlp")
 CONDITIONS = ("prompts", "constant")
+# The eps of the generated tokens' normalisation: larger than the targets' (weight_tokens.STD_EPS), so that a
+# generated token near zero std keeps a bounded gradient.
+GENERATED_STD_EPS = 1e-6
 
 
 @dataclass
@@ -107,18 +110,6 @@ def generator_shape(cfg: GeneratorConfig, embed_dim: int, token_roles: list[int]
                           cfg.chunk_width, tuple(token_columns), cfg.max_scale_factor)
 
 
-def token_mask(shape: GeneratorShape) -> torch.Tensor:
-    """(T, D) bool: True where a token entry is a real weight (the weight tokenizer's mask)."""
-    columns = torch.arange(shape.token_dim) % shape.chunk_width
-    return columns[None, :] < torch.tensor(shape.token_columns)[:, None]
-
-
-def normalised_tokens(tokens: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Each token minus the mean of its real entries, over their std; padding zero (the targets' form,
-    with a larger eps: a generated token near zero std keeps a bounded gradient)."""
-    return standardise(tokens, mask, eps)[0]
-
-
 def bounded_scales(scales: torch.Tensor, centre: torch.Tensor, factor: float) -> torch.Tensor:
     """(mean, log std) squashed into the band around `centre`: log std within log(factor) of the centre's,
     the mean within factor x the centre's std of the centre's mean; near the centre, the identity."""
@@ -173,8 +164,11 @@ class QueryMlpDecoder(nn.Module):
         self.trunk = nn.Sequential(*[ResidualBlock(h) for _ in range(shape.depth)], nn.LayerNorm(h))
         roles = torch.tensor(shape.token_roles)
         n_roles = int(roles.max()) + 1
-        # One head per role, applied to that role's tokens (gathering a head per token would hold T copies).
-        self.role_tokens = [torch.nonzero(roles == r).flatten() for r in range(n_roles)]
+        # One head per role, applied to that role's tokens (gathering a head per token would hold T copies):
+        # the token indices grouped by role, a buffer that moves with the module (not saved).
+        per_role = [torch.nonzero(roles == r).flatten() for r in range(n_roles)]
+        self.register_buffer("tokens_by_role", torch.cat(per_role), persistent=False)
+        self.role_sizes = [len(tokens) for tokens in per_role]
         self.head_weight = nn.Parameter(torch.randn(n_roles, h, shape.token_dim + 2) * h ** -0.5)
         self.head_bias = nn.Parameter(torch.zeros(n_roles, shape.token_dim + 2))
 
@@ -187,8 +181,7 @@ class QueryMlpDecoder(nn.Module):
         queries = self.queries.expand(task.shape[0], -1, -1)
         x = self.trunk(self.mix(torch.cat([task.unsqueeze(1).expand_as(queries), queries], dim=-1)))  # (batch, T, h)
         out = x.new_empty(*x.shape[:2], self.head_weight.shape[-1])
-        for role, tokens in enumerate(self.role_tokens):
-            tokens = tokens.to(x.device)
+        for role, tokens in enumerate(self.tokens_by_role.split(self.role_sizes)):
             out[:, tokens] = x[:, tokens] @ self.head_weight[role] + self.head_bias[role]
         return out
 
@@ -200,7 +193,7 @@ class LoraGenerator(nn.Module):
         self.shape = shape
         self.decoder = HyperConvDecoder(shape) if shape.kind == "hyperconv" else QueryMlpDecoder(shape)
         self.token_offset = nn.Parameter(torch.zeros(shape.num_tokens, shape.token_dim + 2))
-        self.register_buffer("mask", token_mask(shape), persistent=False)
+        self.register_buffer("mask", token_mask(shape.token_columns, shape.token_dim, shape.chunk_width), persistent=False)
         # The training teachers' mean (mean, log std) per token, the bound's centre: saved with the weights.
         self.register_buffer("scale_centre", torch.zeros(shape.num_tokens, 2))
 
@@ -209,7 +202,7 @@ class LoraGenerator(nn.Module):
         if self.shape.condition == "constant":
             condition = torch.zeros_like(condition)
         out = self.decoder(condition) + self.token_offset
-        tokens = normalised_tokens(out[..., : self.shape.token_dim], self.mask)
+        tokens = standardise(out[..., : self.shape.token_dim], self.mask, GENERATED_STD_EPS)[0]
         return tokens, bounded_scales(out[..., self.shape.token_dim :], self.scale_centre, self.shape.max_scale_factor)
 
 

@@ -1,5 +1,6 @@
-"""Losses: weight reconstruction on tokens, the behavioural terms (the probe delta, the KL reference, the
-task loss), and their scheduled sum."""
+"""Losses: weight reconstruction on tokens, the delta loss and the KL divergence (the behavioural terms'
+math; the terms themselves are `core.objective`), and the one function that combines a behaviour term with
+the weight term under lambda(t)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,6 @@ from torch import nn
 
 DELTA_LOSS_TYPES = ("mse", "cosine", "combined")
 LOSS_BALANCES = ("none", "grad_norm")
-BEHAVIOUR_LOSSES = ("delta", "kl", "sft")
 LAMBDA_SCHEDULES = ("constant", "linear", "cosine")
 
 
@@ -23,6 +23,16 @@ def weight_token_loss(pred_tokens: torch.Tensor, pred_scales: torch.Tensor, targ
     mask = mask.to(pred_tokens.dtype).expand_as(pred_tokens)
     token_mse = ((pred_tokens - target_tokens).square() * mask).sum() / mask.sum()
     return token_mse + F.mse_loss(pred_scales, target_scales)
+
+
+def weight_norm_ratio(pred_tokens: torch.Tensor, pred_scales: torch.Tensor, target_tokens: torch.Tensor,
+                      target_scales: torch.Tensor, mask: torch.Tensor) -> float:
+    """||generated weights|| / ||target weights|| over the real entries, tokens taken back to raw weights
+    (token * exp(log std) + mean): a generated adapter whose norm is still tiny has learnt nothing yet."""
+    with torch.no_grad():
+        pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
+        target_raw = target_tokens * torch.exp(target_scales[..., 1:]) + target_scales[..., :1]
+        return ((pred_raw * mask).norm() / (target_raw * mask).norm()).item()
 
 
 class DeltaLoss(nn.Module):
@@ -52,19 +62,13 @@ def kl_divergence(target_log_probs: torch.Tensor, pred_log_probs: torch.Tensor) 
     return (target_log_probs.exp() * (target_log_probs - pred_log_probs)).sum(-1).mean()
 
 
-class KLLoss(nn.Module):
-    """The full-behaviour reference objective (behaviour_loss: kl)."""
-
-    def forward(self, pred_log_probs: torch.Tensor, target_log_probs: torch.Tensor) -> torch.Tensor:
-        return kl_divergence(target_log_probs, pred_log_probs)
-
-
-class TaskLoss(nn.Module):
-    """The task loss (behaviour_loss: sft): its "prediction" is each adapter's own cross-entropy on its
-    task's records (core.task_loss), and it has no target; the term is their mean."""
-
-    def forward(self, pred_cross_entropy: torch.Tensor, target: None = None) -> torch.Tensor:
-        return pred_cross_entropy.mean()
+def delta_agreement(delta_pred: torch.Tensor, delta_target: torch.Tensor) -> dict[str, float]:
+    """How far predicted deltas are from their targets in direction and size (read-outs, no graph): the
+    mean cosine and the mean norms over the batch."""
+    with torch.no_grad():
+        return {"delta_cosine_sim": F.cosine_similarity(delta_pred, delta_target, dim=-1).mean().item(),
+                "delta_pred_norm": delta_pred.norm(dim=-1).mean().item(),
+                "delta_target_norm": delta_target.norm(dim=-1).mean().item()}
 
 
 def scheduled_lambda(step: int, schedule: str, warmup_steps: int, max_lambda: float) -> float:
@@ -81,31 +85,57 @@ def scheduled_lambda(step: int, schedule: str, warmup_steps: int, max_lambda: fl
     return max_lambda * (1 - math.cos(math.pi * progress)) / 2
 
 
-def delta_coefficient(lam: float, grad_norm_weights: float, grad_norm_delta: float, balance: str) -> float:
-    """The factor on the delta term's gradient. "none": lambda itself (the plain sum). "grad_norm": lambda
-    times ||grad of lambda_weights * L_weights|| / ||grad of L_delta||, so that lambda is the ratio of the two
-    terms' gradient norms, the same on every base model (the delta is a stiff function of the weights, and
-    its raw gradient can be tens of times the weight term's)."""
+def delta_coefficient(lam: float, grad_norm_weights: float, grad_norm_behaviour: float, balance: str) -> float:
+    """The factor on the behaviour term's gradient. "none": lambda itself (the plain sum). "grad_norm": lambda
+    times ||grad of lambda_weights * L_weights|| / ||grad of L_behaviour||, so that lambda is the ratio of the
+    two terms' gradient norms, the same on every base model (the delta is a stiff function of the weights,
+    and its raw gradient can be tens of times the weight term's)."""
     if balance not in LOSS_BALANCES:
         raise ValueError(f"loss_balance '{balance}' is not one of {LOSS_BALANCES}")
     if balance == "none" or lam == 0:
         return lam
-    return lam * grad_norm_weights / grad_norm_delta if grad_norm_delta > 0 else 0.0
+    return lam * grad_norm_weights / grad_norm_behaviour if grad_norm_behaviour > 0 else 0.0
+
+
+def combine_terms(loss_weights: torch.Tensor, loss_behaviour: torch.Tensor | None, lambda_weights: float, lam: float,
+                  balance: str, tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The one place the terms meet: (what to differentiate, metrics). loss_total is the value of
+    lambda_weights * L_weights + lam * L_behaviour.
+
+    Where the behaviour term carries a graph to `tokens` (the generated weight tokens), each term's gradient
+    there is taken, its norm logged, the behavioural one weighted by `delta_coefficient`, and one surrogate
+    is returned whose gradient through the generator is lambda_weights * dL_weights + coefficient *
+    dL_behaviour: with balance "none" exactly the plain sum's. Otherwise (no behaviour term, or one measured
+    without a graph while lambda is 0) the plain sum is returned."""
+    metrics = {"loss_weights": loss_weights.item(), "lambda_delta": lam}
+    total = lambda_weights * loss_weights
+    if loss_behaviour is None:
+        metrics["loss_total"] = total.item()
+        return total, metrics
+    metrics["loss_behaviour"] = loss_behaviour.item()
+    plain = total + lam * loss_behaviour
+    metrics["loss_total"] = plain.item()
+    if tokens is None or not loss_behaviour.requires_grad:
+        return plain, metrics
+    (grad_behaviour,) = torch.autograd.grad(loss_behaviour, tokens)
+    (grad_weights,) = torch.autograd.grad(loss_weights, tokens, retain_graph=True)
+    norm_weights, norm_behaviour = grad_weights.norm().item(), grad_behaviour.norm().item()
+    coefficient = delta_coefficient(lam, lambda_weights * norm_weights, norm_behaviour, balance)
+    metrics.update(grad_norm_weights=norm_weights, grad_norm_behaviour=norm_behaviour, behaviour_coefficient=coefficient)
+    return total + coefficient * (tokens * grad_behaviour).sum(), metrics
 
 
 class MultiTaskLoss(nn.Module):
-    """L = lambda_weights * L_weights + lambda(t) * L_delta, with lambda(t) from the schedule; `balance`
-    says how the delta term's gradient is weighted in training (see delta_coefficient)."""
+    """L = lambda_weights * L_weights + lambda(t) * L_behaviour, with lambda(t) from the schedule and the
+    step counter that drives it; `balance` says how the behaviour term's gradient is weighted in training
+    (see `combine_terms`). Its forward is the spec's: the delta term (`DeltaLoss`) on given deltas."""
 
     def __init__(self, lambda_delta: float = 1.0, lambda_schedule: str = "constant", warmup_steps: int = 0,
                  max_lambda: float | None = None, delta_loss_type: str = "mse", lambda_weights: float = 1.0,
-                 normalize: bool = False, balance: str = "none", behaviour: str = "delta"):
+                 normalize: bool = False, balance: str = "none"):
         super().__init__()
         delta_coefficient(0.0, 0.0, 0.0, balance)  # reject unknown names now
-        if behaviour not in BEHAVIOUR_LOSSES:
-            raise ValueError(f"behaviour_loss '{behaviour}' is not one of {BEHAVIOUR_LOSSES}")
         self.balance = balance
-        self.behaviour = behaviour
         self.lambda_delta = lambda_delta
         # The spec's max_lambda: the value after warmup; by default lambda_delta itself.
         self.max_lambda = lambda_delta if max_lambda is None else max_lambda
@@ -113,33 +143,23 @@ class MultiTaskLoss(nn.Module):
         self.lambda_schedule = lambda_schedule
         self.warmup_steps = warmup_steps
         self.lambda_weights = lambda_weights
-        # The behavioural term: the delta loss, the KL reference (whose "delta" is log-probabilities), or the
-        # task loss (whose "delta" is each adapter's cross-entropy).
-        self.delta_loss_fn = {"delta": lambda: DeltaLoss(delta_loss_type, normalize), "kl": KLLoss,
-                              "sft": TaskLoss}[behaviour]()
+        self.delta_loss_fn = DeltaLoss(delta_loss_type, normalize)
         self.current_step = 0
 
     def get_lambda(self) -> float:
         return scheduled_lambda(self.current_step, self.lambda_schedule, self.warmup_steps, self.max_lambda)
 
+    def combine(self, loss_weights: torch.Tensor, loss_behaviour: torch.Tensor | None,
+                tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """`combine_terms` at the current step's lambda."""
+        return combine_terms(loss_weights, loss_behaviour, self.lambda_weights, self.get_lambda(), self.balance, tokens)
+
     def forward(self, loss_weights: torch.Tensor, delta_pred: torch.Tensor | None,
                 delta_target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
-        current_lambda = self.get_lambda()
-        total = self.lambda_weights * loss_weights
-        metrics = {"loss_weights": loss_weights.item(), "lambda_delta": current_lambda}
-        if delta_pred is not None:
-            loss_delta = self.delta_loss_fn(delta_pred, delta_target)
-            total = total + current_lambda * loss_delta
-            metrics["loss_delta"] = loss_delta.item()
-            if self.behaviour == "delta":  # directions and norms of log-probabilities would mean nothing
-                with torch.no_grad():
-                    metrics.update(
-                        delta_cosine_sim=F.cosine_similarity(delta_pred, delta_target, dim=-1).mean().item(),
-                        delta_pred_norm=delta_pred.norm(dim=-1).mean().item(),
-                        delta_target_norm=delta_target.norm(dim=-1).mean().item(),
-                    )
-        metrics["loss_total"] = total.item()
-        return total, metrics
+        if delta_pred is None:
+            return self.combine(loss_weights, None)
+        total, metrics = self.combine(loss_weights, self.delta_loss_fn(delta_pred, delta_target))
+        return total, {**metrics, **delta_agreement(delta_pred, delta_target)}
 
     def step(self) -> None:
         self.current_step += 1

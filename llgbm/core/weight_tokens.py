@@ -9,6 +9,7 @@ mask and is zero in every token; losses must weight by the mask.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,14 @@ def standardise(raw: torch.Tensor, mask: torch.Tensor, eps: float) -> tuple[torc
     return centred / (std + eps).unsqueeze(-1), mean, std
 
 
+def token_mask(token_columns: Sequence[int], token_dim: int, chunk_width: int) -> torch.Tensor:
+    """(T, D) bool: True where a token entry is a real weight. A token is rank x chunk_width entries,
+    row-major (D = rank * chunk_width), of which each row's first token_columns[t] are real, the rest
+    padding. The weight tokenizer's mask, and the generator's (core.generator), which knows only its shape."""
+    columns = torch.arange(token_dim) % chunk_width
+    return columns[None, :] < torch.tensor(list(token_columns))[:, None]
+
+
 class WeightTokenizer:
     def __init__(self, layout: list[LoraSlot], chunk_width: int):
         ranks = {s.rank for s in layout}
@@ -55,11 +64,7 @@ class WeightTokenizer:
                 first += n
         self.spans = spans
         self.num_tokens = first
-        mask = torch.zeros(self.num_tokens, self.rank, chunk_width, dtype=torch.bool)
-        for span in spans:
-            columns = torch.arange(span.n_tokens * chunk_width).view(span.n_tokens, chunk_width) < span.width
-            mask[span.first_token : span.first_token + span.n_tokens] = columns[:, None, :]
-        self.mask = mask.view(self.num_tokens, self.token_dim)  # True where a token entry is a real weight
+        self.mask = token_mask(self.token_columns(), self.token_dim, chunk_width)  # True where an entry is a real weight
         # Where each real weight sits in the flattened (T * D) token grid, in layout order: A (r x in) then
         # B transposed (r x out) of each slot, row-major. Detokenising is one gather and free views.
         positions = torch.arange(self.num_tokens * self.token_dim).view(self.num_tokens, self.rank, chunk_width)

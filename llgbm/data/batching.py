@@ -21,7 +21,7 @@ class GeneratorDataset:
     def __init__(self, tokens: torch.Tensor, scales: torch.Tensor, deltas: torch.Tensor, prompt_rows: list[torch.Tensor],
                  embeddings: torch.Tensor, prompts_per_sample: int, names: list[str],
                  extras: dict[str, torch.Tensor] | None = None, records: dict[str, torch.Tensor] | None = None,
-                 record_rows: list[torch.Tensor] | None = None):
+                 record_rows: list[torch.Tensor] | None = None, records_per_item: int = 0):
         self.tokens, self.scales, self.deltas = tokens, scales, deltas
         # Further per-checkpoint tensors drawn with each item (the KL reference's targets and prompts).
         self.extras = extras or {}
@@ -33,6 +33,7 @@ class GeneratorDataset:
         # tasks' own training records, and per checkpoint the rows of its task's.
         self.records = records or {}
         self.record_rows = record_rows or []
+        self.records_per_item = records_per_item  # drawn afresh for each item that gets the task loss
         short = [n for n, rows in zip(names, prompt_rows) if len(rows) < prompts_per_sample]
         if short:
             raise ValueError(f"checkpoints {short[:3]} have fewer train prompts than generator.prompts_per_sample")
@@ -49,14 +50,23 @@ class GeneratorDataset:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def draw(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def draw(self, batch_size: int, generator: torch.Generator, records_for: int = 0,
+             records_generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """`batch_size` items drawn with replacement, each with a fresh batch of its task's prompts; with
+        records, the first `records_for` items also get `records_per_item` of their task's training records
+        (`draw_records`, from `records_generator`)."""
         index = torch.randint(0, len(self), (batch_size,), generator=generator)
         condition = torch.stack([
             self.embeddings[self.prompt_rows[i][torch.randperm(len(self.prompt_rows[i]), generator=generator)[: self.prompts_per_sample]]]
             for i in index.tolist()
         ])
-        return {"index": index, "condition": condition, "tokens": self.tokens[index], "scales": self.scales[index],
-                "delta": self.deltas[index], **{k: v[index] for k, v in self.extras.items()}}
+        batch = {"index": index, "condition": condition, "tokens": self.tokens[index], "scales": self.scales[index],
+                 "delta": self.deltas[index], **{k: v[index] for k, v in self.extras.items()}}
+        if self.records and records_for:
+            if records_generator is None:
+                raise ValueError("GeneratorDataset.draw: records need their own random stream")
+            batch.update(self.draw_records(index[:records_for], self.records_per_item, records_generator))
+        return batch
 
     def draw_records(self, index: torch.Tensor, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """For each drawn checkpoint, `count` of its task's training records, without replacement, from

@@ -10,35 +10,34 @@ from transformers import AutoConfig
 
 from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
 from llgbm.artifacts.base_model import load_base, load_tokenizer
-from llgbm.artifacts.delta_cache import ANSWERS, DeltaCache, base_fingerprint, delta_definition
+from llgbm.artifacts.delta_cache import ANSWERS, DeltaCache, base_fingerprint
 from llgbm.artifacts.teacher_index import read_index
+from llgbm.assembly.deltas import define_deltas
 from llgbm.config import Config
-from llgbm.core.delta import DeltaComputer, binned_log_probs, delta_spec
-from llgbm.core.lora import lora_layout, lora_scaling, stack_adapters
-from llgbm.core.precision import autocast_dtype, frozen_base_dtype, resolve_mixed_precision
-from llgbm.data.probes import answer_prompts, build_probe_set, generic_length, tokenize_probes
+from llgbm.core.delta import DeltaComputer, binned_log_probs
+from llgbm.core.lora import lora_layout, stack_adapters
+from llgbm.data.probes import tokenize_probes
 from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import sha256_file, write_json_atomic
 from llgbm.infra.paths import BASE_DIR, DELTAS_DIR, RESULTS_DIR, SPLIT_FILE, TASKS_FILE, TEACHERS_DIR
 
+RUN_FILE = "run.json"  # what one run of the stage did, beside its metrics (git-ignored, not a DVC output)
+RUN_FACTS = ("computed", "reused", "seconds")
+
 
 def fill_cache(cfg: Config, tasks: list[Task], training: list[Task], base_dir: Path, teachers_dir: Path,
                cache_dir: Path) -> dict:
-    """Compute (or reuse) the delta of every teacher checkpoint; returns the stage's metrics. `training`:
-    the tasks whose probes the probe set draws on."""
+    """Compute (or reuse) the delta of every teacher checkpoint; returns the stage's metrics and what this
+    run did (RUN_FACTS: how many deltas it computed and reused, its wall seconds). `training`: the tasks
+    whose probes the probe set draws on."""
     start = time.perf_counter()
     tokenizer = load_tokenizer(base_dir)
-    probes = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
-    model_config = AutoConfig.from_pretrained(str(base_dir))
-    layout = lora_layout(model_config, cfg.lora)
-    spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, model_config.num_hidden_layers)
-    precision = resolve_mixed_precision(cfg.train.mixed_precision)
-    base_dtype = frozen_base_dtype(cfg.base.dtype, precision)
-    answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
-    cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), spec.shape(len(probes.texts), model_config.hidden_size),
-                            delta_definition(base_dtype, precision, lora_scaling(cfg.lora), spec, answers))
+    definition = define_deltas(cfg, tasks, training, base_dir, tokenizer)
+    probes, answers = definition.probes, definition.answers
+    layout = lora_layout(AutoConfig.from_pretrained(str(base_dir)), cfg.lora)
+    cache = DeltaCache.open(cache_dir, probes, base_fingerprint(base_dir), definition.delta_shape, definition.cache_identity())
     checkpoints = read_index(teachers_dir)
     for c in checkpoints:
         weights = Path(teachers_dir) / c["path"] / ADAPTER_WEIGHTS
@@ -50,8 +49,8 @@ def fill_cache(cfg: Config, tasks: list[Task], training: list[Task], base_dir: P
     for c in todo:  # a damaged adapter stops the stage before anything is written
         load_adapter_tensors(Path(teachers_dir) / c["path"], layout, cfg.lora)
     cache.begin_writing()
-    computer = DeltaComputer(load_base(base_dir, base_dtype), layout, lora_scaling(cfg.lora),
-                             *tokenize_probes(probes, tokenizer), autocast_dtype=autocast_dtype(precision), spec=spec)
+    computer = DeltaComputer(load_base(base_dir, definition.base_dtype), layout, definition.scaling,
+                             *tokenize_probes(probes, tokenizer), autocast_dtype=definition.autocast_dtype, spec=definition.spec)
     cache.save_base_state(computer.base_states)
     answers.save(Path(cache_dir) / ANSWERS)
     answer_ids, answer_mask = answers.batch([c["task"] for c in todo], tokenizer) if todo else (None, None)
@@ -95,5 +94,8 @@ def delta_geometry(deltas: torch.Tensor, tasks: list[str]) -> dict:
 def run(cfg: Config) -> None:
     tasks = load_tasks(TASKS_FILE)
     metrics = fill_cache(cfg, tasks, Split.load(SPLIT_FILE).training_tasks(tasks), BASE_DIR, TEACHERS_DIR, DELTAS_DIR)
+    # What this run did, beside the metrics and not among them: a DVC metric that differs between two runs
+    # of the same inputs would change dvc.lock with nothing else changed.
+    write_json_atomic(RESULTS_DIR / "deltas" / RUN_FILE, {key: metrics.pop(key) for key in RUN_FACTS})
     write_json_atomic(RESULTS_DIR / "deltas" / "metrics.json", metrics)
     print(metrics)

@@ -21,8 +21,11 @@ from llgbm.artifacts.adapters import (
 from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.artifacts.teacher_index import final_checkpoints
 from llgbm.config import Config
+from llgbm.core.adapter_math import combine_updates
+from llgbm.core.fitting import lstsq_r2, ridge_fit, ridge_predict
 from llgbm.core.lora import LoraConfig, lora_layout
 from llgbm.core.scoring import task_accuracy
+from llgbm.core.similarity import cosine_ranking, max_cosine
 from llgbm.core.training import run_steps
 from llgbm.data.batching import record_batch
 from llgbm.data.encoder import EmbeddingCache
@@ -127,18 +130,7 @@ def headroom_summary(result: dict, tasks: list[Task], split: Split) -> dict:
     return summary
 
 
-# --- Prompt -> task recoverability: can a simple probe on the frozen encoder name a held-out task's parts? ---
-
-def ridge_fit(x: torch.Tensor, y: torch.Tensor, penalty: float) -> torch.Tensor:
-    """W minimising ||[x 1] W - y||^2 + penalty ||W||^2 (the bias column penalised too, for simplicity)."""
-    design = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1)
-    gram = design.T @ design + penalty * torch.eye(design.shape[1], dtype=x.dtype)
-    return torch.linalg.solve(gram, design.T @ y)
-
-
-def ridge_predict(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], 1) @ weights
-
+# --- Prompt -> task recoverability: can a linear read-out of the frozen encoder name a held-out task's parts? ---
 
 def readout_scores(fit: dict[str, torch.Tensor], test: dict[str, torch.Tensor], labels: dict[str, str],
                  penalty: float) -> dict[str, float]:
@@ -165,20 +157,6 @@ def leave_one_task_out(embeddings: dict[str, torch.Tensor], labels: dict[str, st
 
 # --- Weight-space structure: is a held-out teacher's update explained by the training teachers'? ---
 
-def lstsq_r2(target: torch.Tensor, basis: list[torch.Tensor]) -> float:
-    """Uncentred R^2 of the least-squares fit of `target` by a linear combination of `basis`."""
-    design = torch.stack([b.reshape(-1) for b in basis], 1).double()
-    y = target.reshape(-1, 1).double()
-    coefficients = torch.linalg.lstsq(design, y, driver="gelsd").solution
-    residual = y - design @ coefficients
-    return 1.0 - float(residual.square().sum() / y.square().sum())
-
-
-def max_cosine(target: torch.Tensor, others: list[torch.Tensor]) -> float:
-    t = target.reshape(-1).double()
-    return max(float(torch.nn.functional.cosine_similarity(t, o.reshape(-1).double(), dim=0)) for o in others)
-
-
 def weight_space_structure(heldout: dict[str, dict[str, torch.Tensor]],
                            training: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, float]]:
     """Per held-out task, over target modules (each update B @ A): the mean least-squares R^2 from the
@@ -201,7 +179,7 @@ def final_updates(teachers_dir: Path, base_dir: Path, cfg: Config) -> dict[str, 
 
 def structure(cfg: Config, tasks: list[Task], split: Split, base_dir: Path, teachers_dir: Path, embeddings_dir: Path) -> dict:
     """Weight-space structure of the teachers and, for the compositional family, prompt -> selector and
-    transform recoverability (held-out tasks: probe fitted on the training tasks; training tasks: leave
+    transform recoverability (held-out tasks: read-out fitted on the training tasks; training tasks: leave
     one task out)."""
     training, heldout = split_tasks(split, tasks)
     updates = final_updates(teachers_dir, base_dir, cfg)
@@ -210,7 +188,7 @@ def structure(cfg: Config, tasks: list[Task], split: Split, base_dir: Path, teac
     pairs = task_pairs(cfg.tasks)
     if pairs is not None:
         cache = EmbeddingCache.load(embeddings_dir)
-        count = cfg.diagnostics.probe_prompts
+        count = cfg.diagnostics.readout_prompts
         embed = {t.name: cache.lookup([r.condition for r in t.train[:count]]) for t in tasks}
         fit = {t.name: embed[t.name] for t in training}
         test = {t.name: embed[t.name] for t in heldout}
@@ -233,18 +211,9 @@ def structure_summary(result: dict) -> dict:
     return summary
 
 
-# --- Baselines on held-out tasks from the training teachers, each an exact combination of updates. ---
-
-Adapter = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def combine_updates(adapters: list[Adapter], weights: list[float]) -> Adapter:
-    """An adapter of rank sum(r_i) whose update B @ A is sum_i w_i B_i A_i, exactly (ranks concatenated): with
-    equal weights, the diagnostics' "mean_teacher" (the mean update), unlike the evaluation's, which
-    averages A and B separately (evaluate.mean_of_factors)."""
-    return {name: (torch.cat([a[name][0] for a in adapters]),
-                   torch.cat([w * a[name][1] for a, w in zip(adapters, weights)], 1)) for name in adapters[0]}
-
+# --- Baselines on held-out tasks from the training teachers, each an exact combination of updates
+# (core.adapter_math.combine_updates): with equal weights, the update_mean_teacher (the mean update B @ A,
+# unlike the evaluation's factor_mean_teacher, the mean of A and of B). ---
 
 def arithmetic_pairs(pairs: dict[str, tuple[str, str]], training: list[str], heldout: str) -> tuple[str, str, str] | None:
     """For held-out (s, t): seen pairs (s, t'), (s', t), (s', t') with W(s,t') + W(s',t) - W(s',t'), the
@@ -258,17 +227,11 @@ def arithmetic_pairs(pairs: dict[str, tuple[str, str]], training: list[str], hel
     return None
 
 
-def cosine_ranking(query: torch.Tensor, references: dict[str, torch.Tensor]) -> list[tuple[str, float]]:
-    """References by decreasing cosine to the query (each a mean prompt embedding)."""
-    scores = {n: float(torch.nn.functional.cosine_similarity(query, e, dim=0)) for n, e in references.items()}
-    return sorted(scores.items(), key=lambda kv: -kv[1])
-
-
 def teacher_baselines(cfg: Config, tasks: list[Task], split: Split, base_dir: Path, teachers_dir: Path, embeddings_dir: Path,
                       adapters_dir: Path) -> dict[str, dict[str, float]]:
-    """Per held-out task, the accuracy of: the mean of the training teachers, the nearest training teacher
-    by prompt embedding, the k nearest weighted by similarity, and (compositional family) task
-    arithmetic; each saved as a PEFT directory and measured through PeftModel.from_pretrained."""
+    """Per held-out task, the accuracy of: the mean update of the training teachers (update_mean_teacher), the
+    nearest training teacher by prompt embedding, the k nearest weighted by similarity, and (compositional
+    family) task arithmetic; each saved as a PEFT directory and measured through PeftModel.from_pretrained."""
     training, heldout = split_tasks(split, tasks)
     tokenizer = load_tokenizer(base_dir)
     final = final_checkpoints(teachers_dir)
@@ -276,7 +239,7 @@ def teacher_baselines(cfg: Config, tasks: list[Task], split: Split, base_dir: Pa
     teachers = {t.name: load_adapter_tensors(final[t.name], lora_layout(model_config, cfg.lora), cfg.lora)
                 for t in training}
     cache = EmbeddingCache.load(embeddings_dir)
-    count = cfg.diagnostics.probe_prompts
+    count = cfg.diagnostics.readout_prompts
     references = {t.name: cache.lookup([r.condition for r in t.train[:count]]).mean(0) for t in training}
     pairs = task_pairs(cfg.tasks)
 
@@ -295,7 +258,7 @@ def teacher_baselines(cfg: Config, tasks: list[Task], split: Split, base_dir: Pa
         ranked = cosine_ranking(query, references)[: cfg.diagnostics.nearest_k]
         total = sum(score for _, score in ranked)
         names = [t.name for t in training]
-        row = {"mean_teacher": measure(names, [1.0 / len(names)] * len(names), task, "mean_teacher"),
+        row = {"update_mean_teacher": measure(names, [1.0 / len(names)] * len(names), task, "update_mean_teacher"),
                "nearest_teacher": measure([ranked[0][0]], [1.0], task, "nearest_teacher"),
                "knearest_teachers": measure([n for n, _ in ranked], [s / total for _, s in ranked], task,
                                             "knearest_teachers")}

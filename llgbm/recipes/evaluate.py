@@ -1,5 +1,6 @@
 """The evaluation recipe: generated adapters on held-out and seen tasks against the base model, the
-task's teacher, and the mean and nearest training teachers; every adapter saved as a PEFT directory and
+task's teacher, the factor-mean teacher (the mean of the training checkpoints' A and B) and the nearest
+training teacher; every adapter saved as a PEFT directory and
 measured from it by the batched hook path, checked against PEFT's own loading on the first task."""
 from __future__ import annotations
 
@@ -8,24 +9,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors, load_peft_model
 from llgbm.artifacts.base_model import load_base, load_tokenizer
 from llgbm.artifacts.delta_cache import DeltaCache, checked_probe_batch
 from llgbm.artifacts.generator_files import LoadedGenerator, open_generator
 from llgbm.artifacts.teacher_index import final_checkpoints, read_index
+from llgbm.assembly.deltas import define_deltas
 from llgbm.config import Config
-from llgbm.core.delta import DeltaComputer, DeltaSpec, delta_spec, probe_states, reduce_delta
+from llgbm.core.adapter_math import mean_of_factors
+from llgbm.core.delta import DeltaComputer, DeltaSpec, probe_states, reduce_delta
 from llgbm.core.lora import LoraConfig, layout_of_model, lora_scaling, stack_adapters
 from llgbm.core.scoring import adapted_task_accuracies, task_accuracy
+from llgbm.core.similarity import nearest
 from llgbm.data.encoder import EmbeddingCache
 from llgbm.data.probes import (
     ProbeSet,
     assert_disjoint,
     build_evaluation_probe_set,
-    build_probe_set,
-    generic_length,
     tokenize_probes,
     training_texts,
 )
@@ -36,22 +38,9 @@ from llgbm.infra.figures import grouped_bars
 from llgbm.infra.io import atomic_dir, sha256_file, write_json_atomic
 from llgbm.infra.paths import EVALUATION_ADAPTERS_DIR, RESULTS_DIR, TASKS_FILE, Paths
 
-METHODS = ("base", "generated", "teacher", "mean_teacher", "nearest_teacher")
-
-
-def mean_of_factors(adapters: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The element-wise mean of A and of B over adapters (meaningful because all share one init): the
-    evaluation's "mean_teacher", over every training checkpoint. Not the diagnostics' mean teacher, which
-    averages the updates B @ A of the final checkpoints (diagnostics.combine_updates)."""
-    return {name: (torch.stack([a[name][0] for a in adapters]).mean(0), torch.stack([a[name][1] for a in adapters]).mean(0))
-            for name in adapters[0]}
-
-
-def nearest_task(batch_embeddings: torch.Tensor, task_embeddings: dict[str, torch.Tensor]) -> str:
-    """The training task whose mean train-prompt embedding is most cosine-similar to the batch's mean."""
-    query = torch.nn.functional.normalize(batch_embeddings.mean(0), dim=-1)
-    scores = {name: float(query @ torch.nn.functional.normalize(e.mean(0), dim=-1)) for name, e in task_embeddings.items()}
-    return max(scores, key=scores.get)
+# factor_mean_teacher: the element-wise mean of A and of B over every training checkpoint
+# (core.adapter_math.mean_of_factors); not the diagnostics' update_mean_teacher, the mean update B @ A.
+METHODS = ("base", "generated", "teacher", "factor_mean_teacher", "nearest_teacher")
 
 
 # Accuracies are multiples of 1 / (test records): a gap this small only guards against float equality.
@@ -79,7 +68,7 @@ def cosine_stats(deltas: list[torch.Tensor], target: torch.Tensor, name: str,
                  centre: torch.Tensor | None = None) -> dict:
     """Mean, std, min and max over deltas of their cosine to target, as `name`, `name`_std, ... (None where
     no cosine is defined). With `centre`, it is first subtracted from every delta and from the target: the
-    centred cosine, agreement in what sets the target apart from the centre (e.g. the mean teacher)."""
+    centred cosine, agreement in what sets the target apart from the centre (e.g. the training teachers' mean delta)."""
     if centre is not None:
         deltas, target = [d - centre for d in deltas], target - centre
     defined = [c for c in (cosine_or_none(d, target) for d in deltas) if c is not None]
@@ -199,12 +188,12 @@ def check_against_peft(meter: AdapterMeter, adapter_dirs: list[Path | None], mea
     """The batched path must give what PEFT gives: deltas within 1e-4 of their norm and accuracy within one
     test record (an argmax may flip on a near-tie) in float32; 0.1 and 5% of the records in a 16-bit dtype,
     whose two paths round in different orders."""
-    delta_tolerance, record_share = (1e-4, 1.0) if dtype == "float32" else (0.1, 0.05 * len(task.test))
+    delta_tolerance, records_off = (1e-4, 1.0) if dtype == "float32" else (0.1, 0.05 * len(task.test))
     for directory, batched in zip(adapter_dirs, measured):
         oracle = meter.peft_measure(directory, task)
         far = [where for where in oracle.deltas
                if (batched.deltas[where] - oracle.deltas[where]).norm() > delta_tolerance * max(oracle.deltas[where].norm(), 1e-6)]
-        if far or abs(batched.accuracy - oracle.accuracy) * len(task.test) > record_share + 1e-6:
+        if far or abs(batched.accuracy - oracle.accuracy) * len(task.test) > records_off + 1e-6:
             raise LlgbmError(f"{directory or 'the base'}: the batched evaluation disagrees with PEFT on task "
                              f"'{task.name}' (accuracy {batched.accuracy:.4f} vs {oracle.accuracy:.4f}; deltas "
                              f"{far or 'agree'}); the batched LoRA forward no longer matches PEFT's")
@@ -212,11 +201,12 @@ def check_against_peft(meter: AdapterMeter, adapter_dirs: list[Path | None], mea
 
 @dataclass(frozen=True)
 class References:
-    """What every task's generated adapters are compared with: the teachers' final checkpoints, the mean
-    teacher's directory, and the training tasks' prompt embeddings (for the nearest teacher)."""
+    """What every task's generated adapters are compared with: the teachers' final checkpoints, the
+    factor-mean teacher's directory, and each training task's mean train-prompt embedding (for the nearest
+    teacher)."""
     final: dict[str, Path]
-    mean_dir: Path
-    task_embeddings: dict[str, torch.Tensor]
+    factor_mean_dir: Path
+    task_means: dict[str, torch.Tensor]
 
 
 def measure_task(task: Task, meter: AdapterMeter, loaded: LoadedGenerator, refs: References,
@@ -234,14 +224,14 @@ def measure_task(task: Task, meter: AdapterMeter, loaded: LoadedGenerator, refs:
         adapter_dir = out_dir / f"generated-{k}"
         loaded.save(loaded.tensors(condition), adapter_dir)
         generated.append(adapter_dir)
-        nearest_names.append(nearest_task(condition, refs.task_embeddings))
-    nearest = [refs.final[name] for name in nearest_names]
+        nearest_names.append(nearest(condition.mean(0), refs.task_means))  # by cosine of the mean embeddings
+    nearest_dirs = [refs.final[name] for name in nearest_names]
     # The nearest teacher is often the task's own, or repeats: each adapter is measured once.
-    unique = list(dict.fromkeys([None, refs.final[task.name], refs.mean_dir, *generated, *nearest]))
+    unique = list(dict.fromkeys([None, refs.final[task.name], refs.factor_mean_dir, *generated, *nearest_dirs]))
     measured = dict(zip(unique, meter.measure(unique, task)))
     results = {"base": [measured[None]], "teacher": [measured[refs.final[task.name]]],
-               "mean_teacher": [measured[refs.mean_dir]], "generated": [measured[d] for d in generated],
-               "nearest_teacher": [measured[d] for d in nearest]}
+               "factor_mean_teacher": [measured[refs.factor_mean_dir]], "generated": [measured[d] for d in generated],
+               "nearest_teacher": [measured[d] for d in nearest_dirs]}
     return results, nearest_names, measured
 
 
@@ -282,9 +272,8 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     cache = DeltaCache.load(paths.deltas)
     split = Split.load(paths.split)
     training, heldout = split.training_tasks(tasks), list(split.heldout)
-    spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, AutoConfig.from_pretrained(str(paths.base)).num_hidden_layers)
-    expected = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
-    probe_batches = {"train_probes": checked_probe_batch(cache, expected, tokenizer, paths.base),
+    definition = define_deltas(cfg, tasks, training, paths.base, tokenizer)
+    probe_batches = {"train_probes": checked_probe_batch(cache, definition.probes, tokenizer, paths.base),
                      "eval": tokenize_probes(evaluation_probe_set(cfg, tasks, heldout, cache, tokenizer), tokenizer)}
     loaded = open_generator(paths.generator, paths.base)
     if sorted(loaded.meta["heldout_tasks"]) != sorted(heldout):
@@ -292,11 +281,11 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
                          f"says {heldout}; rerun the train stage")
     embeddings = EmbeddingCache.load(paths.embeddings)
     train_names = {t.name for t in training}
-    refs = References(final_checkpoints(paths.teachers), adapters_dir / "mean_teacher",
-                      {t.name: embeddings.lookup([r.condition for r in t.train]) for t in training})
-    meter = AdapterMeter(paths.base, cfg.base.dtype, tokenizer, probe_batches, spec, loaded.lora)
+    refs = References(final_checkpoints(paths.teachers), adapters_dir / "factor_mean_teacher",
+                      {t.name: embeddings.lookup([r.condition for r in t.train]).mean(0) for t in training})
+    meter = AdapterMeter(paths.base, cfg.base.dtype, tokenizer, probe_batches, definition.spec, loaded.lora)
     loaded.save(mean_of_factors([load_adapter_tensors(paths.teachers / c["path"], loaded.layout, loaded.lora)
-                              for c in read_index(paths.teachers) if c["task"] in train_names]), refs.mean_dir)
+                              for c in read_index(paths.teachers) if c["task"] in train_names]), refs.factor_mean_dir)
     per_task: dict[str, dict] = {}
     eval_deltas: dict[str, dict[str, list[torch.Tensor]]] = {}  # task -> method -> deltas on the evaluation probes
     # Held-out and training tasks: with max_training_tasks, the other tasks are neither seen nor held out.

@@ -30,6 +30,7 @@ from llgbm.artifacts.teacher_index import write_index
 from llgbm.config import Config
 from llgbm.core.lora import apply_adapters, layout_of_model, lora_scaling
 from llgbm.core.scoring import task_accuracy
+from llgbm.core.task_loss import IGNORE, group_cross_entropy
 from llgbm.core.training import run_steps
 from llgbm.data.batching import record_batch
 from llgbm.data.tasks import Task, load_tasks
@@ -80,18 +81,9 @@ def train_teacher(base_dir: Path, tokenizer: PreTrainedTokenizerBase, task: Task
     return results
 
 
-def group_losses(logits: torch.Tensor, labels: torch.Tensor, groups: int) -> torch.Tensor:
-    """The causal-LM loss of each group of rows (rows group-major): the mean over the group's own label
-    tokens, as transformers computes it for a batch of that group alone."""
-    targets = F.pad(labels, (0, 1), value=-100)[:, 1:]
-    per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                ignore_index=-100, reduction="none").view(groups, -1)
-    return per_token.sum(-1) / (targets != -100).view(groups, -1).sum(-1)
-
-
 def _padded(batch: dict[str, torch.Tensor], width: int, pad_id: int) -> dict[str, torch.Tensor]:
     extra = width - batch["input_ids"].shape[1]
-    values = {"input_ids": pad_id, "attention_mask": 0, "labels": -100}
+    values = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
     return {k: F.pad(v, (0, extra), value=values[k]) for k, v in batch.items()}
 
 
@@ -128,7 +120,9 @@ def train_teachers_together(base_dir: Path, tokenizer: PreTrainedTokenizerBase, 
         batch = {k: torch.cat([b[k][r] for b, r in zip(batches, rows)]) for k in batches[0]}
         with apply_adapters(model, layout, adapters, scaling):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        losses = group_losses(logits, batch["labels"], n)
+        targets = F.pad(batch["labels"], (0, 1), value=IGNORE)[:, 1:]  # position i predicts token i + 1
+        scored = targets != IGNORE
+        losses = group_cross_entropy(logits[scored], targets[scored], scored.view(n, -1))  # rows are task-major
         if not torch.isfinite(losses).all():
             bad = tasks[int((~torch.isfinite(losses)).nonzero()[0])].name
             raise LlgbmError(f"teachers: loss of task '{bad}' is not finite at step {step}; lower teachers.learning_rate")

@@ -21,20 +21,19 @@ from transformers import AutoConfig, get_linear_schedule_with_warmup
 
 from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
 from llgbm.artifacts.base_model import load_base, load_tokenizer
-from llgbm.artifacts.delta_cache import DeltaCache, checked_probe_batch, delta_definition
+from llgbm.artifacts.delta_cache import DeltaCache, checked_probe_batch
 from llgbm.artifacts.generator_files import save_generator
 from llgbm.artifacts.teacher_index import read_index
+from llgbm.assembly.deltas import DeltaDefinition, define_deltas
+from llgbm.assembly.objective import behaviour_term, objective
 from llgbm.config import Config, to_dict
-from llgbm.core.delta import DeltaComputer, delta_spec
 from llgbm.core.generator import LoraGenerator, generator_shape, parameter_count, start_at_mean
-from llgbm.core.lora import LoraSlot, lora_layout, lora_scaling
-from llgbm.core.losses import MultiTaskLoss, delta_coefficient, weight_token_loss
-from llgbm.core.precision import autocast_dtype, frozen_base_dtype, resolve_mixed_precision
-from llgbm.core.task_loss import answer_cross_entropy
+from llgbm.core.lora import LoraSlot, lora_layout
+from llgbm.core.losses import MultiTaskLoss, weight_norm_ratio, weight_token_loss
+from llgbm.core.objective import BehaviourTerm
 from llgbm.core.weight_tokens import WeightTokenizer
 from llgbm.data.batching import GeneratorDataset, record_batch
 from llgbm.data.encoder import EmbeddingCache
-from llgbm.data.probes import AnswerPrompts, answer_prompts, build_probe_set, generic_length
 from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks
 from llgbm.infra.errors import LlgbmError
@@ -46,22 +45,22 @@ from llgbm.infra.provenance import changed_keys, code_fingerprint, library_versi
 FINISHED = "finished.json"  # what a finished run leaves in the checkpoint directory instead of state
 PROVENANCE = "provenance.json"  # libraries, precision and device of a finished run, beside its metrics
 CURVES = "curves.png"  # every per-step metric as a PNG, beside dvclive's files (which need a browser)
-# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_delta (whatever loss_balance does to
-# the gradient); loss_delta is the behavioural term (the delta loss, the KL with behaviour_loss kl, the task
-# cross-entropy with sft).
-# grad_norm_weights / grad_norm_delta: the norm of each term's own gradient with respect to the generated
-# weight tokens (logged on steps where the delta is differentiated); delta_coefficient: the factor its
-# gradient entered with (lambda(t) itself unless loss_balance rescales it).
-STEP_METRICS = ("loss_total", "loss_weights", "loss_delta", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
+# loss_total is the value of lambda_weights * L_weights + lambda(t) * L_behaviour (whatever loss_balance does
+# to the gradient); loss_behaviour is the behaviour term behaviour_loss names (the delta loss, the KL, or the
+# task cross-entropy); delta_cosine_sim and the delta norms are the delta term's read-outs.
+# grad_norm_weights / grad_norm_behaviour: the norm of each term's own gradient with respect to the generated
+# weight tokens (logged on steps where the behaviour term is differentiated); behaviour_coefficient: the
+# factor its gradient entered with (lambda(t) itself unless loss_balance rescales it).
+STEP_METRICS = ("loss_total", "loss_weights", "loss_behaviour", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
                 "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio", "grad_norm_weights",
-                "grad_norm_delta", "delta_coefficient")
+                "grad_norm_behaviour", "behaviour_coefficient")
 # The convergence read-out: L_weights' relative change over the last 10% of steps (its mean over the last
 # 5% against the 5% before; near 0 once the curve is flat), in the final metrics.
 TAIL_CHANGE = "loss_weights_tail_change"
 
 
 def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaCache, layout: list[LoraSlot],
-                  weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache, answers: AnswerPrompts,
+                  weight_tokenizer: WeightTokenizer, embeddings: EmbeddingCache, definition: DeltaDefinition,
                   tokenizer) -> GeneratorDataset:
     """Every checkpoint of every training task; held-out tasks' checkpoints, prompts and records never
     enter. With behaviour_loss kl, each also carries its teacher's answer distributions and their prompts;
@@ -87,13 +86,14 @@ def build_dataset(cfg: Config, training: list[Task], paths: Paths, cache: DeltaC
     extras = {}
     if kl_targets:
         extras["kl_target"] = torch.stack(kl_targets)
-        extras["kl_ids"], extras["kl_mask"] = answers.batch([c["task"] for c in chosen], tokenizer)
+        extras["kl_ids"], extras["kl_mask"] = definition.answers.batch([c["task"] for c in chosen], tokenizer)
         if kl_top_ids[0] is not None:
             extras["kl_top_ids"] = torch.stack(kl_top_ids)
     records, record_rows = task_records(training, [c["task"] for c in chosen], cfg.sft.records, tokenizer) \
         if cfg.behaviour_loss == "sft" else (None, None)
     return GeneratorDataset(torch.stack(tokens), torch.stack(scales), torch.stack(deltas), rows, embeddings.embeddings,
-                            cfg.generator.prompts_per_sample, names, extras, records, record_rows)
+                            cfg.generator.prompts_per_sample, names, extras, records, record_rows,
+                            cfg.sft.records if records is not None else 0)
 
 
 def task_records(training: list[Task], checkpoint_tasks: list[str], count: int,
@@ -138,8 +138,17 @@ def _replay_history(live, history: dict[str, list[tuple[int, float]]]) -> None:
 
 
 @dataclass
-class Run:
-    """Everything one training run holds: built once by `_set_up`, advanced by `_train_step`."""
+class Objective:
+    """L = lambda_weights * L_weights + lambda(t) * L_behaviour, the behaviour term on the first `adapters`
+    items of each batch (none: weight matching alone)."""
+    loss: MultiTaskLoss
+    term: BehaviourTerm | None
+    adapters: int
+
+
+@dataclass
+class TrainingRun:
+    """Everything one training run holds: built once by `_set_up`, advanced by `_optimizer_step`."""
     cfg: Config
     paths: Paths
     accelerator: Accelerator
@@ -150,46 +159,35 @@ class Run:
     embeddings: EmbeddingCache
     weight_tokenizer: WeightTokenizer
     dataset: GeneratorDataset
-    token_mask: torch.Tensor
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: MultiTaskLoss
+    objective: Objective
     data_generator: torch.Generator
     records_generator: torch.Generator  # the task loss's record draws, a stream of their own
-    computer: DeltaComputer
     provenance: dict
 
-    @property
-    def records(self) -> tuple[torch.Generator, int] | None:
-        return (self.records_generator, self.cfg.sft.records) if self.cfg.behaviour_loss == "sft" else None
 
-
-def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
+def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> TrainingRun:
     """Data, targets and the checks that they match params; then the generator, its optimizer and the
-    frozen base's delta path (in this order: the seed fixes the generator's initialisation)."""
+    frozen base's behaviour term (in this order: the seed fixes the generator's initialisation)."""
     tr = cfg.train
-    mixed_precision = resolve_mixed_precision(tr.mixed_precision)
-    # Without CUDA, processes started by `accelerate launch` train on CPU over gloo.
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=tr.gradient_accumulation_steps,
-                              cpu=not torch.cuda.is_available())
-    device = accelerator.device
     tokenizer = load_tokenizer(paths.base)
     split = Split.load(paths.split)
     training = split.training_tasks(tasks)
-    model_config = AutoConfig.from_pretrained(str(paths.base))
-    spec = delta_spec(cfg.delta_reduce, cfg.delta_layers, model_config.num_hidden_layers)
+    definition = define_deltas(cfg, tasks, training, paths.base, tokenizer)
+    # Without CUDA, processes started by `accelerate launch` train on CPU over gloo.
+    accelerator = Accelerator(mixed_precision=definition.precision, gradient_accumulation_steps=tr.gradient_accumulation_steps,
+                              cpu=not torch.cuda.is_available())
+    device = accelerator.device
     cache = DeltaCache.load(paths.deltas)
-    answers = answer_prompts(tasks, cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
     # The targets must be computed exactly as training computes deltas, in its precision too.
-    base_dtype = frozen_base_dtype(cfg.base.dtype, mixed_precision)
-    cache.check_definition(delta_definition(base_dtype, mixed_precision, lora_scaling(cfg.lora), spec, answers))
-    expected = build_probe_set(cfg.probes, cfg.probe_count, training, generic_length(cfg.tasks), tokenizer)
-    probe_ids, probe_mask = checked_probe_batch(cache, expected, tokenizer, paths.base)
-    layout = lora_layout(model_config, cfg.lora)
+    cache.check_definition(definition.cache_identity())
+    probe_ids, probe_mask = checked_probe_batch(cache, definition.probes, tokenizer, paths.base)
+    layout = lora_layout(AutoConfig.from_pretrained(str(paths.base)), cfg.lora)
     weight_tokenizer = WeightTokenizer(layout, cfg.generator.chunk_width)
     embeddings = EmbeddingCache.load(paths.embeddings)
-    dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings, answers, tokenizer)
+    dataset = build_dataset(cfg, training, paths, cache, layout, weight_tokenizer, embeddings, definition, tokenizer)
 
     torch.manual_seed(cfg.seed)
     shape = generator_shape(cfg.generator, embeddings.dim, weight_tokenizer.token_roles(), weight_tokenizer.token_columns(),
@@ -200,30 +198,24 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> Run:
     # The schedule counts optimizer steps, so it stays out of accelerator.prepare: accelerate's wrapper
     # steps a scheduler once per process, which with N processes ends the schedule after steps / N.
     scheduler = get_linear_schedule_with_warmup(optimizer, tr.warmup_steps, tr.steps)
-    loss_fn = MultiTaskLoss(lambda_delta=cfg.lambda_delta, lambda_schedule=cfg.lambda_schedule,
-                            warmup_steps=tr.lambda_warmup_steps, delta_loss_type=cfg.delta_loss_type,
-                            lambda_weights=tr.lambda_weights, balance=cfg.loss_balance,
-                            behaviour=cfg.behaviour_loss)
     # Each process draws its own batches (its own stream, saved per rank in checkpoints).
     data_generator = torch.Generator().manual_seed(cfg.seed * 7919 + accelerator.process_index)
     records_generator = torch.Generator().manual_seed(1_000_003 + cfg.seed * 7919 + accelerator.process_index)
     model, optimizer = accelerator.prepare(model, optimizer)
-    base = load_base(paths.base, base_dtype, device=device)
-    computer = DeltaComputer(base, layout, lora_scaling(cfg.lora), probe_ids, probe_mask,
-                             autocast_dtype=autocast_dtype(mixed_precision),
-                             gradient_checkpointing=tr.gradient_checkpointing, spec=spec)
+    base = load_base(paths.base, definition.base_dtype, device=device)
+    term = behaviour_term(cfg, definition, base, layout, probe_ids, probe_mask) if tr.behaviour_adapters else None
     # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
     provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),
-                  "libraries": library_versions(), "precision": mixed_precision,
+                  "libraries": library_versions(), "precision": definition.precision,
                   "processes": accelerator.num_processes, "deltas": cache.probes.fingerprint(),
                   "delta_definition": sha256_json(cache.definition), "base": cache.base_fingerprint,
                   "checkpoints": sha256_json(dataset.names), "data": dataset.fingerprint()}
-    return Run(cfg, paths, accelerator, mixed_precision, training, list(split.heldout), cache, embeddings,
-               weight_tokenizer, dataset, weight_tokenizer.mask.to(device), model, optimizer, scheduler, loss_fn,
-               data_generator, records_generator, computer, provenance)
+    return TrainingRun(cfg, paths, accelerator, definition.precision, training, list(split.heldout), cache, embeddings,
+                       weight_tokenizer, dataset, model, optimizer, scheduler,
+                       Objective(objective(cfg), term, tr.behaviour_adapters), data_generator, records_generator, provenance)
 
 
-def _resume(run: Run) -> tuple[int, dict[str, list[tuple[int, float]]]]:
+def _resume(run: TrainingRun) -> tuple[int, dict[str, list[tuple[int, float]]]]:
     """(the step to continue after, the per-step history so far) from the last checkpoint of this very
     run; a checkpoint made by another run (any provenance entry changed) is removed and training starts
     fresh."""
@@ -248,20 +240,20 @@ def _resume(run: Run) -> tuple[int, dict[str, list[tuple[int, float]]]]:
     run.data_generator.set_state(rank_state["data_generator"])
     run.records_generator.set_state(rank_state["records_generator"])
     torch.set_rng_state(rank_state["torch_rng"])
-    run.loss_fn.current_step = state["step"]
+    run.objective.loss.current_step = state["step"]
     accelerator.print(f"{existing[-1]}: resuming at step {state['step']} of {run.cfg.train.steps}")
     return state["step"], {name: [tuple(row) for row in rows] for name, rows in state["history"].items()}
 
 
-def _optimizer_step(run: Run, step: int) -> dict[str, float]:
+def _optimizer_step(run: TrainingRun, step: int) -> dict[str, float]:
     """One optimizer step over gradient_accumulation_steps micro-batches; its metrics (means over the
     micro-batches, grad_norm as clipped on the last)."""
     tr, accelerator = run.cfg.train, run.accelerator
     sums: dict[str, float] = {}
     for _ in range(tr.gradient_accumulation_steps):
         with accelerator.accumulate(run.model):
-            micro = training_step(run.model, run.dataset, run.data_generator, tr, run.token_mask, run.weight_tokenizer,
-                                  run.computer, run.loss_fn, accelerator.device, step, run.records)
+            micro = training_step(run.model, run.dataset, run.weight_tokenizer, run.objective, tr.batch_size,
+                                  (run.data_generator, run.records_generator), accelerator.device, step)
             accelerator.backward(micro.pop("_loss"))
             if accelerator.sync_gradients:
                 micro["grad_norm"] = float(accelerator.clip_grad_norm_(run.model.parameters(), tr.max_grad_norm))
@@ -276,7 +268,7 @@ def _optimizer_step(run: Run, step: int) -> dict[str, float]:
     metrics["learning_rate"] = run.scheduler.get_last_lr()[0]
     if not math.isfinite(metrics["grad_norm"]):
         raise LlgbmError(f"train: grad_norm is {metrics['grad_norm']} at step {step}; no checkpoint written")
-    run.loss_fn.step()
+    run.objective.loss.step()
     return metrics
 
 
@@ -294,7 +286,7 @@ def _log(live: Live | None, history: dict[str, list[tuple[int, float]]], step: i
             live.make_summary()
 
 
-def _finish(run: Run, live: Live | None, history: dict[str, list[tuple[int, float]]]) -> None:
+def _finish(run: TrainingRun, live: Live | None, history: dict[str, list[tuple[int, float]]]) -> None:
     """The final generator and its metadata; no resumable state is left behind."""
     cfg, paths, accelerator = run.cfg, run.paths, run.accelerator
     meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
@@ -365,73 +357,48 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     return metrics
 
 
-def training_step(model, dataset: GeneratorDataset, data_generator: torch.Generator, tr, token_mask: torch.Tensor,
-                  weight_tokenizer: WeightTokenizer, computer: DeltaComputer, loss_fn: MultiTaskLoss,
-                  device: torch.device, step: int, records: tuple[torch.Generator, int] | None = None) -> dict:
-    """One micro-batch's loss (under "_loss") and metrics. `records`: the task loss's record stream and
-    how many records per adapter (behaviour_loss sft only)."""
-    batch = {k: v.to(device) for k, v in dataset.draw(tr.batch_size, data_generator).items()}
+def training_step(model: torch.nn.Module, dataset: GeneratorDataset, weight_tokenizer: WeightTokenizer,
+                  objective: Objective, batch_size: int, streams: tuple[torch.Generator, torch.Generator],
+                  device: torch.device, step: int) -> dict:
+    """One micro-batch: the weight term, the behaviour term on the first `objective.adapters` items, their
+    combination. Returns the metrics and, under "_loss", what to differentiate. `streams`: the batch draws'
+    random stream and the task loss's record draws' (a stream of its own, so it leaves the other as it is)."""
+    batch = {k: v.to(device) for k, v in dataset.draw(batch_size, streams[0], objective.adapters, streams[1]).items()}
+    mask = weight_tokenizer.mask.to(device)
     pred_tokens, pred_scales = model(batch["condition"])
     # fp32 at least (a bf16 generator's outputs), padding zero as in the targets.
-    pred_tokens = pred_tokens.to(torch.promote_types(pred_tokens.dtype, torch.float32)) * token_mask
+    pred_tokens = pred_tokens.to(torch.promote_types(pred_tokens.dtype, torch.float32)) * mask
     pred_scales = pred_scales.to(pred_tokens.dtype)
-    loss_weights = weight_token_loss(pred_tokens, pred_scales, batch["tokens"], batch["scales"], token_mask)
-    delta_pred = delta_target = None
-    n_delta = tr.delta_batch_size
-    if n_delta:
-        # With lambda(t) = 0 the behavioural term is still measured (for the logs) but not differentiated.
-        # It reaches the scales detached: a token's mean and log-std move all its r x chunk_width weights at
-        # once. With the weight term, that term trains them (the delta's gradient there, norm 10^2..10^3 on
-        # the embedded default, swamped everything after clipping); without it they stay at the training
-        # teachers' mean, where the generator starts (measured, SFT-only on the embedded default: with the
-        # scales trained too they ran to the bound, weight norm 4.4x, and the answers to uniform, accuracy
-        # 0.167 = chance; with them fixed the task loss fell to 0.46 by step 1200).
-        with torch.set_grad_enabled(loss_fn.get_lambda() > 0):
-            adapters = weight_tokenizer.detokenize(pred_tokens[:n_delta], pred_scales[:n_delta].detach())
-            delta_pred, delta_target = _behaviour(loss_fn.behaviour, computer, adapters, batch, dataset, records, n_delta)
-    total, metrics = loss_fn(loss_weights, delta_pred, delta_target)
-    if delta_pred is not None and delta_pred.requires_grad:
-        # The two terms meet at the generated tokens: each term's gradient there, its norm logged, the
-        # behavioural one weighted by the balance rule, then one backward through the generator for both.
-        # With balance "none" this is exactly the plain sum's gradient.
-        (grad_delta,) = torch.autograd.grad(loss_fn.delta_loss_fn(delta_pred, delta_target), pred_tokens)
-        (grad_weights,) = torch.autograd.grad(loss_weights, pred_tokens, retain_graph=True)
-        norm_weights, norm_delta = grad_weights.norm().item(), grad_delta.norm().item()
-        coefficient = delta_coefficient(loss_fn.get_lambda(), loss_fn.lambda_weights * norm_weights, norm_delta,
-                                        loss_fn.balance)
-        total = loss_fn.lambda_weights * loss_weights + coefficient * (pred_tokens * grad_delta).sum()
-        metrics.update(grad_norm_weights=norm_weights, grad_norm_delta=norm_delta, delta_coefficient=coefficient)
+    loss_weights = weight_token_loss(pred_tokens, pred_scales, batch["tokens"], batch["scales"], mask)
+    loss_behaviour, metrics = _behaviour(objective, weight_tokenizer, pred_tokens, pred_scales, batch)
+    total, combined = objective.loss.combine(loss_weights, loss_behaviour, pred_tokens)
+    metrics.update(combined, weight_norm_ratio=weight_norm_ratio(pred_tokens, pred_scales, batch["tokens"], batch["scales"], mask))
     for name, value in metrics.items():
         if not math.isfinite(value):
             raise LlgbmError(f"train: {name} is {value} at step {step}; no checkpoint written")
-    with torch.no_grad():
-        pred_raw = pred_tokens * torch.exp(pred_scales[..., 1:]) + pred_scales[..., :1]
-        target_raw = batch["tokens"] * torch.exp(batch["scales"][..., 1:]) + batch["scales"][..., :1]
-        metrics["weight_norm_ratio"] = ((pred_raw * token_mask).norm() / (target_raw * token_mask).norm()).item()
-    metrics["_loss"] = total
-    return metrics
+    return {**metrics, "_loss": total}
 
 
-def _behaviour(behaviour: str, computer: DeltaComputer, adapters, batch: dict[str, torch.Tensor],
-               dataset: GeneratorDataset, records: tuple[torch.Generator, int] | None,
-               n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The behavioural term's prediction and target for the first n items of the batch."""
-    if behaviour == "kl":  # the reference: answer distributions on each task's own prompts
-        top_ids = batch["kl_top_ids"][:n] if "kl_top_ids" in batch else None
-        return (computer.answer_log_probs(adapters, batch["kl_ids"][:n], batch["kl_mask"][:n], top_ids),
-                batch["kl_target"][:n])
-    if behaviour == "sft":  # the task loss: each adapter's cross-entropy on its own task's training records
-        if records is None:
-            raise ValueError("behaviour_loss sft needs the record stream and count")
-        drawn = dataset.draw_records(batch["index"][:n].cpu(), records[1], records[0])
-        return answer_cross_entropy(computer.model, computer.layout, adapters, computer.scaling,
-                                    drawn["records_input_ids"], drawn["records_attention_mask"],
-                                    drawn["records_labels"], computer.autocast_dtype,
-                                    computer.gradient_checkpointing), None
-    return computer(adapters), batch["delta"][:n]
+def _behaviour(objective: Objective, weight_tokenizer: WeightTokenizer, pred_tokens: torch.Tensor,
+               pred_scales: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, float]]:
+    """The behaviour term of the first `objective.adapters` generated adapters, with its read-outs.
+
+    With lambda(t) = 0 it is still measured (for the logs) but not differentiated. It reaches the scales
+    detached: a token's mean and log-std move all its r x chunk_width weights at once. With the weight term,
+    that term trains them (the delta's gradient there, norm 10^2..10^3 on the embedded default, swamped
+    everything after clipping); without it they stay at the training teachers' mean, where the generator
+    starts (measured, SFT-only on the embedded default: with the scales trained too they ran to the bound,
+    weight norm 4.4x, and the answers to uniform, accuracy 0.167 = chance; with them fixed the task loss
+    fell to 0.46 by step 1200)."""
+    n = objective.adapters
+    if objective.term is None or n == 0:
+        return None, {}
+    with torch.set_grad_enabled(objective.loss.get_lambda() > 0):
+        adapters = weight_tokenizer.detokenize(pred_tokens[:n], pred_scales[:n].detach())
+        return objective.term(adapters, {k: v[:n] for k, v in batch.items()})
 
 
-def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, run: Run, history: dict, keep: int = 2) -> None:
+def _save_checkpoint(accelerator: Accelerator, directory: Path, step: int, run: TrainingRun, history: dict, keep: int = 2) -> None:
     """Every rank's random state, gathered; the rest (identical on every rank) from the main process."""
     ranks = gather_object([{"data_generator": run.data_generator.get_state(),
                             "records_generator": run.records_generator.get_state(), "torch_rng": torch.get_rng_state()}])

@@ -8,8 +8,11 @@ from typing import Any, Mapping
 # The knobs an arm is made of: top-level params, and nested ones by their dotted path (as exp_show and `-S`
 # both name them).
 ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
-            "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights", "train.delta_batch_size",
+            "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights", "train.behaviour_adapters",
             "generator.kind", "generator.condition", "generator.max_scale_factor")
+# Knobs renamed since runs were made (issue 33), old name -> new: runs in the archive and older experiments'
+# exp_show rows carry the old name, read as the new one (llgbm.study.run_archive, llgbm.study.experiments).
+RENAMED_KNOBS = {"train.delta_batch_size": "train.behaviour_adapters"}
 
 # The study's objectives: the knobs that define each, others at params.yaml's values. Training on the
 # behaviour term alone (train.lambda_weights = 0) needs the plain sum: grad_norm balancing scales the
@@ -25,9 +28,9 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
     "KL-only": {"behaviour_loss": "kl", "train.lambda_weights": 0.0, "loss_balance": "none"},
     # The task loss (Text-to-LoRA's SFT) on every item of the batch, and the same without the prompts: the
     # reference that tells conditioning from averaging (a constant condition makes it one adapter).
-    "SFT": {"behaviour_loss": "sft", "train.delta_batch_size": 8},
-    "SFT-only": {"behaviour_loss": "sft", "train.delta_batch_size": 8, "train.lambda_weights": 0.0, "loss_balance": "none"},
-    "SFT-only, prompt-blind": {"behaviour_loss": "sft", "train.delta_batch_size": 8, "train.lambda_weights": 0.0,
+    "SFT": {"behaviour_loss": "sft", "train.behaviour_adapters": 8},
+    "SFT-only": {"behaviour_loss": "sft", "train.behaviour_adapters": 8, "train.lambda_weights": 0.0, "loss_balance": "none"},
+    "SFT-only, prompt-blind": {"behaviour_loss": "sft", "train.behaviour_adapters": 8, "train.lambda_weights": 0.0,
                                "loss_balance": "none", "generator.condition": "constant"},
 }
 
@@ -76,7 +79,7 @@ def arm_knobs(arms: list[Arm]) -> dict[Arm, str]:
         if objective == "weight-only":
             implied.add("lambda_delta")
         if objective.startswith("SFT"):
-            implied.add("train.delta_batch_size")
+            implied.add("train.behaviour_adapters")
         if "-only" in objective:
             implied |= {"train.lambda_weights", "loss_balance"}
         knobs[arm] = ", ".join(f"{k}={_text(v)}" for k, v in arm if k not in implied and v != common[k])

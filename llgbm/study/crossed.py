@@ -29,7 +29,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping
 
-from llgbm.study.stats import t_cdf, t_quantile
+from llgbm.study.stats import t_quantile, t_two_sided_p
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class CrossedEstimate:
         """Two-sided, for mean 0."""
         if self.standard_error == 0:
             return 0.0 if self.mean else 1.0
-        return 2 * (1 - t_cdf(abs(self.mean) / self.standard_error, self.df))
+        return t_two_sided_p(self.mean / self.standard_error, self.df)
 
 
 def complete_table(cells: Mapping[tuple[int, str], float]) -> tuple[list[int], list[str], list[list[float]]]:

@@ -19,10 +19,10 @@ from dvc.exceptions import DvcException
 from scmrepo.exceptions import SCMError
 
 from llgbm.infra.errors import LlgbmError, first_line
-from llgbm.study.arms import ARM_KEYS, Arm
+from llgbm.study.arms import ARM_KEYS, RENAMED_KNOBS, Arm
 
 # exp_show gives every number as a float; these knobs are integers.
-INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed", "heldout_folds", "heldout_fold", "train.delta_batch_size")
+INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed", "heldout_folds", "heldout_fold", "train.behaviour_adapters")
 # dvc exp show's State of an experiment whose outputs are its own (None: one run by `dvc exp run` in the
 # workspace, which has no executor state), and of one whose run stopped with an error.
 FINISHED_STATES = ("Success", None)
@@ -51,12 +51,25 @@ TRAIN_TASKS_METRIC = "train_tasks"  # the number of training tasks, where a stag
 DIAGNOSTIC_BASELINES: dict[str, tuple[str, str | None]] = {
     "chance": ("heldout_chance_mean", None),
     "base model": ("base_heldout_accuracy_mean", None),
-    "mean of training teachers": ("mean_teacher_heldout_accuracy_mean", None),
+    "mean of training teachers": ("update_mean_teacher_heldout_accuracy_mean", None),
     "nearest training teacher": ("nearest_teacher_heldout_accuracy_mean", None),
     "k nearest training teachers": ("knearest_teachers_heldout_accuracy_mean", None),
     "task arithmetic": ("task_arithmetic_heldout_accuracy_mean", None),
     "multi-task LoRA": ("multitask_heldout_accuracy_mean", "multitask_seen_accuracy_mean"),
 }
+# Names changed since runs were made (issue 33), old -> new; the archive's runs and older experiments carry
+# the old ones, read as the new (knobs: llgbm.study.arms.RENAMED_KNOBS). The diagnostics stage's mean of the
+# training teachers' updates (B @ A):
+RENAMED_DIAGNOSTICS = {"mean_teacher_heldout_accuracy_mean": "update_mean_teacher_heldout_accuracy_mean"}
+# The evaluation's adapters (its metrics' last part, its per_task.json keys): the element-wise mean of the
+# training teachers' A and B factors.
+RENAMED_ADAPTERS = {"mean_teacher": "factor_mean_teacher"}
+
+
+def renamed(values: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
+    """`values` with each old name of `renames` read as its new one, in place; where both names are present,
+    the new one's value."""
+    return {renames.get(k, k): v for k, v in values.items() if not (k in renames and renames[k] in values)}
 
 
 # --- dvc exp show -----------------------------------------------------------------------------------
@@ -106,6 +119,18 @@ def _lookup(row: Mapping[str, Any], name: str, file: str | None = None) -> Any:
     if file is not None:
         return row.get(f"{file}:{name}")
     return next((value for key, value in row.items() if key.endswith(f":{name}")), None)
+
+
+def _lookup_renamed(row: Mapping[str, Any], name: str, file: str | None, renames: Mapping[str, str]) -> Any:
+    """`_lookup` of `name`, else (a row of older code) of its old name in `renames` (old -> new)."""
+    value = _lookup(row, name, file)
+    old = next((old for old, new in renames.items() if new == name), None)
+    return _lookup(row, old, file) if value is None and old is not None else value
+
+
+def _knobs(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An exp_show row's arm knobs (ARM_KEYS), each under its name or, an experiment of older code, its old one."""
+    return {k: _lookup_renamed(row, k, PARAMS, RENAMED_KNOBS) for k in ARM_KEYS}
 
 
 def _param(key: str, value: Any) -> Any:
@@ -168,7 +193,7 @@ def pending_runs(rows: list[dict]) -> set[tuple[Arm, Replicate]]:
     for row in rows:
         replicate = replicate_of(row)
         if row.get("Experiment") is not None and row.get("State") in PENDING_STATES and replicate is not None:
-            pending.add((arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS}), replicate))
+            pending.add((arm_of(_knobs(row)), replicate))
     return pending
 
 
@@ -224,7 +249,7 @@ def collect_runs(rows: list[dict]) -> list[Run]:
         replicate = replicate_of(row)
         if replicate is None:
             continue
-        (fold, seed), arm = replicate, arm_of({k: _lookup(row, k, PARAMS) for k in ARM_KEYS})
+        (fold, seed), arm = replicate, arm_of(_knobs(row))
         if failed:
             runs.append(Run(arm=arm, seed=seed, metrics={name: None for name in KEY_METRICS},
                             counts={name: None for name in COUNT_METRICS}, train_tasks=None, diagnostics={},
@@ -247,7 +272,7 @@ def _diagnostics(row: Mapping[str, Any]) -> dict[str, float]:
     diagnostics = {}
     for heldout, seen_metric in DIAGNOSTIC_BASELINES.values():
         for metric in (heldout, seen_metric):
-            value = metric_value(_lookup(row, metric, DIAGNOSTICS)) if metric else None
+            value = metric_value(_lookup_renamed(row, metric, DIAGNOSTICS, RENAMED_DIAGNOSTICS)) if metric else None
             if value is not None:
                 diagnostics[metric] = value
     return diagnostics

@@ -6,8 +6,9 @@ from __future__ import annotations
 import shlex
 import subprocess
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from llgbm.config import load_config, to_dict
 from llgbm.infra.errors import LlgbmError
 
 # Through the modules, not their names: tests stand in for the DVC and git calls (exp_rows, workspace_key).
@@ -189,3 +190,19 @@ def queued_or_done(repo: str = ".") -> tuple[set[tuple[Arm, Replicate]], str]:
     return have, (f"--missing: {len({(r.arm, r.replicate) for r in done if r.failure is None})} finished and "
                   f"{len({(r.arm, r.replicate) for r in done if r.failure is not None})} failed runs of key {key}, "
                   f"{len(pending)} queued or running, are not queued again")
+
+
+def grid(*, params: str, study: str, arm_names: list[str] | None, seeds: list[int], folds: list[int] | None,
+         missing: bool, dry_run: bool, echo: Callable[[str], object]) -> None:
+    """`llgbm grid`: the arms of `study` (those named `arm_names`, in that order) with every other knob at
+    `params`' values, queued (with `dry_run`, only written) over `seeds` in each of `folds` (default: every
+    fold of params' heldout_folds); with `missing`, only the runs the archive and DVC's experiments lack
+    for the workspace's key. Each line goes to `echo` (with its newline)."""
+    values = to_dict(load_config(params))
+    arms = chosen_arms(study_arms(knob_defaults(values, params), study, params), arm_names, study)
+    have = None
+    if missing:
+        have, said = queued_or_done(".")
+        echo(said + "\n")
+    for line in queue_grid(seeds, dry_run, arms, have, study_folds(values, folds, params)):
+        echo(line + "\n")

@@ -13,12 +13,14 @@ from llgbm.study.experiments import (
     DIAGNOSTIC_BASELINES,
     KEY_METRICS,
     NO_FOLD,
+    RENAMED_DIAGNOSTICS,
     Replicate,
     Run,
     diagnostics_by_count,
     failed_replicates,
     group_runs,
     metric_value,
+    renamed,
     replicate_text,
 )
 from llgbm.study.stats import detectable_difference, mean_ci, paired_difference
@@ -96,7 +98,8 @@ def _diagnostic_rows(runs: list[Run], fallback: Mapping[str, Any] | None, width:
         if len(distinct) == 1:
             tables = {"any": next(iter(tables.values()))}
     elif fallback:
-        tables = {"workspace": {k: [float(v)] for k, v in fallback.items() if metric_value(v) is not None}}
+        tables = {"workspace": {k: [float(v)] for k, v in renamed(fallback, RENAMED_DIAGNOSTICS).items()
+                                if metric_value(v) is not None}}
     else:
         return []
 

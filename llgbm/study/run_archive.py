@@ -23,8 +23,8 @@ import yaml
 
 from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.infra.io import read_json, read_text, sha256_json, write_json_atomic
-from llgbm.study.arms import ARM_KEYS
-from llgbm.study.experiments import Run, _param, replicate_text, resolve_commit
+from llgbm.study.arms import ARM_KEYS, RENAMED_KNOBS
+from llgbm.study.experiments import RENAMED_ADAPTERS, RENAMED_DIAGNOSTICS, Run, _param, renamed, replicate_text, resolve_commit
 
 FORMAT = 1
 DEFAULT_ARCHIVE = Path("results/study/runs.json")
@@ -37,8 +37,9 @@ CODE_DIRS = ("llgbm/", "stages/")
 PROVENANCE_KEYS = ("libraries", "precision", "device", "processes")
 KEY_LENGTH = 16
 # A run's own params: its arm's knobs, its seed and its held-out fold (folds of one heldout_folds are
-# pooled, as seeds are); the key holds every other param.
-RUN_PARAMS = (*ARM_KEYS, "seed", "heldout_fold")
+# pooled, as seeds are); the key holds every other param. A knob's old name (RENAMED_KNOBS) stays one of them,
+# so that an experiment of older code gets the key its archived runs have.
+RUN_PARAMS = (*ARM_KEYS, *RENAMED_KNOBS, "seed", "heldout_fold")
 
 
 def _has_param(params: Any, dotted: str) -> bool:
@@ -160,14 +161,20 @@ def run_to_json(run: Run) -> dict[str, Any]:
 
 
 def run_from_json(entry: Mapping[str, Any], source: str) -> Run:
+    """An archived run as today's code names it: a knob, diagnostic or adapter renamed since the run was
+    recorded is read under its new name (the file itself keeps what was written)."""
     try:
         # A knob added to ARM_KEYS after a run was archived did not exist for it: None (its key, made by
         # older code, keeps it apart from every newer run).
-        arm = tuple((k, _param(k, entry["arm"].get(k))) for k in ARM_KEYS)
+        knobs = renamed(entry["arm"], RENAMED_KNOBS)
+        arm = tuple((k, _param(k, knobs.get(k))) for k in ARM_KEYS)
         # A field with a default (failure, added later) may be absent from runs recorded before it.
         fields = {name: entry[name] if name in entry or field.default is MISSING else field.default
                   for name, field in Run.__dataclass_fields__.items() if name != "arm"}
-    except (KeyError, TypeError) as exc:
+        fields["diagnostics"] = renamed(fields["diagnostics"], RENAMED_DIAGNOSTICS)
+        if fields["per_task"] is not None:
+            fields["per_task"] = {task: renamed(methods, RENAMED_ADAPTERS) for task, methods in fields["per_task"].items()}
+    except (KeyError, TypeError, AttributeError) as exc:
         raise LlgbmError(f"{source}: a run lacks {exc} (not a run of this archive's format)") from None
     return Run(arm=arm, **fields)
 
@@ -242,15 +249,17 @@ def _code_matches_lock(repo: str, rev: str) -> bool:
 
 
 def per_task_accuracies(per_task: Any, source: str) -> dict[str, dict[str, float | bool | None]]:
-    """Of an evaluation's per_task.json: per task, whether it is held out and each adapter's accuracy."""
+    """Of an evaluation's per_task.json: per task, whether it is held out and each adapter's accuracy (an
+    adapter renamed since, RENAMED_ADAPTERS, under its new name)."""
     if not isinstance(per_task, Mapping):
         raise LlgbmError(f"{source}: {PER_TASK} is not an object of tasks")
     out: dict[str, dict[str, float | bool | None]] = {}
     for task, entry in per_task.items():
         if not (isinstance(entry, Mapping) and isinstance(entry.get("heldout"), bool)):
             raise LlgbmError(f"{source}: {PER_TASK} task '{task}' lacks 'heldout'")
-        out[task] = {"heldout": entry["heldout"], **{name: value.get("accuracy") for name, value in entry.items()
-                                                     if isinstance(value, Mapping) and "accuracy" in value}}
+        accuracies = {name: value.get("accuracy") for name, value in entry.items()
+                      if isinstance(value, Mapping) and "accuracy" in value}
+        out[task] = {"heldout": entry["heldout"], **renamed(accuracies, RENAMED_ADAPTERS)}
     return out
 
 

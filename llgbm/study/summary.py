@@ -16,12 +16,12 @@ SUMMARY_ROWS = (
     ("diagnostics", "multitask_seen_accuracy_mean", "seen: multi-task LoRA (diagnostics)"),
     ("evaluate", "heldout.accuracy.generated", "held-out: generated adapters"),
     ("evaluate", "heldout.accuracy.teacher", "held-out: each task's own teacher"),
-    ("evaluate", "heldout.accuracy.mean_teacher", "held-out: mean of the training teachers' A and B"),
+    ("evaluate", "heldout.accuracy.factor_mean_teacher", "held-out: mean of the training teachers' A and B"),
     ("evaluate", "heldout.accuracy.nearest_teacher", "held-out: nearest training teacher"),
     ("evaluate", "seen.accuracy.generated", "seen: generated adapters"),
     ("evaluate", "heldout.gain_share.generated", "held-out: generated gain share (teacher = 1)"),
     ("train", "loss_weights", "train: last step's L_weights"),
-    ("train", "loss_delta", "train: last step's behavioural term"),
+    ("train", "loss_behaviour", "train: last step's behavioural term"),
     ("train", "weight_norm_ratio", "train: generated / teacher weight norm"),
 )
 
