@@ -61,7 +61,14 @@ def _compare(args: argparse.Namespace) -> None:
 
     compare(repo=args.repo, revs=args.rev, runs=args.runs, record=args.record, key=args.key, out=args.out,
             readme=args.readme, plot=args.plot, echo=lambda text: print(text, end=""), block=args.block,
-            folds=args.folds)
+            folds=args.folds, by_factor=args.by_factor)
+
+
+def _select(args: argparse.Namespace) -> None:
+    from llgbm.study.select import select
+
+    select(repo=args.repo, revs=args.rev, runs=args.runs, key=args.key, folds=args.folds,
+           echo=lambda text: print(text, end=""))
 
 
 def _diagnostics_table(args: argparse.Namespace) -> None:
@@ -129,6 +136,10 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--folds", nargs="+", type=int, default=None,
                          help="only the runs that held out these folds (e.g. --folds 0 for the task-count curve, "
                               "which runs on fold 0 alone)")
+    compare.add_argument("--by-factor", action="store_true",
+                         help="add the section on validation and factors: validation accuracy, task-runs below "
+                              "chance, held-out (and validation) accuracy by transform and by selector (shown "
+                              "without asking where a run records validation figures or below-chance counts)")
     compare.add_argument("--out", default=None, help="also write the markdown report here")
     compare.add_argument("--block", default="compare",
                          help="with --readme: the markers to write between, <!-- BLOCK:begin/end --> (default: compare)")
@@ -139,6 +150,24 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
                          help="write held-out accuracy against training tasks here (PNG; default with --readme: "
                               "results/compare/heldout_vs_tasks.png beside it)")
     compare.set_defaults(run=_compare)
+
+
+def _add_select(commands: argparse._SubParsersAction) -> None:
+    select = commands.add_parser(
+        "select", help="rank the arms of one key by validation accuracy and name the chosen one",
+        description="Hyperparameters are chosen on validation tasks (validation_tasks: training tasks of the fold "
+                    "kept out of training), never on the held-out fold: the arms of one key ranked by the mean "
+                    "over their runs of the generated adapters' validation accuracy, with the number of runs, the "
+                    "standard error over runs and the difference from the chosen arm paired by fold and seed. "
+                    "No held-out result is read.")
+    select.add_argument("--repo", default=".")
+    select.add_argument("--rev", nargs="+", default=None,
+                        help="the commits whose DVC experiments to read beside the archive (default: every commit "
+                             "that has experiments)")
+    select.add_argument("--runs", default=None, help="the run archive (default: results/study/runs.json in --repo)")
+    select.add_argument("--key", default=None, help="rank the runs of this key (default: the workspace run's)")
+    select.add_argument("--folds", nargs="+", type=int, default=None, help="only the runs that held out these folds")
+    select.set_defaults(run=_select)
 
 
 def _add_diagnostics_table(commands: argparse._SubParsersAction) -> None:
@@ -198,7 +227,7 @@ def _add_summary(commands: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llgbm")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_generate, _add_grid, _add_compare, _add_diagnostics_table, _add_summary, _add_bench):
+    for add in (_add_generate, _add_grid, _add_compare, _add_select, _add_diagnostics_table, _add_summary, _add_bench):
         add(commands)
     return parser
 

@@ -28,7 +28,7 @@ from llgbm.core.objective import BEHAVIOUR_LOSSES
 from llgbm.core.precision import MIXED_PRECISION
 from llgbm.data.encoder import EncoderConfig
 from llgbm.data.probes import PROBE_TEMPLATES, PROBE_TYPES, ProbesConfig
-from llgbm.data.split import fold_heldout, select_training_names, unsupported_heldout
+from llgbm.data.split import fold_heldout, resolve_names, unsupported_heldout
 from llgbm.data.tasks import (
     BUILTIN_TASKS,
     CUE_PLACES,
@@ -108,9 +108,13 @@ class TrainConfig:
     warmup_steps: int = 100  # learning-rate warmup, then linear decay to 0
     max_grad_norm: float = 1.0
     lambda_weights: float = 1.0  # 0 gives behaviour-only training
+    # 0: lambda_weights throughout; N: the weight term's weight falls linearly to 0 over the first N steps
+    # (a weight-matching warm start handing over to the behaviour term).
+    lambda_weights_decay_steps: int = 0
     lambda_warmup_steps: int = 300
     save_interval: int = 250
     log_interval: int = 10  # dvclive summary (metrics.json) refresh; per-step metrics are logged every step
+    validation_interval: int = 250  # with validation_tasks: validation accuracy every this many steps, and at the last
     mixed_precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU; or "no", "bf16" (fp16 is refused)
     gradient_checkpointing: bool = False
 
@@ -148,6 +152,10 @@ class Config:
     # support, nested across counts (see tasks.training_tasks), so held-out accuracy can be measured
     # against the number of training tasks.
     max_training_tasks: int | None = None
+    # This many of the tasks not held out are kept out of training as validation tasks (each selector and
+    # transform of theirs still in training): what hyperparameters are chosen on, never the held-out fold.
+    # 0: none (a final run trains on every task not held out).
+    validation_tasks: int = 0
     heldout_tasks: list[str] = field(default_factory=lambda: ["third", "before_last"])
     # Every task held out once: K disjoint held-out sets (heldout_folds, None: use heldout_tasks) and which
     # of them this run holds out (heldout_fold); with folds, heldout_tasks must be empty.
@@ -349,6 +357,7 @@ def _validate_split(cfg: Config, source: str) -> None:
         raise LlgbmError(f"{source}: 'heldout_tasks' names {repeated} more than once")
     if cfg.max_training_tasks is not None:
         _check_positive(cfg.max_training_tasks, "max_training_tasks", source)
+    _check_positive(cfg.validation_tasks, "validation_tasks", source, allow_zero=True)
     if cfg.tasks.source == "builtin":
         names = builtin_task_names(cfg.tasks)
         unknown = [t for t in cfg.heldout_tasks if t not in names]
@@ -363,12 +372,11 @@ def _validate_split(cfg: Config, source: str) -> None:
             if unsupported:
                 raise LlgbmError(f"{source}: 'heldout_tasks' {unsupported} lack compositional support: a selector "
                                  f"or transform of theirs occurs in no training pair")
-        if cfg.max_training_tasks is not None:
-            try:
-                select_training_names(names, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks),
-                                      cfg.tasks.seed)
-            except LlgbmError as exc:
-                raise LlgbmError(f"{source}: {exc}") from None
+        try:
+            resolve_names(names, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed,
+                          cfg.validation_tasks)
+        except LlgbmError as exc:
+            raise LlgbmError(f"{source}: {exc}") from None
 
 
 def _validate_training(cfg: Config, source: str) -> None:
@@ -386,10 +394,11 @@ def _validate_training(cfg: Config, source: str) -> None:
     tr = cfg.train
     # max_grad_norm is always applied: 0 would clip every gradient to nothing and train nothing.
     for key in ("steps", "batch_size", "gradient_accumulation_steps", "learning_rate", "save_interval", "log_interval",
-                "max_grad_norm"):
+                "validation_interval", "max_grad_norm"):
         _check_positive(getattr(tr, key), f"train.{key}", source)
     _check_positive(cfg.sft.records, "sft.records", source)
-    for key in ("behaviour_adapters", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps"):
+    for key in ("behaviour_adapters", "weight_decay", "warmup_steps", "lambda_weights", "lambda_warmup_steps",
+                "lambda_weights_decay_steps"):
         _check_positive(getattr(tr, key), f"train.{key}", source, allow_zero=True)
     if tr.behaviour_adapters > tr.batch_size:
         raise LlgbmError(f"{source}: 'train.behaviour_adapters' ({tr.behaviour_adapters}) exceeds train.batch_size")
@@ -401,6 +410,12 @@ def _validate_training(cfg: Config, source: str) -> None:
     _check_choice(tr.mixed_precision, MIXED_PRECISION, "train.mixed_precision", source)
     _check_positive(cfg.evaluate.prompt_batches, "evaluate.prompt_batches", source)
     _check_positive(cfg.evaluate.probe_count, "evaluate.probe_count", source)
+    if tr.lambda_weights_decay_steps and cfg.loss_balance == "grad_norm":
+        raise LlgbmError(f"{source}: 'loss_balance' grad_norm scales the behaviour term to the weight term's gradient, "
+                         "which train.lambda_weights_decay_steps takes to 0; use loss_balance none with the decay")
+    if tr.lambda_weights_decay_steps and (cfg.lambda_delta == 0 or tr.behaviour_adapters == 0):
+        raise LlgbmError(f"{source}: 'train.lambda_weights_decay_steps' hands over to a behaviour term, but lambda_delta "
+                         "or train.behaviour_adapters is 0")
     if tr.lambda_weights == 0 and cfg.loss_balance == "grad_norm":
         raise LlgbmError(f"{source}: 'loss_balance' grad_norm scales the delta term to the weight term's gradient, "
                          "which train.lambda_weights 0 removes; use loss_balance none for delta-only training")

@@ -95,7 +95,8 @@ def random_base(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def micro_split(cfg: Config, tasks: list) -> Split:
     """The split the split stage resolves for `cfg`."""
-    return resolve_split(tasks, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed)
+    return resolve_split(tasks, cfg.heldout_tasks, cfg.max_training_tasks, task_pairs(cfg.tasks), cfg.tasks.seed,
+                         cfg.validation_tasks)
 
 
 def micro_training(cfg: Config, tasks: list) -> list:

@@ -37,6 +37,11 @@ def test_repository_params_load() -> None:
     ({"delta_layers": [-1]}, "'delta_layers' is [-1]"),
     ({"delta_layers": []}, "'delta_layers' is []"),
     ({"train": {"mixed_precision": "fp16"}}, "'train.mixed_precision' fp16 is not supported"),
+    ({"loss_balance": "grad_norm", "train": {"lambda_weights_decay_steps": 100}}, "'loss_balance' grad_norm scales the behaviour term"),
+    ({"loss_balance": "none", "lambda_delta": 0.0, "train": {"lambda_weights_decay_steps": 100}},
+     "'train.lambda_weights_decay_steps' hands over to a behaviour term"),
+    ({"validation_tasks": -1}, "'validation_tasks' must be >= 0"),
+    ({"validation_tasks": 6}, "validation_tasks: 6 asked for, but only 6 tasks are not held out"),
 ])
 def test_bad_params_name_the_key(raw: dict, fragment: str) -> None:
     with pytest.raises(LlgbmError, match=re.escape(fragment)) as info:

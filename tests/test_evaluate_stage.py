@@ -69,8 +69,14 @@ def test_summary_counts_the_tasks_where_a_value_is_defined() -> None:
                     "delta_norm_ratio_eval": 1.0} for m in METHODS}
 
     per_task = {"a": row(0.2, None, 0.5), "b": row(0.4, 0.3, None), "c": row(0.6, None, None), "d": row(1.0, 1.0, 1.0)}
-    summary = summarise_methods(per_task, ["a", "b", "c"])
+    for name, task_row in per_task.items():
+        task_row["chance"] = 0.3
+    summary = summarise_methods(per_task, ["a", "b", "c"], {"a": ("s", "t"), "b": ("s", "u"), "c": ("r", "u")})
     assert summary["tasks"] == 3
+    assert summary["below_chance"]["generated"] == 1  # a: 0.2 < 0.3
+    assert summary["by_factor"] == {"selector": {"r": 0.6, "s": pytest.approx(0.3)},
+                                    "transform": {"t": 0.2, "u": pytest.approx(0.5)}}
+    assert "by_factor" not in summarise_methods(per_task, ["a"])  # tasks without parts
     assert summary["accuracy"]["generated"] == pytest.approx(0.4)
     assert summary["gain_share"]["generated"] == pytest.approx(0.3)  # the mean of the one defined value
     assert summary["defined"]["gain_share"]["generated"] == 1

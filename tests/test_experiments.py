@@ -77,6 +77,13 @@ def test_study_objectives_queue(no_dvc: None) -> None:
     assert all("-S max_training_tasks=null" in line for line in lines)
 
 
+def test_study_arms_do_not_depend_on_the_default_objective() -> None:
+    # params.yaml's default objective changes by measurement (issue 34); the study's arms stay the same.
+    sft_only = {**DEFAULTS, "behaviour_loss": "sft", "train.behaviour_adapters": 8, "train.lambda_weights": 0.0,
+                "loss_balance": "none"}
+    assert study_arms(sft_only, "all") == study_arms(DEFAULTS, "all")
+
+
 def test_study_lambdas_and_task_counts_queue(no_dvc: None) -> None:
     lambdas = _queued("lambdas")
     assert [line.split("-S lambda_delta=")[1].split()[0] for line in lambdas] == ["0.1", "1.0", "5.0"]
@@ -326,7 +333,7 @@ def _compare(**options: object) -> str:
     """What `llgbm compare` runs, its options at their defaults but `options`; what it says, as one text."""
     said: list[str] = []
     compare(**{"repo": ".", "revs": None, "runs": None, "record": False, "key": None, "out": None, "readme": None,
-               "plot": None, "block": "compare", "folds": None, **options}, echo=said.append)  # type: ignore[arg-type]
+               "plot": None, "block": "compare", "folds": None, "by_factor": False, **options}, echo=said.append)  # type: ignore[arg-type]
     return "".join(said)
 
 
@@ -644,3 +651,91 @@ def test_report_pools_folds_pairing_by_fold_and_seed() -> None:
     assert _line(per_fold, "| weight-only |") == "| weight-only | all | 0.200 | 0.300 | — |"
     unfolded = comparison_report(collect_runs([_row("w", 0, 0.2, lambda_delta=0.0), _row("d", 0, 0.3)]))
     assert "Per held-out fold" not in unfolded
+
+
+def test_validation_figures_and_below_chance_counts_are_read_from_exp_show() -> None:
+    row = {**_row("v", 0, 0.3), "validation.accuracy.generated": 0.61, "validation.tasks": 10.0,
+           "heldout.below_chance.generated": 2.0, "validation.below_chance.generated": 0.0}
+    [run] = collect_runs([row])
+    assert run.metrics["validation_accuracy"] == 0.61
+    assert (run.counts["validation_tasks"], run.counts["heldout_below_chance"], run.counts["validation_below_chance"]) == (10, 2, 0)
+    [without] = collect_runs([_row("w", 0, 0.3)])  # an evaluation without validation tasks
+    assert without.metrics["validation_accuracy"] is None and without.counts["heldout_below_chance"] is None
+
+
+def _factor_runs() -> list:
+    """Two arms x 2 seeds with per-task results of compositional tasks (and one task of another family);
+    SFT-only's knobs name its lambda_delta (two arms: no common value)."""
+    sft_only = {"behaviour_loss": "sft", "train.behaviour_adapters": 8, "train.lambda_weights": 0.0, "loss_balance": "none"}
+    runs = collect_runs([_row(f"w{s}", s, 0.2, lambda_delta=0.0) for s in range(2)]
+                        + [_row(f"o{s}", s, 0.5, **sft_only) for s in range(2)])
+
+    def per_task(run: experiments.Run) -> dict:
+        gain = 0.0 if run.name.startswith("w") else 0.5
+        return {"largest_mirror": {"heldout": True, "generated": 0.1 + 0.1 * run.seed + gain},
+                "median_mirror": {"heldout": True, "generated": 0.3},
+                "median_plus_two": {"heldout": True, "generated": 0.9},
+                "largest_plus_two": {"heldout": False, "generated": 1.0},  # seen: not in the held-out tables
+                "color_first": {"heldout": True, "generated": 0.0}}  # not a (selector, transform) pair
+
+    return [replace(run, key="k1", per_task=per_task(run)) for run in runs]
+
+
+def test_compare_by_factor_reads_accuracy_per_transform_and_selector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The section on validation and factors appears only when asked (`--by-factor`) for runs without validation
+    figures or below-chance counts (so the blocks of older studies are written as they were), and computes the
+    held-out accuracy per transform and per selector over task-runs from the archived per-task results."""
+    from llgbm.study.factor_report import factor_section
+
+    runs = _factor_runs()
+    assert factor_section(runs) == "" and "Validation and factors" not in comparison_report(runs)
+    section = factor_section(runs, asked=True)
+    assert "validation accuracy" not in section  # no run has validation figures: no such column
+    assert _line(section, "| weight-only | — | all | 2 |") == "| weight-only | — | all | 2 | — |"  # counts not recorded
+    by_transform = section.split("Held-out accuracy by transform")[1]
+    assert _line(by_transform, "| arm |") == "| arm | knobs | max training tasks | task-runs | plus_two | mirror |"
+    assert _line(by_transform, "| weight-only |") == "| weight-only | — | all | 6 | 0.900 | 0.225 |"
+    assert _line(by_transform, "| SFT-only |") == "| SFT-only | lambda_delta=1.0 | all | 6 | 0.900 | 0.475 |"
+    by_selector = section.split("Held-out accuracy by selector")[1]
+    assert _line(by_selector, "| arm |").endswith("| largest | median |")
+    assert _line(by_selector, "| weight-only |") == "| weight-only | — | all | 6 | 0.150 | 0.600 |"
+    assert "Validation accuracy by" not in section
+    readme = tmp_path / "results.md"
+    readme.write_text(f"{README_BEGIN}\n{README_END}\n")
+    save_archive(tmp_path / DEFAULT_ARCHIVE, runs)
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
+    _compare(repo=str(tmp_path), key="k1", readme=str(readme), by_factor=True)
+    assert "--key k1 --readme" in readme.read_text() and "--by-factor`" in readme.read_text()
+    assert "Held-out accuracy by transform" in readme.read_text()
+    assert "Held-out accuracy by transform" not in _compare(repo=str(tmp_path), key="k1")
+
+
+def test_compare_shows_validation_and_below_chance_where_runs_record_them() -> None:
+    """Runs of issue 34's evaluation (validation tasks, below-chance counts): the section appears unasked, with
+    validation accuracy, the task-runs below chance summed over runs, and validation accuracy by factor."""
+    from llgbm.study.factor_report import factor_section
+
+    runs = _factor_runs()
+    validated = [replace(run, metrics={**run.metrics, "validation_accuracy": 0.6 + 0.1 * run.seed},
+                         counts={**run.counts, "heldout_below_chance": 1 + run.seed, "validation_tasks": 2,
+                                 "validation_below_chance": 0},
+                         per_task={**(run.per_task or {}),
+                                   "smallest_minus_one": {"heldout": False, "group": "validation", "generated": 0.4}})
+                 for run in runs if run.name.startswith("o")]
+    section = factor_section(runs[:2] + validated[:1])  # unasked; one of SFT-only's two runs recorded
+    assert _line(section, "| arm |").endswith("| runs | validation accuracy | validation task-runs below chance "
+                                               "| held-out task-runs below chance |")
+    sft_only = "| SFT-only | lambda_delta=1.0 | all |"
+    assert _line(section, sft_only) == f"{sft_only} 1 | 0.600 (1 run, no CI) | 0 of 2 | 1 of 8 |"
+    assert _line(section, "| weight-only | — | all |") == "| weight-only | — | all | 2 | — | — | — |"
+    both = factor_section(runs[:2] + validated)
+    mean, half = mean_ci([0.6, 0.7])
+    assert _line(both, sft_only) == f"{sft_only} 2 | {mean:.3f} ± {half:.3f} | 0 of 4 | 3 of 16 |"
+    partial = factor_section(runs[:2] + [validated[0], runs[3]])
+    assert _line(partial, "| SFT-only | lambda_delta=1.0 | all |").endswith(
+        "| 0.600 (1 run, no CI) (1 of 2 runs) | 0 of 2 (1 of 2 runs) | 1 of 8 (1 of 2 runs) |")
+    by_transform = both.split("Validation accuracy by transform")[1]
+    assert _line(by_transform, "| SFT-only |") == "| SFT-only | lambda_delta=1.0 | all | 2 | 0.400 |"
+    assert _line(by_transform, "| weight-only |") == "| weight-only | — | all | 0 | — |"
+    # the validation tasks' rows are not in the held-out tables
+    assert f"{sft_only} 6 | 0.900 | 0.475 |" in both.split("Held-out accuracy by transform")[1]

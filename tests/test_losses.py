@@ -89,3 +89,17 @@ def test_kl_divergence_on_a_hand_made_case() -> None:
     assert kl_divergence(q, q).item() == pytest.approx(0.0, abs=1e-7)
     binned = binned_log_probs(q, torch.tensor([[2]]))  # token 2, then the rest
     torch.testing.assert_close(binned.exp(), torch.tensor([[0.5, 0.5]]))
+
+
+def test_the_weight_terms_warm_start_hands_over_linearly() -> None:
+    from llgbm.core.losses import decayed_weight
+
+    assert [decayed_weight(step, 2.0, 4) for step in range(6)] == [2.0, 1.5, 1.0, 0.5, 0.0, 0.0]
+    assert decayed_weight(1000, 2.0, 0) == 2.0  # no decay: the constant weight
+    loss_fn = MultiTaskLoss(lambda_delta=1.0, lambda_weights=2.0, weights_decay_steps=2)
+    totals = []
+    for _ in range(3):
+        total, metrics = loss_fn.combine(torch.tensor(3.0), torch.tensor(5.0))
+        totals.append((total.item(), metrics["lambda_weights"]))
+        loss_fn.step()
+    assert totals == [(2.0 * 3 + 5, 2.0), (1.0 * 3 + 5, 1.0), (0.0 + 5, 0.0)]

@@ -313,3 +313,42 @@ def test_experiment_baselines_are_read_from_dvc_refs(tmp_path: Path) -> None:
     _git(tmp_path, "update-ref", "refs/exps/celery/stash", head)  # the queue, not a finished experiment
     assert experiments.experiment_baselines(str(tmp_path)) == [head]
     assert experiments.experiment_baselines(str(tmp_path / "missing")) == []
+
+
+def test_validation_figures_are_archived_and_older_runs_load_without_them(tmp_path: Path) -> None:
+    """Issue 34: a run's validation accuracy and below-chance counts sit beside its other metrics and counts;
+    the runs archived before them load with None, and saving them writes back what they held (no new field,
+    no key changed)."""
+    from llgbm.study.select import validation_accuracy
+
+    text = DEFAULT_ARCHIVE_IN_REPO.read_text()
+    entries = json.loads(text)["runs"]
+    archived = load_archive(DEFAULT_ARCHIVE_IN_REPO)
+    for entry, run in zip(entries, archived):
+        assert validation_accuracy(run) is None and run.counts.get("heldout_below_chance") is None
+        again = run_to_json(run)
+        assert (again["metrics"], again["counts"], again["key"]) == (entry["metrics"], entry["counts"], entry["key"])
+    assert DEFAULT_ARCHIVE_IN_REPO.read_text() == text
+    # the same experiment read again by today's code: a figure it does not have (None) is not added; one it has is
+    old = _run("a", 0, 0.3, rev="r1", key="k")
+    none = replace(old, metrics={**old.metrics, "validation_accuracy": None}, counts={"heldout_below_chance": None})
+    assert merge_runs([old], [none]) == ([old], [])
+    new = replace(old, metrics={**old.metrics, "validation_accuracy": 0.7}, counts={"heldout_below_chance": 2})
+    merged, disagreements = merge_runs([old], [new])
+    assert merged == [new] and disagreements == [] and validation_accuracy(merged[0]) == 0.7
+    save_archive(tmp_path / "runs.json", merged)
+    assert load_archive(tmp_path / "runs.json") == merged
+
+
+def test_per_task_results_keep_their_group() -> None:
+    """An evaluation with validation tasks names each task's group; the archive keeps it (the old "heldout"
+    stays), and a group that contradicts "heldout" is an error."""
+    rows = {"a_mirror": {"heldout": True, "group": "heldout", "generated": {"accuracy": 0.5}},
+            "b_mirror": {"heldout": False, "group": "validation", "generated": {"accuracy": 0.25}},
+            "c_mirror": {"heldout": False, "generated": {"accuracy": 1.0}}}
+    assert per_task_accuracies(rows, "r") == {"a_mirror": {"heldout": True, "group": "heldout", "generated": 0.5},
+                                              "b_mirror": {"heldout": False, "group": "validation", "generated": 0.25},
+                                              "c_mirror": {"heldout": False, "generated": 1.0}}
+    for group in ("heldout", "test"):
+        with pytest.raises(LlgbmError, match=f"task 'x': group '{group}' is not one of heldout, validation, seen"):
+            per_task_accuracies({"x": {"heldout": False, "group": group}}, "r")

@@ -327,3 +327,32 @@ def test_behaviour_only_runs_finish_with_their_weights_bounded(micro_train_input
     assert 0.1 < max(_curve(tmp_path / "run", "weight_norm_ratio")) < 2 * 2.0
     summary = json.loads((tmp_path / "run" / "live" / "metrics.json").read_text())
     assert summary["generator_parameters"] > 0 and math.isfinite(summary["loss_weights_tail_change"])
+
+
+def test_validation_tasks_are_kept_out_of_training_and_measured_along_it(micro_train_inputs, tmp_path) -> None:
+    from llgbm.recipes.deltas import fill_cache
+    from llgbm.recipes.evaluate import run_evaluation
+
+    from .conftest import micro_split
+
+    train = {**micro_config().train.__dict__, "steps": 12, "save_interval": 100, "validation_interval": 5}
+    cfg = micro_config(validation_tasks=1, train=train)
+    tasks = micro_train_inputs["tasks"]
+    split = micro_split(cfg, tasks)
+    assert len(split.validation) == 1 and split.validation[0] not in split.training + split.heldout
+    split.save(tmp_path / "split.json")
+    fill_cache(cfg, tasks, split.training_tasks(tasks), micro_train_inputs["base"], micro_train_inputs["teachers"],
+               tmp_path / "deltas")
+    inputs = {**micro_train_inputs, "split": tmp_path / "split.json", "deltas": tmp_path / "deltas"}
+    metrics = train_generator(cfg, tasks, _paths(inputs, tmp_path / "run"))
+    assert 0.0 <= metrics["validation_accuracy"] <= 1.0
+    with open(tmp_path / "run" / "live" / "plots" / "metrics" / "validation_accuracy.tsv") as handle:
+        assert [int(row["step"]) for row in csv.DictReader(handle, delimiter="\t")] == [5, 10, 12]
+    generator, meta = load_generator(tmp_path / "run" / "generator")
+    assert meta["validation_tasks"] == list(split.validation) and split.validation[0] not in meta["training_tasks"]
+    paths = _paths(inputs, tmp_path / "run")
+    summary, per_task = run_evaluation(cfg, tasks, paths, tmp_path / "adapters", prompt_batches=1)
+    assert per_task[split.validation[0]]["group"] == "validation" and not per_task[split.validation[0]]["heldout"]
+    assert summary["validation"]["tasks"] == 1 and summary["seen"]["tasks"] == len(split.training)
+    # The curve's last point is the evaluate stage's first prompt batch: the same adapter, the same accuracy.
+    assert metrics["validation_accuracy"] == pytest.approx(per_task[split.validation[0]]["generated"]["accuracy"])

@@ -30,4 +30,5 @@ def objective(cfg: Config) -> MultiTaskLoss:
     """The weight term's weight, lambda(t) and the balance rule."""
     return MultiTaskLoss(lambda_delta=cfg.lambda_delta, lambda_schedule=cfg.lambda_schedule,
                          warmup_steps=cfg.train.lambda_warmup_steps, delta_loss_type=cfg.delta_loss_type,
-                         lambda_weights=cfg.train.lambda_weights, balance=cfg.loss_balance)
+                         lambda_weights=cfg.train.lambda_weights, balance=cfg.loss_balance,
+                         weights_decay_steps=cfg.train.lambda_weights_decay_steps)

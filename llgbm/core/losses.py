@@ -85,6 +85,15 @@ def scheduled_lambda(step: int, schedule: str, warmup_steps: int, max_lambda: fl
     return max_lambda * (1 - math.cos(math.pi * progress)) / 2
 
 
+def decayed_weight(step: int, lambda_weights: float, decay_steps: int) -> float:
+    """The weight term's weight at `step`: lambda_weights throughout (decay_steps 0), or falling linearly from
+    it to 0 over the first decay_steps (a weight-matching warm start that hands over to the behaviour term:
+    the seed's lambda(t) turned around)."""
+    if decay_steps <= 0:
+        return lambda_weights
+    return lambda_weights * max(0.0, 1.0 - step / decay_steps)
+
+
 def delta_coefficient(lam: float, grad_norm_weights: float, grad_norm_behaviour: float, balance: str) -> float:
     """The factor on the behaviour term's gradient. "none": lambda itself (the plain sum). "grad_norm": lambda
     times ||grad of lambda_weights * L_weights|| / ||grad of L_behaviour||, so that lambda is the ratio of the
@@ -107,7 +116,7 @@ def combine_terms(loss_weights: torch.Tensor, loss_behaviour: torch.Tensor | Non
     is returned whose gradient through the generator is lambda_weights * dL_weights + coefficient *
     dL_behaviour: with balance "none" exactly the plain sum's. Otherwise (no behaviour term, or one measured
     without a graph while lambda is 0) the plain sum is returned."""
-    metrics = {"loss_weights": loss_weights.item(), "lambda_delta": lam}
+    metrics = {"loss_weights": loss_weights.item(), "lambda_delta": lam, "lambda_weights": lambda_weights}
     total = lambda_weights * loss_weights
     if loss_behaviour is None:
         metrics["loss_total"] = total.item()
@@ -126,13 +135,14 @@ def combine_terms(loss_weights: torch.Tensor, loss_behaviour: torch.Tensor | Non
 
 
 class MultiTaskLoss(nn.Module):
-    """L = lambda_weights * L_weights + lambda(t) * L_behaviour, with lambda(t) from the schedule and the
-    step counter that drives it; `balance` says how the behaviour term's gradient is weighted in training
-    (see `combine_terms`). Its forward is the spec's: the delta term (`DeltaLoss`) on given deltas."""
+    """L = lambda_w(t) * L_weights + lambda(t) * L_behaviour, with lambda(t) from the schedule, lambda_w(t)
+    from `decayed_weight` and the step counter that drives both; `balance` says how the behaviour term's
+    gradient is weighted in training (see `combine_terms`). Its forward is the spec's: the delta term
+    (`DeltaLoss`) on given deltas."""
 
     def __init__(self, lambda_delta: float = 1.0, lambda_schedule: str = "constant", warmup_steps: int = 0,
                  max_lambda: float | None = None, delta_loss_type: str = "mse", lambda_weights: float = 1.0,
-                 normalize: bool = False, balance: str = "none"):
+                 normalize: bool = False, balance: str = "none", weights_decay_steps: int = 0):
         super().__init__()
         delta_coefficient(0.0, 0.0, 0.0, balance)  # reject unknown names now
         self.balance = balance
@@ -143,16 +153,21 @@ class MultiTaskLoss(nn.Module):
         self.lambda_schedule = lambda_schedule
         self.warmup_steps = warmup_steps
         self.lambda_weights = lambda_weights
+        self.weights_decay_steps = weights_decay_steps
         self.delta_loss_fn = DeltaLoss(delta_loss_type, normalize)
         self.current_step = 0
 
     def get_lambda(self) -> float:
         return scheduled_lambda(self.current_step, self.lambda_schedule, self.warmup_steps, self.max_lambda)
 
+    def get_lambda_weights(self) -> float:
+        return decayed_weight(self.current_step, self.lambda_weights, self.weights_decay_steps)
+
     def combine(self, loss_weights: torch.Tensor, loss_behaviour: torch.Tensor | None,
                 tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """`combine_terms` at the current step's lambda."""
-        return combine_terms(loss_weights, loss_behaviour, self.lambda_weights, self.get_lambda(), self.balance, tokens)
+        """`combine_terms` at the current step's weights."""
+        return combine_terms(loss_weights, loss_behaviour, self.get_lambda_weights(), self.get_lambda(), self.balance,
+                             tokens)
 
     def forward(self, loss_weights: torch.Tensor, delta_pred: torch.Tensor | None,
                 delta_target: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:

@@ -3,6 +3,7 @@ in data/split.json, so that no later stage recomputes it."""
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,34 @@ def support_cover(order: list[str], pairs: dict[str, tuple[str, str]], heldout: 
     return list(dict.fromkeys(cover))
 
 
+def validation_names(pool: list[str], heldout: list[str], count: int, pairs: dict[str, tuple[str, str]] | None,
+                     seed: int) -> list[str]:
+    """`count` tasks of `pool` (the tasks not held out) kept out of training to choose hyperparameters on,
+    so that no choice reads the held-out fold. One at a time, in a seeded order: of the tasks that keep
+    every selector and transform of every held-out and validation pair in the tasks left for training,
+    the first whose selector and transform the validation tasks hold least (so they spread over the
+    factors: 10 of the 5 x 10 family hold each transform once). Kept in `pool` order."""
+    if count == 0:
+        return []
+    if count >= len(pool):
+        raise LlgbmError(f"validation_tasks: {count} asked for, but only {len(pool)} tasks are not held out and "
+                         "training needs at least one")
+    order = random.Random(f"{seed}:validation").sample(pool, len(pool))
+    if pairs is None:
+        chosen = set(order[:count])
+        return [n for n in pool if n in chosen]
+    chosen: list[str] = []
+    while len(chosen) < count:
+        uses = Counter(part for c in chosen for part in pairs[c])
+        keeping = [n for n in order if n not in chosen
+                   and not unsupported_heldout({m: pairs[m] for m in [*pool, *heldout]}, [*heldout, *chosen, n])]
+        if not keeping:
+            raise LlgbmError(f"validation_tasks: {count} validation tasks cannot keep every held-out and validation "
+                             f"pair's selector and transform in training; at most {len(chosen)} can")
+        chosen.append(min(keeping, key=lambda n: uses[pairs[n][0]] + uses[pairs[n][1]]))
+    return [n for n in pool if n in chosen]
+
+
 def select_training_names(names: list[str], heldout: list[str], count: int | None,
                           pairs: dict[str, tuple[str, str]] | None, seed: int) -> list[str]:
     """The training tasks: every non-held-out name (count None), or `count` of them chosen by `seed`. With
@@ -96,10 +125,12 @@ def select_training_names(names: list[str], heldout: list[str], count: int | Non
 
 @dataclass(frozen=True)
 class Split:
-    """Task names training may see, and the held-out ones (never seen by training). With
-    max_training_tasks, the other tasks are neither."""
+    """Task names training may see, the held-out ones (never seen by training: the final figure) and the
+    validation ones (never seen by training either: what hyperparameters are chosen on). With
+    max_training_tasks, the other tasks are none of these."""
     training: tuple[str, ...]
     heldout: tuple[str, ...]
+    validation: tuple[str, ...] = ()
 
     def training_tasks(self, tasks: list[Task]) -> list[Task]:
         return [t for t in tasks if t.name in self.training]
@@ -107,26 +138,40 @@ class Split:
     def heldout_tasks(self, tasks: list[Task]) -> list[Task]:
         return [t for t in tasks if t.name in self.heldout]
 
+    def validation_tasks(self, tasks: list[Task]) -> list[Task]:
+        return [t for t in tasks if t.name in self.validation]
+
     def save(self, path: Path) -> None:
-        write_json_atomic(path, {"training": list(self.training), "heldout": list(self.heldout)})
+        # Without validation tasks the file is what it was before they existed (the published testbed's).
+        write_json_atomic(path, {"training": list(self.training), "heldout": list(self.heldout),
+                                 **({"validation": list(self.validation)} if self.validation else {})})
 
     @classmethod
     def load(cls, path: Path) -> "Split":
         raw = read_json(path, "task split")
-        if not (isinstance(raw, dict) and all(isinstance(raw.get(k), list) for k in ("training", "heldout"))):
-            raise LlgbmError(f"{path}: not a task split (training and heldout lists); rerun the split stage")
-        return cls(tuple(raw["training"]), tuple(raw["heldout"]))
+        if not (isinstance(raw, dict) and all(isinstance(raw.get(k), list) for k in ("training", "heldout"))
+                and isinstance(raw.get("validation", []), list)):
+            raise LlgbmError(f"{path}: not a task split (training, heldout and validation lists); rerun the split stage")
+        return cls(tuple(raw["training"]), tuple(raw["heldout"]), tuple(raw.get("validation", [])))
+
+
+def resolve_names(names: list[str], heldout: list[str], count: int | None, pairs: dict[str, tuple[str, str]] | None,
+                  seed: int, validation_count: int = 0) -> Split:
+    """The split of task `names`: `heldout`, `validation_count` validation tasks (`validation_names`, drawn
+    before the training tasks so that every max_training_tasks shares them) and the training tasks that
+    `select_training_names` chooses among the rest."""
+    validation = validation_names([n for n in names if n not in heldout], heldout, validation_count, pairs, seed)
+    chosen = select_training_names(names, [*heldout, *validation], count, pairs, seed)
+    if not chosen:
+        raise LlgbmError("heldout_tasks: every task is held out; nothing is left to train on")
+    return Split(tuple(chosen), tuple(n for n in names if n in heldout), tuple(validation))
 
 
 def resolve_split(tasks: list[Task], heldout: list[str], count: int | None, pairs: dict[str, tuple[str, str]] | None,
-                  seed: int) -> Split:
-    """The split of `tasks`: `heldout` (which must name tasks) and the training tasks that
-    `select_training_names` chooses."""
+                  seed: int, validation_count: int = 0) -> Split:
+    """The split of `tasks` (`resolve_names`), `heldout` checked to name tasks of them."""
     names = [t.name for t in tasks]
     unknown = [n for n in heldout if n not in names]
     if unknown:
         raise LlgbmError(f"heldout_tasks: {unknown} are not tasks of the tasks file (its tasks: {', '.join(names)})")
-    chosen = select_training_names(names, heldout, count, pairs, seed)
-    if not chosen:
-        raise LlgbmError("heldout_tasks: every task is held out; nothing is left to train on")
-    return Split(tuple(chosen), tuple(n for n in names if n in heldout))
+    return resolve_names(names, heldout, count, pairs, seed, validation_count)

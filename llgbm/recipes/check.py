@@ -21,7 +21,7 @@ from llgbm.infra.paths import CHECKED_FILE, TASK_FILES_DIR
 def run(cfg: Config) -> None:
     tasks = make_tasks(cfg.tasks, TASK_FILES_DIR)
     split = resolve_split(tasks, heldout_names(cfg, [t.name for t in tasks]), cfg.max_training_tasks,
-                          task_pairs(cfg.tasks), cfg.tasks.seed)
+                          task_pairs(cfg.tasks), cfg.tasks.seed, cfg.validation_tasks)
     evaluation_candidates(cfg.evaluate.probe_count, cfg.evaluate.probe_seed, tasks, list(split.heldout))
     short = [t.name for t in tasks if len(t.test) < cfg.generator.prompts_per_sample]
     if short:

@@ -23,7 +23,9 @@ from llgbm.core.delta import DeltaComputer, DeltaSpec, probe_states, reduce_delt
 from llgbm.core.lora import LoraConfig, layout_of_model, lora_scaling, stack_adapters
 from llgbm.core.scoring import adapted_task_accuracies, task_accuracy
 from llgbm.core.similarity import nearest
+from llgbm.data.conditions import evaluation_prompt_batches
 from llgbm.data.encoder import EmbeddingCache
+from llgbm.data.factors import below_chance, factor_means
 from llgbm.data.probes import (
     ProbeSet,
     assert_disjoint,
@@ -32,7 +34,7 @@ from llgbm.data.probes import (
     training_texts,
 )
 from llgbm.data.split import Split
-from llgbm.data.tasks import Task, load_tasks
+from llgbm.data.tasks import Task, load_tasks, task_pairs
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.figures import grouped_bars
 from llgbm.infra.io import atomic_dir, sha256_file, write_json_atomic
@@ -41,6 +43,10 @@ from llgbm.infra.paths import EVALUATION_ADAPTERS_DIR, RESULTS_DIR, TASKS_FILE, 
 # factor_mean_teacher: the element-wise mean of A and of B over every training checkpoint
 # (core.adapter_math.mean_of_factors); not the diagnostics' update_mean_teacher, the mean update B @ A.
 METHODS = ("base", "generated", "teacher", "factor_mean_teacher", "nearest_teacher")
+# The evaluated tasks: held out (the final figure), validation (kept out of training to choose
+# hyperparameters on; validation_tasks) and seen (training tasks).
+GROUPS = ("heldout", "validation", "seen")
+GROUP_TITLES = {"heldout": "Held-out", "validation": "Validation", "seen": "Seen"}
 
 
 # Accuracies are multiples of 1 / (test records): a gap this small only guards against float equality.
@@ -109,15 +115,23 @@ def _mean_defined(values: list[float | None]) -> float | None:
     return sum(defined) / len(defined) if defined else None
 
 
-def summarise_methods(per_task: dict[str, dict], names: list[str]) -> dict:
+def summarise_methods(per_task: dict[str, dict], names: list[str],
+                      pairs: dict[str, tuple[str, str]] | None = None) -> dict:
     """Per method, the mean over `names` of each summarised metric (over the tasks where it is defined),
-    the number of tasks, and per metric that can be undefined the number of tasks where it is defined."""
-    return {
+    the number of tasks, per metric that can be undefined the number of tasks where it is defined, and the
+    number of tasks below chance; with compositional `pairs`, the generated adapters' accuracy per selector
+    and per transform."""
+    summary = {
         "tasks": len(names),
         **{key: {m: _mean_defined([per_task[t][m][key] for t in names]) for m in METHODS} for key in SUMMARISED},
         "defined": {key: {m: sum(per_task[t][m][key] is not None for t in names) for m in METHODS}
                     for key in DEFINABLE},
+        "below_chance": {m: len(below_chance({t: per_task[t][m]["accuracy"] for t in names},
+                                             {t: per_task[t]["chance"] for t in names})) for m in METHODS},
     }
+    if pairs:
+        summary["by_factor"] = factor_means({t: per_task[t]["generated"]["accuracy"] for t in names}, pairs)
+    return summary
 
 
 def evaluation_probe_set(cfg: Config, tasks: list[Task], heldout: list[str], cache: DeltaCache,
@@ -216,10 +230,8 @@ def measure_task(task: Task, meter: AdapterMeter, loaded: LoadedGenerator, refs:
     saved under out_dir), the nearest training task of each batch, and each adapter measured (once)."""
     if len(task.test) < loaded.prompts:
         raise LlgbmError(f"task '{task.name}': {len(task.test)} test prompts, the generator takes {loaded.prompts}")
-    rng = torch.Generator().manual_seed(seed * 1000 + sum(map(ord, task.name)))
     generated, nearest_names = [], []
-    for k in range(prompt_batches):
-        prompts = [task.test[i].condition for i in torch.randperm(len(task.test), generator=rng)[: loaded.prompts].tolist()]
+    for k, prompts in enumerate(evaluation_prompt_batches(task, loaded.prompts, prompt_batches, seed)):
         condition = embeddings.lookup(prompts)
         adapter_dir = out_dir / f"generated-{k}"
         loaded.save(loaded.tensors(condition), adapter_dir)
@@ -245,12 +257,13 @@ def check_teacher_against_cache(teacher_dir: Path, teacher_delta: torch.Tensor, 
         raise LlgbmError(f"{teacher_dir}: PEFT-loaded delta disagrees with the delta cache; rerun the deltas stage")
 
 
-def task_row(task: Task, results: dict[str, list[Measured]], nearest_names: list[str], heldout: bool) -> dict:
-    """A task's per_task.json entry: per method, accuracy, gain share and delta alignment to the teacher."""
+def task_row(task: Task, results: dict[str, list[Measured]], nearest_names: list[str], group: str) -> dict:
+    """A task's per_task.json entry: its group (GROUPS), per method accuracy, gain share and delta
+    alignment to the teacher."""
     teacher = results["teacher"][0].deltas
     accuracy = {m: sum(r.accuracy for r in results[m]) / len(results[m]) for m in METHODS}
     return {
-        "heldout": heldout, "chance": task.chance, "nearest_tasks": nearest_names,
+        "group": group, "heldout": group == "heldout", "chance": task.chance, "nearest_tasks": nearest_names,
         **{m: {"accuracy": accuracy[m],
                "gain_share": gain_share(accuracy[m], accuracy["base"], accuracy["teacher"], task.chance),
                **{key: value for where in PROBE_SETS
@@ -276,9 +289,10 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
     probe_batches = {"train_probes": checked_probe_batch(cache, definition.probes, tokenizer, paths.base),
                      "eval": tokenize_probes(evaluation_probe_set(cfg, tasks, heldout, cache, tokenizer), tokenizer)}
     loaded = open_generator(paths.generator, paths.base)
-    if sorted(loaded.meta["heldout_tasks"]) != sorted(heldout):
-        raise LlgbmError(f"{paths.generator}: trained with heldout_tasks {loaded.meta['heldout_tasks']}, the split "
-                         f"says {heldout}; rerun the train stage")
+    for key, names in (("heldout_tasks", heldout), ("validation_tasks", list(split.validation))):
+        if sorted(loaded.meta.get(key, [])) != sorted(names):
+            raise LlgbmError(f"{paths.generator}: trained with {key} {loaded.meta.get(key, [])}, the split says "
+                             f"{names}; rerun the train stage")
     embeddings = EmbeddingCache.load(paths.embeddings)
     train_names = {t.name for t in training}
     refs = References(final_checkpoints(paths.teachers), adapters_dir / "factor_mean_teacher",
@@ -288,24 +302,25 @@ def run_evaluation(cfg: Config, tasks: list[Task], paths: Paths, adapters_dir: P
                               for c in read_index(paths.teachers) if c["task"] in train_names]), refs.factor_mean_dir)
     per_task: dict[str, dict] = {}
     eval_deltas: dict[str, dict[str, list[torch.Tensor]]] = {}  # task -> method -> deltas on the evaluation probes
-    # Held-out and training tasks: with max_training_tasks, the other tasks are neither seen nor held out.
-    evaluated = [t for t in tasks if t.name in heldout or t.name in train_names]
-    for task in sorted(evaluated, key=lambda t: (t.name not in heldout, t.name)):
+    # Held-out, validation and training tasks: with max_training_tasks, the other tasks are none of them.
+    group_of = {**{n: "seen" for n in train_names}, **{n: "validation" for n in split.validation},
+                **{n: "heldout" for n in heldout}}
+    evaluated = [t for t in tasks if t.name in group_of]
+    for task in sorted(evaluated, key=lambda t: (GROUPS.index(group_of[t.name]), t.name)):
         results, nearest_names, measured = measure_task(task, meter, loaded, refs, embeddings, prompt_batches,
                                                         adapters_dir / task.name, cfg.seed)
         if not per_task:  # the first task's adapters (a held-out one's) through PEFT as well
             check_against_peft(meter, list(measured), list(measured.values()), task, cfg.base.dtype)
         check_teacher_against_cache(refs.final[task.name], results["teacher"][0].deltas["train_probes"], cache)
-        per_task[task.name] = task_row(task, results, nearest_names, task.name in heldout)
+        per_task[task.name] = task_row(task, results, nearest_names, group_of[task.name])
         eval_deltas[task.name] = {m: [r.deltas["eval"] for r in results[m]] for m in METHODS}
-        print(f"{task.name:>12} ({'held-out' if task.name in heldout else 'seen'}): "
+        print(f"{task.name:>12} ({GROUP_TITLES[group_of[task.name]].lower()}): "
               + ", ".join(f"{m} {per_task[task.name][m]['accuracy']:.3f}" for m in METHODS), flush=True)
     add_centred_cosines(per_task, eval_deltas, [t.name for t in training])
-    heldout_names = [t for t in per_task if per_task[t]["heldout"]]
-    seen = [t for t in per_task if not per_task[t]["heldout"]]
-    summary = {"heldout": summarise_methods(per_task, heldout_names), "seen": summarise_methods(per_task, seen),
-               "train_tasks": len(training)}
-    return summary, per_task
+    pairs = task_pairs(cfg.tasks)
+    summary = {group: summarise_methods(per_task, [t for t, row in per_task.items() if row["group"] == group], pairs)
+               for group in GROUPS if group != "validation" or split.validation}
+    return {**summary, "train_tasks": len(training)}, per_task
 
 
 def add_centred_cosines(per_task: dict[str, dict], eval_deltas: dict[str, dict[str, list[torch.Tensor]]],
@@ -332,19 +347,20 @@ def markdown_report(summary: dict, per_task: dict) -> str:
 
     lines = ["# Evaluation", "",
              "Accuracy on each task's test records (multiple choice over the task's options); generated adapters "
-             "come from prompt batches of the test split, held-out tasks were never seen in training. Gain share "
+             "come from prompt batches of the test split; held-out and validation tasks were never seen in training "
+             "(hyperparameters are chosen on the validation tasks, never on the held-out ones). Gain share "
              "is (acc - floor) / (teacher - floor) with floor = max(base, chance). Delta cosines compare an "
              "adapter's delta with its task teacher's: on the evaluation probes (test-split prompts no training "
              "step saw), also centred (the mean delta of the "
              f"{summary['train_tasks']} training teachers subtracted from both), and on the delta cache's "
              "training probes (in-sample). The last four columns are the generated adapters'; a mean is over the "
              "tasks where the value is defined, their count in parentheses.", ""]
-    for split in ("heldout", "seen"):
-        names = [t for t, row in per_task.items() if row["heldout"] == (split == "heldout")]
+    for split in GROUPS:
+        names = [t for t, row in per_task.items() if row["group"] == split]
         if not names:
             continue
         means = summary[split]
-        lines += [f"## {'Held-out' if split == 'heldout' else 'Seen'} tasks", "",
+        lines += [f"## {GROUP_TITLES[split]} tasks", "",
                   "| task | chance | " + " | ".join(METHODS) + " | " + " | ".join(h for _, h in REPORT_COLUMNS) + " |",
                   "|---|---|" + "---|" * (len(METHODS) + len(REPORT_COLUMNS))]
         for t in names:
@@ -354,7 +370,12 @@ def markdown_report(summary: dict, per_task: dict) -> str:
         lines.append("| **mean** | | " + " | ".join(cell(means["accuracy"][m]) for m in METHODS) + " | "
                      + " | ".join(f"{cell(means[key]['generated'])} ({means['defined'][key]['generated']}/{means['tasks']})"
                                   for key, _ in REPORT_COLUMNS) + " |")
+        lines.append("| below chance (tasks) | | " + " | ".join(str(means["below_chance"][m]) for m in METHODS)
+                     + " |" + " |" * len(REPORT_COLUMNS))
         lines.append("")
+        for factor, means_by_part in means.get("by_factor", {}).items():
+            lines += [f"Generated adapters' accuracy by {factor}: "
+                      + ", ".join(f"{part} {value:.3f}" for part, value in means_by_part.items()) + ".", ""]
     return "\n".join(lines)
 
 
@@ -376,5 +397,5 @@ def run(cfg: Config) -> None:
         writer = csv.DictWriter(handle, fieldnames=["label", "task", "method", "accuracy"])
         writer.writeheader()
         writer.writerows(accuracy_rows(per_task))
-    grouped_bars({f"{task} ({'held-out' if row['heldout'] else 'seen'})": {m: row[m]["accuracy"] for m in METHODS}
+    grouped_bars({f"{task} ({GROUP_TITLES[row['group']].lower()})": {m: row[m]["accuracy"] for m in METHODS}
                   for task, row in per_task.items()}, out / "accuracy.png", "accuracy per task and method", "accuracy")

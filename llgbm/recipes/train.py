@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from dvclive import Live
 from tqdm.auto import tqdm
-from transformers import AutoConfig, get_linear_schedule_with_warmup
+from transformers import AutoConfig, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from llgbm.artifacts.adapters import ADAPTER_WEIGHTS, load_adapter_tensors
 from llgbm.artifacts.base_model import load_base, load_tokenizer
@@ -31,8 +31,10 @@ from llgbm.core.generator import LoraGenerator, generator_shape, parameter_count
 from llgbm.core.lora import LoraSlot, lora_layout
 from llgbm.core.losses import MultiTaskLoss, weight_norm_ratio, weight_token_loss
 from llgbm.core.objective import BehaviourTerm
+from llgbm.core.scoring import adapted_task_accuracies
 from llgbm.core.weight_tokens import WeightTokenizer
 from llgbm.data.batching import GeneratorDataset, record_batch
+from llgbm.data.conditions import evaluation_prompt_batches
 from llgbm.data.encoder import EmbeddingCache
 from llgbm.data.split import Split
 from llgbm.data.tasks import Task, load_tasks
@@ -51,9 +53,11 @@ CURVES = "curves.png"  # every per-step metric as a PNG, beside dvclive's files 
 # grad_norm_weights / grad_norm_behaviour: the norm of each term's own gradient with respect to the generated
 # weight tokens (logged on steps where the behaviour term is differentiated); behaviour_coefficient: the
 # factor its gradient entered with (lambda(t) itself unless loss_balance rescales it).
-STEP_METRICS = ("loss_total", "loss_weights", "loss_behaviour", "lambda_delta", "delta_cosine_sim", "delta_pred_norm",
+# validation_accuracy: the generated adapters' accuracy on the validation tasks (every
+# train.validation_interval steps and at the last, with validation_tasks > 0).
+STEP_METRICS = ("loss_total", "loss_weights", "loss_behaviour", "lambda_delta", "lambda_weights", "delta_cosine_sim", "delta_pred_norm",
                 "delta_target_norm", "learning_rate", "grad_norm", "weight_norm_ratio", "grad_norm_weights",
-                "grad_norm_behaviour", "behaviour_coefficient")
+                "grad_norm_behaviour", "behaviour_coefficient", "validation_accuracy")
 # The convergence read-out: L_weights' relative change over the last 10% of steps (its mean over the last
 # 5% against the 5% before; near 0 once the curve is flat), in the final metrics.
 TAIL_CHANGE = "loss_weights_tail_change"
@@ -147,6 +151,33 @@ class Objective:
 
 
 @dataclass
+class Validation:
+    """The generated adapters' accuracy on the validation tasks during training: for each task one adapter,
+    from the first of the prompt batches the evaluate stage draws for it, scored on its test records."""
+    tasks: list[Task]
+    conditions: list[torch.Tensor]  # per task, its prompt batch's embeddings (prompts_per_sample, dim)
+    weight_tokenizer: WeightTokenizer
+    base: torch.nn.Module
+    layout: list[LoraSlot]
+    scaling: float
+    tokenizer: PreTrainedTokenizerBase
+
+    @torch.no_grad()
+    def accuracy(self, generator: torch.nn.Module) -> float:
+        was_training = generator.training
+        generator.eval()
+        accuracies = []
+        for task, condition in zip(self.tasks, self.conditions):
+            tokens, scales = generator(condition[None].to(next(generator.parameters()).device))
+            tokens = tokens.float() * self.weight_tokenizer.mask.to(tokens.device)
+            adapters = self.weight_tokenizer.detokenize(tokens, scales.float())
+            accuracies.append(float(adapted_task_accuracies(self.base, self.layout, adapters, self.scaling,
+                                                            self.tokenizer, task)[0]))
+        generator.train(was_training)
+        return sum(accuracies) / len(accuracies)
+
+
+@dataclass
 class TrainingRun:
     """Everything one training run holds: built once by `_set_up`, advanced by `_optimizer_step`."""
     cfg: Config
@@ -155,6 +186,7 @@ class TrainingRun:
     mixed_precision: str
     training: list[Task]
     heldout: list[str]
+    validation: Validation | None  # with validation_tasks > 0
     cache: DeltaCache
     embeddings: EmbeddingCache
     weight_tokenizer: WeightTokenizer
@@ -204,13 +236,18 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> TrainingRun:
     model, optimizer = accelerator.prepare(model, optimizer)
     base = load_base(paths.base, definition.base_dtype, device=device)
     term = behaviour_term(cfg, definition, base, layout, probe_ids, probe_mask) if tr.behaviour_adapters else None
+    validation_tasks = split.validation_tasks(tasks)
+    validation = Validation(validation_tasks, [embeddings.lookup(evaluation_prompt_batches(t, cfg.generator.prompts_per_sample,
+                                                                                         1, cfg.seed)[0])
+                                               for t in validation_tasks],
+                            weight_tokenizer, base, layout, definition.scaling, tokenizer) if validation_tasks else None
     # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
     provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),
                   "libraries": library_versions(), "precision": definition.precision,
                   "processes": accelerator.num_processes, "deltas": cache.probes.fingerprint(),
                   "delta_definition": sha256_json(cache.definition), "base": cache.base_fingerprint,
                   "checkpoints": sha256_json(dataset.names), "data": dataset.fingerprint()}
-    return TrainingRun(cfg, paths, accelerator, definition.precision, training, list(split.heldout), cache, embeddings,
+    return TrainingRun(cfg, paths, accelerator, definition.precision, training, list(split.heldout), validation, cache, embeddings,
                        weight_tokenizer, dataset, model, optimizer, scheduler,
                        Objective(objective(cfg), term, tr.behaviour_adapters), data_generator, records_generator, provenance)
 
@@ -292,7 +329,8 @@ def _finish(run: TrainingRun, live: Live | None, history: dict[str, list[tuple[i
     meta = {"chunk_width": cfg.generator.chunk_width, "lora": to_dict(cfg.lora), "base_path": str(paths.base),
             "base_fingerprint": run.cache.base_fingerprint, "probes_fingerprint": run.cache.probes.fingerprint(),
             "encoder": run.embeddings.encoder_name, "steps": cfg.train.steps, "seed": cfg.seed,
-            "training_tasks": [t.name for t in run.training], "heldout_tasks": run.heldout}
+            "training_tasks": [t.name for t in run.training], "heldout_tasks": run.heldout,
+            "validation_tasks": [t.name for t in run.validation.tasks] if run.validation else []}
     model = accelerator.unwrap_model(run.model)
     save_generator(model, meta, paths.generator)
     # Read-outs of the whole run, beside the last step's metrics: the generator's size and whether
@@ -340,6 +378,8 @@ def train_generator(cfg: Config, tasks: list[Task], paths: Paths, stop_after_ste
     run.model.train()
     for step in range(start + 1, tr.steps + 1):
         metrics = _optimizer_step(run, step)
+        if run.validation and accelerator.is_main_process and (step % tr.validation_interval == 0 or step == tr.steps):
+            metrics["validation_accuracy"] = run.validation.accuracy(accelerator.unwrap_model(run.model))
         _log(live, history, step, metrics, summary=step % tr.log_interval == 0 or step == tr.steps)
         progress.update(1)
         progress.set_postfix(loss=f"{metrics['loss_total']:.4f}", refresh=False)  # tqdm throttles only what it refreshes itself

@@ -14,24 +14,28 @@ ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule",
 # exp_show rows carry the old name, read as the new one (llgbm.study.run_archive, llgbm.study.experiments).
 RENAMED_KNOBS = {"train.delta_batch_size": "train.behaviour_adapters"}
 
-# The study's objectives: the knobs that define each, others at params.yaml's values. Training on the
-# behaviour term alone (train.lambda_weights = 0) needs the plain sum: grad_norm balancing scales the
-# behaviour term by the weight term's gradient norm, which is then zero (the config rejects the pair).
+# The study's objectives: every knob that defines each spelled out (the rest at params.yaml's values), so an
+# arm means the same whatever params.yaml's default objective is. Training on the behaviour term alone
+# (train.lambda_weights = 0) needs the plain sum: grad_norm balancing scales the behaviour term by the weight
+# term's gradient norm, which is then zero (the config rejects the pair). Beside the weight term the delta
+# and KL run on 2 adapters per batch, the task loss on every item of it (8), as the second edition ran them.
+_WITH_WEIGHTS = {"train.lambda_weights": 1.0, "loss_balance": "grad_norm", "train.behaviour_adapters": 2,
+                 "behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last", "generator.condition": "prompts"}
+_ONLY = {"train.lambda_weights": 0.0, "loss_balance": "none"}
 OBJECTIVES: dict[str, dict[str, Any]] = {
-    "weight-only": {"lambda_delta": 0.0},
-    "delta": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last"},
-    "per-probe delta": {"behaviour_loss": "delta", "delta_reduce": "per_probe", "delta_layers": "last"},
-    "multi-layer delta": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "all"},
-    "KL": {"behaviour_loss": "kl"},
-    "delta-only": {"behaviour_loss": "delta", "delta_reduce": "mean", "delta_layers": "last",
-                   "train.lambda_weights": 0.0, "loss_balance": "none"},
-    "KL-only": {"behaviour_loss": "kl", "train.lambda_weights": 0.0, "loss_balance": "none"},
+    "weight-only": {**_WITH_WEIGHTS, "lambda_delta": 0.0},
+    "delta": dict(_WITH_WEIGHTS),
+    "per-probe delta": {**_WITH_WEIGHTS, "delta_reduce": "per_probe"},
+    "multi-layer delta": {**_WITH_WEIGHTS, "delta_layers": "all"},
+    "KL": {**_WITH_WEIGHTS, "behaviour_loss": "kl"},
+    "delta-only": {**_WITH_WEIGHTS, **_ONLY},
+    "KL-only": {**_WITH_WEIGHTS, "behaviour_loss": "kl", **_ONLY},
     # The task loss (Text-to-LoRA's SFT) on every item of the batch, and the same without the prompts: the
     # reference that tells conditioning from averaging (a constant condition makes it one adapter).
-    "SFT": {"behaviour_loss": "sft", "train.behaviour_adapters": 8},
-    "SFT-only": {"behaviour_loss": "sft", "train.behaviour_adapters": 8, "train.lambda_weights": 0.0, "loss_balance": "none"},
-    "SFT-only, prompt-blind": {"behaviour_loss": "sft", "train.behaviour_adapters": 8, "train.lambda_weights": 0.0,
-                               "loss_balance": "none", "generator.condition": "constant"},
+    "SFT": {**_WITH_WEIGHTS, "behaviour_loss": "sft", "train.behaviour_adapters": 8},
+    "SFT-only": {**_WITH_WEIGHTS, "behaviour_loss": "sft", "train.behaviour_adapters": 8, **_ONLY},
+    "SFT-only, prompt-blind": {**_WITH_WEIGHTS, "behaviour_loss": "sft", "train.behaviour_adapters": 8, **_ONLY,
+                               "generator.condition": "constant"},
 }
 
 # Contrasts between objectives, first minus second, that the study's answer needs beside the comparisons with

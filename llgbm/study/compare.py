@@ -15,6 +15,7 @@ from llgbm.infra.provenance import machine_description
 from llgbm.study import experiments, run_archive
 from llgbm.study.blocks import readme_block, replace_marked
 from llgbm.study.experiments import Run
+from llgbm.study.factor_report import factor_section
 from llgbm.study.plot import DEFAULT_PLOT, chance_level, heldout_vs_tasks, reference_points, write_plot
 from llgbm.study.report import comparison_report
 
@@ -23,7 +24,8 @@ Echo = Callable[[str], object]
 
 
 def compare_command(repo: str, revs: list[str] | None, runs: str | None, key: str | None, out: str | None,
-                    readme: str | None, plot: str | None, block: str = "compare", folds: list[int] | None = None) -> str:
+                    readme: str | None, plot: str | None, block: str = "compare", folds: list[int] | None = None,
+                    by_factor: bool = False) -> str:
     """The command line that regenerates what this `llgbm compare` writes (from the archive: --record is
     not needed again)."""
     words = ["llgbm", "compare"]
@@ -38,18 +40,22 @@ def compare_command(repo: str, revs: list[str] | None, runs: str | None, key: st
         words += ["--block", block]
     if folds:
         words += ["--folds", *map(str, folds)]
+    if by_factor:
+        words += ["--by-factor"]
     return shlex.join(words)
 
 
 def compare(*, repo: str, revs: list[str] | None, runs: str | None, record: bool, key: str | None,
             out: str | None, readme: str | None, plot: str | None, echo: Echo, block: str = "compare",
-            folds: list[int] | None = None) -> None:
+            folds: list[int] | None = None, by_factor: bool = False) -> None:
     """Report the runs of `key` (default: the workspace's) from the archive `runs` (default: in `repo`) and
     the DVC experiments of `revs`; with `record`, add the experiments to the archive first. The report goes to
     `echo`, and to `out`; the plot to `plot` (default with `readme`: DEFAULT_PLOT beside it); with `readme`,
     both and their provenance go between its markers named `block` (one document can hold several
     studies). With `folds`, only the runs that held out those folds (a curve run on one fold is not read
-    beside arms pooled over five). What can fail fast is checked before the slow part: the markers, then the archive, then DVC."""
+    beside arms pooled over five). With `by_factor`, or where a run records validation figures or below-chance
+    counts, a section on validation and factors follows the table (llgbm.study.factor_report). What can fail
+    fast is checked before the slow part: the markers, then the archive, then DVC."""
     readme_path = Path(readme) if readme else None
     readme_text = read_text(readme_path, "README") if readme_path else None
     if readme_text is not None:
@@ -59,7 +65,7 @@ def compare(*, repo: str, revs: list[str] | None, runs: str | None, record: bool
     selected = [run for run in every if run.key == selected_key and (not folds or run.fold in folds)]
     workspace_diagnostics = Path(repo) / experiments.DIAGNOSTICS
     fallback = read_json(workspace_diagnostics, "diagnostics metrics") if workspace_diagnostics.is_file() else None
-    report = (comparison_report(selected, fallback)
+    report = (comparison_report(selected, fallback) + factor_section(selected, by_factor)
               + run_archive.archive_notes(selected_key, every, unkeyed, disagreements, archive)
               + _fold_filter_note(folds, selected, every, selected_key))
     echo(report)
@@ -70,7 +76,7 @@ def compare(*, repo: str, revs: list[str] | None, runs: str | None, record: bool
     if readme_path is not None and readme_text is not None:
         text = readme_block(report, machine=machine_description(), seeds=experiments.study_seeds(selected),
                              commits=experiments.experiment_commits(repo, selected),
-                             command=compare_command(repo, revs, runs, key, out, readme, plot, block, folds),
+                             command=compare_command(repo, revs, runs, key, out, readme, plot, block, folds, by_factor),
                              plot=Path(os.path.relpath(plot_path, readme_path.parent)).as_posix()
                              if plotted and plot_path else None)
         write_bytes_atomic(readme_path, replace_marked(readme_text, text, str(readme_path), block).encode())

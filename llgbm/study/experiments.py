@@ -41,11 +41,20 @@ KEY_METRICS: dict[str, tuple[str, str]] = {
     # How far the generated weights strayed from the teachers' scale: an objective can match behaviour
     # with adapters far larger than any teacher's.
     "weight_norm_ratio": ("generated / teacher weight norm, last train step (range over seeds)", "weight_norm_ratio"),
+    # On the validation tasks (`validation_tasks`: training tasks of the fold kept out of training), what
+    # hyperparameters are chosen on (`llgbm select`); not a column of the table: the by-factor section's.
+    # None for a run without validation tasks, and for one archived before they existed (`metrics.get`).
+    "validation_accuracy": ("validation accuracy", "validation.accuracy.generated"),
 }
 TRAIN_METRICS = "results/train/metrics.json"
 METRIC_FILES = {"weight_norm_ratio": TRAIN_METRICS}  # the others: EVALUATION's
 COUNT_METRICS = {"heldout_tasks": "heldout.tasks", "seen_tasks": "seen.tasks",
-                 "gain_defined": "heldout.defined.gain_share.generated"}
+                 "gain_defined": "heldout.defined.gain_share.generated",
+                 # Tasks whose generated adapters score below chance (a generator that answers a neighbouring
+                 # seen task's answers); absent from runs archived before the evaluation counted them.
+                 "validation_tasks": "validation.tasks",
+                 "heldout_below_chance": "heldout.below_chance.generated",
+                 "validation_below_chance": "validation.below_chance.generated"}
 TRAIN_TASKS_METRIC = "train_tasks"  # the number of training tasks, where a stage writes it
 # The testbed's baselines (results/diagnostics/metrics.json): row name -> (held-out, seen) accuracy metric.
 DIAGNOSTIC_BASELINES: dict[str, tuple[str, str | None]] = {
@@ -218,9 +227,10 @@ class Run:
     key: str | None = None
     machine: str | None = None
     failure: str | None = None
-    # Per evaluated task: whether it is held out, and each compared adapter's accuracy (read from the run's
+    # Per evaluated task: whether it is held out, its group where the evaluation names one ("heldout",
+    # "validation" or "seen"), and each compared adapter's accuracy (read from the run's
     # results/evaluate/per_task.json by llgbm.study.run_archive); None before a run is keyed.
-    per_task: dict[str, dict[str, float | bool | None]] | None = None
+    per_task: dict[str, dict[str, float | bool | str | None]] | None = None
     fold: int = NO_FOLD  # which of heldout_folds it held out; NO_FOLD: params' heldout_tasks
 
     @property

@@ -261,7 +261,7 @@ def _arm_row(arm: Arm, groups: dict[Arm, dict[Replicate, Run]], failed: dict[Arm
     metric_cells = {m: (_range_cell if m in RANGE_METRICS else _mean_cell)(
                         [r.metrics[m] for r in bucket.values() if r.metrics.get(m) is not None], n)
                     for m in KEY_METRICS}
-    counts = {c: [r.counts[c] for r in bucket.values()] for c in COUNT_METRICS}
+    counts = {c: [r.counts.get(c) for r in bucket.values()] for c in COUNT_METRICS}  # .get: as metrics
     seeds_cell = f"{n} (+{n_failed} failed)" if n_failed else str(n)
     cells = [objective_of(dict(arm)), knobs or "—", _task_count_text(dict(arm)["max_training_tasks"]), seeds_cell,
              f"{_counts_cell(counts['heldout_tasks'])} / {_counts_cell(counts['seen_tasks'])}",

@@ -218,12 +218,21 @@ def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tup
         shared = set(old.metrics) & set(run.metrics)
         if run.failure is None and any(old.metrics[m] != run.metrics[m] for m in shared):
             disagreements.append((old, run))
-        elif run.rev == old.rev and (set(run.metrics) - set(old.metrics) or (old.per_task is None and run.per_task)):
-            # The same experiment read again where the report has gained a metric (or the per-task results):
-            # recorded values stay, what is new is added from the run's own commit.
-            filled = replace(old, metrics={**run.metrics, **old.metrics}, per_task=old.per_task or run.per_task)
+        elif run.rev == old.rev and (_gained(old.metrics, run.metrics) or _gained(old.counts, run.counts)
+                                     or (old.per_task is None and run.per_task)):
+            # The same experiment read again where the report has gained a metric or count (or the per-task
+            # results): recorded values stay, what is new is added from the run's own commit (a metric the
+            # run does not have, None, is not added: an older run's entry stays as it was).
+            filled = replace(old, metrics={**_gained(old.metrics, run.metrics), **old.metrics},
+                             counts={**_gained(old.counts, run.counts), **old.counts},
+                             per_task=old.per_task or run.per_task)
             merged[merged.index(old)] = by_identity[identity(run)] = filled
     return merged, disagreements
+
+
+def _gained(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """What `new` holds that `old` lacks, None values left out."""
+    return {name: value for name, value in new.items() if name not in old and value is not None}
 
 
 def new_failures(archived: list[Run], runs: list[Run]) -> list[Run]:
@@ -248,22 +257,32 @@ def _code_matches_lock(repo: str, rev: str) -> bool:
     return True
 
 
-def per_task_accuracies(per_task: Any, source: str) -> dict[str, dict[str, float | bool | None]]:
-    """Of an evaluation's per_task.json: per task, whether it is held out and each adapter's accuracy (an
-    adapter renamed since, RENAMED_ADAPTERS, under its new name)."""
+# The groups an evaluation's per_task.json names (its "group"; older evaluations only say "heldout").
+TASK_GROUPS = ("heldout", "validation", "seen")
+
+
+def per_task_accuracies(per_task: Any, source: str) -> dict[str, dict[str, float | bool | str | None]]:
+    """Of an evaluation's per_task.json: per task, whether it is held out, its group where the evaluation
+    names one (TASK_GROUPS: an evaluation with validation tasks), and each adapter's accuracy (an adapter
+    renamed since, RENAMED_ADAPTERS, under its new name)."""
     if not isinstance(per_task, Mapping):
         raise LlgbmError(f"{source}: {PER_TASK} is not an object of tasks")
-    out: dict[str, dict[str, float | bool | None]] = {}
+    out: dict[str, dict[str, float | bool | str | None]] = {}
     for task, entry in per_task.items():
         if not (isinstance(entry, Mapping) and isinstance(entry.get("heldout"), bool)):
             raise LlgbmError(f"{source}: {PER_TASK} task '{task}' lacks 'heldout'")
+        group = entry.get("group")
+        if group is not None and (group not in TASK_GROUPS or (group == "heldout") != entry["heldout"]):
+            raise LlgbmError(f"{source}: {PER_TASK} task '{task}': group {group!r} is not one of "
+                             f"{', '.join(TASK_GROUPS)} agreeing with heldout {entry['heldout']}")
         accuracies = {name: value.get("accuracy") for name, value in entry.items()
                       if isinstance(value, Mapping) and "accuracy" in value}
-        out[task] = {"heldout": entry["heldout"], **renamed(accuracies, RENAMED_ADAPTERS)}
+        out[task] = {"heldout": entry["heldout"], **({"group": group} if group is not None else {}),
+                     **renamed(accuracies, RENAMED_ADAPTERS)}
     return out
 
 
-def _per_task_of_commit(repo: str, rev: str) -> dict[str, dict[str, float | bool | None]] | None:
+def _per_task_of_commit(repo: str, rev: str) -> dict[str, dict[str, float | bool | str | None]] | None:
     text = _git_file(repo, rev, PER_TASK)
     return None if text is None else per_task_accuracies(_parse(text, PER_TASK, f"{repo}@{rev}"), f"{repo}@{rev}")
 
