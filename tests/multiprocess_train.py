@@ -22,8 +22,8 @@ def main() -> None:
     log = run / f"draws-{rank}.jsonl"
     draw = GeneratorDataset.draw
 
-    def logged_draw(self, batch_size, generator):
-        batch = draw(self, batch_size, generator)
+    def logged_draw(self, batch_size, generator, *args, **kwargs):
+        batch = draw(self, batch_size, generator, *args, **kwargs)
         with open(log, "a") as handle:
             handle.write(json.dumps({"index": batch["index"].tolist(),
                                      "condition": float(batch["condition"].sum())}) + "\n")
