@@ -15,6 +15,8 @@ SUMMARY_ROWS = (
     ("diagnostics", "multitask_heldout_accuracy_mean", "held-out: multi-task LoRA (diagnostics)"),
     ("diagnostics", "multitask_seen_accuracy_mean", "seen: multi-task LoRA (diagnostics)"),
     ("evaluate", "heldout.accuracy.generated", "held-out: generated adapters"),
+    ("evaluate", "heldout.below_chance.generated", "held-out: tasks whose generated adapters are below chance"),
+    ("evaluate", "validation.accuracy.generated", "validation: generated adapters (with validation_tasks)"),
     ("evaluate", "heldout.accuracy.teacher", "held-out: each task's own teacher"),
     ("evaluate", "heldout.accuracy.factor_mean_teacher", "held-out: mean of the training teachers' A and B"),
     ("evaluate", "heldout.accuracy.nearest_teacher", "held-out: nearest training teacher"),
@@ -24,6 +26,23 @@ SUMMARY_ROWS = (
     ("train", "loss_behaviour", "train: last step's behavioural term"),
     ("train", "weight_norm_ratio", "train: generated / teacher weight norm"),
 )
+
+
+# The references a generator has to beat with one adapter for every held-out task (no use of its prompts):
+# the row after the generated adapters' held-out figure names the best of them.
+ONE_ADAPTER_REFERENCES = (
+    ("diagnostics", "base_heldout_accuracy_mean", "base model"),
+    ("diagnostics", "multitask_heldout_accuracy_mean", "multi-task LoRA"),
+    ("diagnostics", "update_mean_teacher_heldout_accuracy_mean", "mean update of the training teachers"),
+    ("evaluate", "heldout.accuracy.factor_mean_teacher", "mean of the training teachers' A and B"),
+)
+
+
+def best_one_adapter_reference(loaded: dict[str, dict]) -> tuple[float, str] | None:
+    """(accuracy, name) of the best ONE_ADAPTER_REFERENCES figure on the held-out tasks, None if none ran."""
+    figures = [(value, name) for stage, key, name in ONE_ADAPTER_REFERENCES
+               if isinstance(value := _lookup(loaded.get(stage, {}), key), (int, float))]
+    return max(figures) if figures else None
 
 
 def _lookup(metrics: dict, dotted: str) -> object:
@@ -48,6 +67,11 @@ def summary(repo: Path) -> str:
     lines = ["| metric | value | from |", "|---|---|---|"]
     for stage, key, label in SUMMARY_ROWS:
         value = _lookup(loaded[stage], key)
-        cell = f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        cell = "—" if not number else str(value) if ".below_chance." in key else f"{value:.3f}"  # counts as counts
         lines.append(f"| {label} | {cell} | results/{stage}/metrics.json: {key} |")
+        if key == "heldout.accuracy.generated":
+            best = best_one_adapter_reference(loaded)
+            lines.append(f"| held-out: best one-adapter reference{f' ({best[1]})' if best else ''} | "
+                         f"{f'{best[0]:.3f}' if best else '—'} | the best of {len(ONE_ADAPTER_REFERENCES)} references |")
     return "\n".join(lines)
