@@ -16,8 +16,7 @@ import statistics
 from llgbm.data.tasks import SELECTORS, TRANSFORMS, compositional_pairs
 from llgbm.study.arms import Arm, arm_knobs, arm_order, objective_of
 from llgbm.study.experiments import Replicate, Run, failed_replicates, group_runs, metric_value
-from llgbm.study.report import _task_count_text
-from llgbm.study.stats import mean_ci
+from llgbm.study.report import _task_count_text, mean_cell
 
 # Every task name of the compositional family: name -> (selector, transform). No name is two pairs: no
 # transform's name starts with a selector's tail ("second" + "largest_..." is no pair).
@@ -100,15 +99,6 @@ def _factor_table(arms: list[Arm], groups: dict[Arm, dict[Replicate, Run]], knob
     return lines
 
 
-def _mean_cell(values: list[float], runs: int) -> str:
-    """Mean ± half-width of the 95% t interval over runs, the runs it covers where some lack the figure."""
-    if not values:
-        return "—"
-    mean, half = mean_ci(values)
-    text = f"{mean:.3f} ± {half:.3f}" if half is not None else f"{mean:.3f} (1 run, no CI)"
-    return text if len(values) == runs else f"{text} ({len(values)} of {runs} runs)"
-
-
 def factor_section(runs: list[Run], asked: bool = False) -> str:
     """The section (markdown, starting with a blank line) for the runs of one key; "" unless `asked` or a
     finished run records validation figures or below-chance counts (`has_new_figures`). The validation
@@ -137,7 +127,7 @@ def factor_section(runs: list[Run], asked: bool = False) -> str:
         bucket = groups[arm]
         cells = _label_cells(arm, knobs) + [str(len(bucket))]
         if with_validation:
-            cells += [_mean_cell(validation[arm], len(bucket)), _below_chance_cell(bucket, "validation")]
+            cells += [mean_cell(validation[arm], len(bucket), "run"), _below_chance_cell(bucket, "validation")]
         lines.append("| " + " | ".join(cells + [_below_chance_cell(bucket, "heldout")]) + " |")
     for group in ("heldout", "validation"):
         for factor in FACTORS:

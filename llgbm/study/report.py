@@ -35,12 +35,14 @@ EQUIVALENCE_MARGIN = 0.03
 
 # --- cells ------------------------------------------------------------------------------------------
 
-def _mean_cell(values: list[float], seeds: int) -> str:
+def mean_cell(values: list[float], count: int, unit: str = "seed") -> str:
+    """Mean ± half-width of the 95% t interval of `values`, and how many of `count` (seeds, or runs) they
+    cover where some lack the figure."""
     if not values:
         return "—"
     mean, half = mean_ci(values)
-    text = f"{mean:.3f} ± {half:.3f}" if half is not None else f"{mean:.3f} (1 seed, no CI)"
-    return text if len(values) == seeds else f"{text} ({len(values)} of {seeds} seeds)"
+    text = f"{mean:.3f} ± {half:.3f}" if half is not None else f"{mean:.3f} (1 {unit}, no CI)"
+    return text if len(values) == count else f"{text} ({len(values)} of {count} {unit}s)"
 
 
 def _range_cell(values: list[float], seeds: int) -> str:
@@ -258,7 +260,7 @@ def _arm_row(arm: Arm, groups: dict[Arm, dict[Replicate, Run]], failed: dict[Arm
     diffs.append(crossed)
     n, n_failed = len(bucket), len(failed.get(arm, {}))
     # .get: a run archived before a metric joined the report lacks it
-    metric_cells = {m: (_range_cell if m in RANGE_METRICS else _mean_cell)(
+    metric_cells = {m: (_range_cell if m in RANGE_METRICS else mean_cell)(
                         [r.metrics[m] for r in bucket.values() if r.metrics.get(m) is not None], n)
                     for m in KEY_METRICS}
     counts = {c: [r.counts.get(c) for r in bucket.values()] for c in COUNT_METRICS}  # .get: as metrics
