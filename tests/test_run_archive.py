@@ -224,7 +224,7 @@ def test_runs_archived_under_old_names_load_under_the_new_ones(tmp_path: Path) -
     assert load_archive(tmp_path / "runs.json")[0].diagnostics["update_mean_teacher_heldout_accuracy_mean"] == 0.9
     # the repository's own archive, recorded under the old names: none is left, and the SFT arms' count survives
     archived = load_archive(DEFAULT_ARCHIVE_IN_REPO)
-    assert len(archived) == 240
+    assert len(archived) >= 240  # the 240 recorded under the old names, and those recorded since
     old_names = {"train.delta_batch_size", "mean_teacher_heldout_accuracy_mean", "mean_teacher"}
     for r in archived:
         assert not old_names & (set(dict(r.arm)) | set(r.diagnostics) | {m for e in (r.per_task or {}).values() for m in e})
@@ -325,7 +325,8 @@ def test_validation_figures_are_archived_and_older_runs_load_without_them(tmp_pa
     entries = json.loads(text)["runs"]
     archived = load_archive(DEFAULT_ARCHIVE_IN_REPO)
     for entry, run in zip(entries, archived):
-        assert validation_accuracy(run) is None and run.counts.get("heldout_below_chance") is None
+        if "validation_accuracy" not in entry["metrics"]:  # recorded before issue 34
+            assert validation_accuracy(run) is None and run.counts.get("heldout_below_chance") is None
         again = run_to_json(run)
         assert (again["metrics"], again["counts"], again["key"]) == (entry["metrics"], entry["counts"], entry["key"])
     assert DEFAULT_ARCHIVE_IN_REPO.read_text() == text
