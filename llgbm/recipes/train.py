@@ -7,6 +7,7 @@ distributions with the teacher's (kl), or scores the task's own training answers
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ class Validation:
     layout: list[LoraSlot]
     scaling: float
     tokenizer: PreTrainedTokenizerBase
+    autocast_dtype: torch.dtype | None  # training's: a bf16 frozen base meets fp32 generated adapters under it
 
     @torch.no_grad()
     def accuracy(self, generator: torch.nn.Module) -> float:
@@ -171,8 +173,10 @@ class Validation:
             tokens, scales = generator(condition[None].to(next(generator.parameters()).device))
             tokens = tokens.float() * self.weight_tokenizer.mask.to(tokens.device)
             adapters = self.weight_tokenizer.detokenize(tokens, scales.float())
-            accuracies.append(float(adapted_task_accuracies(self.base, self.layout, adapters, self.scaling,
-                                                            self.tokenizer, task)[0]))
+            with (torch.autocast(tokens.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
+                  else contextlib.nullcontext()):
+                accuracy = adapted_task_accuracies(self.base, self.layout, adapters, self.scaling, self.tokenizer, task)
+            accuracies.append(float(accuracy[0]))
         generator.train(was_training)
         return sum(accuracies) / len(accuracies)
 
@@ -240,7 +244,8 @@ def _set_up(cfg: Config, tasks: list[Task], paths: Paths) -> TrainingRun:
     validation = Validation(validation_tasks, [embeddings.lookup(evaluation_prompt_batches(t, cfg.generator.prompts_per_sample,
                                                                                          1, cfg.seed)[0])
                                                for t in validation_tasks],
-                            weight_tokenizer, base, layout, definition.scaling, tokenizer) if validation_tasks else None
+                            weight_tokenizer, base, layout, definition.scaling, tokenizer,
+                            definition.autocast_dtype) if validation_tasks else None
     # Everything a checkpoint's state depends on: resuming after any of it changed would mix two runs.
     provenance = {"config": sha256_json(to_dict(cfg)), "code": code_fingerprint(__name__),
                   "libraries": library_versions(), "precision": definition.precision,
