@@ -20,6 +20,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from llgbm.core.lora import AdapterBatch, LoraSlot, apply_adapters
+from llgbm.core.precision import autocast_to
 from llgbm.infra.errors import LlgbmError
 
 DELTA_REDUCTIONS = ("mean", "per_probe")
@@ -120,8 +121,7 @@ class DeltaComputer:
         ids = self.probe_ids.repeat(n, 1)
         mask = self.probe_mask.repeat(n, 1)
         device_type = ids.device.type
-        autocast = (torch.autocast(device_type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else contextlib.nullcontext())
+        autocast = autocast_to(device_type, self.autocast_dtype)
         adapters_ctx = (apply_adapters(self.model, self.layout, adapters, self.scaling,
                                        checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled(),
                                        fuse_shared_inputs=self.fuse_shared_inputs)
@@ -141,9 +141,7 @@ class DeltaComputer:
         `top_ids` (B, K, k) plus one for the rest of the vocabulary (see `binned_log_probs`)."""
         n, k = input_ids.shape[:2]
         ids, mask = input_ids.flatten(0, 1).to(self.probe_ids.device), attention_mask.flatten(0, 1).to(self.probe_ids.device)
-        autocast = (torch.autocast(ids.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                    else contextlib.nullcontext())
-        with autocast, apply_adapters(self.model, self.layout, adapters, self.scaling,
+        with autocast_to(ids.device.type, self.autocast_dtype), apply_adapters(self.model, self.layout, adapters, self.scaling,
                                       checkpoint_layers=self.gradient_checkpointing and torch.is_grad_enabled(),
                                       fuse_shared_inputs=self.fuse_shared_inputs):
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=0).logits

@@ -24,21 +24,17 @@ from llgbm.core.losses import DeltaLoss, delta_agreement, kl_divergence
 from llgbm.core.task_loss import answer_cross_entropy
 
 BEHAVIOUR_LOSSES = ("delta", "kl", "sft")
-# The batch entries each term reads (beyond the adapters), so a caller knows what to draw.
+# The task loss's batch entries: the records the dataset draws for each adapter.
 RECORD_KEYS = ("records_input_ids", "records_attention_mask", "records_labels")
 
 
 class BehaviourTerm(Protocol):
-    name: str
-
     def __call__(self, adapters: AdapterBatch, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """(scalar loss, read-outs) for B adapters and the first B items of the batch."""
 
 
 class DeltaTerm:
     """The probe delta: `DeltaLoss` between each adapter's delta and its teacher's."""
-
-    name = "delta"
 
     def __init__(self, computer: DeltaComputer, loss: DeltaLoss):
         self.computer, self.loss = computer, loss
@@ -52,8 +48,6 @@ class KLTerm:
     """The full-behaviour reference: KL(teacher || adapter) over the answer distributions (directions and
     norms of log-probabilities mean nothing, so it reports no read-outs)."""
 
-    name = "kl"
-
     def __init__(self, computer: DeltaComputer):
         self.computer = computer
 
@@ -64,8 +58,6 @@ class KLTerm:
 
 class TaskLossTerm:
     """The task loss: the mean over adapters of each one's answer cross-entropy on its own records."""
-
-    name = "sft"
 
     def __init__(self, model: PreTrainedModel, layout: list[LoraSlot], scaling: float,
                  autocast_dtype: torch.dtype | None = None, checkpoint_layers: bool = False):

@@ -1,6 +1,8 @@
 """Devices and precision: where a process computes, and in which dtype autocast runs."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from accelerate import PartialState
 
@@ -25,6 +27,11 @@ def resolve_mixed_precision(setting: str) -> str:
 def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
     """The autocast dtype of a resolved mixed-precision setting (None: full precision)."""
     return torch.bfloat16 if mixed_precision == "bf16" else None
+
+
+def autocast_to(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast to `dtype` on `device_type`, or no autocast where dtype is None (full precision)."""
+    return torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def frozen_base_dtype(base_dtype: str, mixed_precision: str) -> str:

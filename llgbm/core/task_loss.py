@@ -12,13 +12,12 @@ not supported here.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from llgbm.core.lora import AdapterBatch, LoraSlot, apply_adapters
+from llgbm.core.precision import autocast_to
 
 IGNORE = -100  # a label that is not scored (prompt tokens and padding), as in completion_batch
 
@@ -53,8 +52,7 @@ def answer_cross_entropy(model: PreTrainedModel, layout: list[LoraSlot], adapter
     targets = labels[:, 1:]
     scored = targets != IGNORE
     rows, cols = scored.nonzero(as_tuple=True)  # position cols predicts token cols + 1
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext())
-    with autocast, apply_adapters(model, layout, adapters, scaling,
+    with autocast_to(device.type, autocast_dtype), apply_adapters(model, layout, adapters, scaling,
                                   checkpoint_layers=checkpoint_layers and torch.is_grad_enabled()):
         hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         logits = model.get_output_embeddings()(hidden[rows, cols])

@@ -92,11 +92,11 @@ def validation_names(pool: list[str], heldout: list[str], count: int, pairs: dic
     if pairs is None:
         chosen = set(order[:count])
         return [n for n in pool if n in chosen]
+    candidates = {m: pairs[m] for m in [*pool, *heldout]}
     chosen: list[str] = []
     while len(chosen) < count:
         uses = Counter(part for c in chosen for part in pairs[c])
-        keeping = [n for n in order if n not in chosen
-                   and not unsupported_heldout({m: pairs[m] for m in [*pool, *heldout]}, [*heldout, *chosen, n])]
+        keeping = [n for n in order if n not in chosen and not unsupported_heldout(candidates, [*heldout, *chosen, n])]
         if not keeping:
             raise LlgbmError(f"validation_tasks: {count} validation tasks cannot keep every held-out and validation "
                              f"pair's selector and transform in training; at most {len(chosen)} can")

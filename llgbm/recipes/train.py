@@ -7,7 +7,6 @@ distributions with the teacher's (kl), or scores the task's own training answers
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from llgbm.core.generator import LoraGenerator, generator_shape, parameter_count
 from llgbm.core.lora import LoraSlot, lora_layout
 from llgbm.core.losses import MultiTaskLoss, weight_norm_ratio, weight_token_loss
 from llgbm.core.objective import BehaviourTerm
+from llgbm.core.precision import autocast_to
 from llgbm.core.scoring import adapted_task_accuracies
 from llgbm.core.weight_tokens import WeightTokenizer
 from llgbm.data.batching import GeneratorDataset, record_batch
@@ -173,8 +173,7 @@ class Validation:
             tokens, scales = generator(condition[None].to(next(generator.parameters()).device))
             tokens = tokens.float() * self.weight_tokenizer.mask.to(tokens.device)
             adapters = self.weight_tokenizer.detokenize(tokens, scales.float())
-            with (torch.autocast(tokens.device.type, dtype=self.autocast_dtype) if self.autocast_dtype
-                  else contextlib.nullcontext()):
+            with autocast_to(tokens.device.type, self.autocast_dtype):
                 accuracy = adapted_task_accuracies(self.base, self.layout, adapters, self.scaling, self.tokenizer, task)
             accuracies.append(float(accuracy[0]))
         generator.train(was_training)
