@@ -34,6 +34,17 @@ def test_mlp_generator_ignores_the_order_of_its_prompts_and_reads_their_content(
     assert (tokens - other).abs().max() > 1e-3
 
 
+def test_linear_generators_decoder_is_affine_in_the_normalised_prompts_mean() -> None:
+    # What makes it compose: past its one LayerNorm, a composition a + b - c of conditions gets the same
+    # composition of their decoder outputs (affine: the constant cancels as 1 + 1 - 1 = 1); the mlp kind's not.
+    a, b, c = torch.randn(3, 1, 4, 12)
+    for kind, affine in (("linear", True), ("mlp", False)):
+        model = _generator(kind)
+        model.decoder.encode[0] = torch.nn.Identity()  # the LayerNorm (a per-condition scale) out of the way
+        expected = model.decoder(a) + model.decoder(b) - model.decoder(c)
+        assert torch.allclose(model.decoder(a + b - c), expected, atol=1e-4) == affine, kind
+
+
 def test_mlp_generator_gives_each_token_role_its_own_head() -> None:
     model = _generator("mlp")
     # Tokens 0 and 1 share role 0: equal trunk features give equal outputs there, and only there.
@@ -112,11 +123,13 @@ def test_the_generators_mask_is_the_weight_tokenizers() -> None:
                             tokenizer.token_columns(), tokenizer.token_dim)
     model = LoraGenerator(shape)
     assert torch.equal(model.mask, tokenizer.mask) and not tokenizer.mask.all()
-    assert "mask" not in model.state_dict() and "decoder.tokens_by_role" not in model.state_dict()  # neither is saved
+    assert "mask" not in model.state_dict() and "decoder.heads.tokens_by_role" not in model.state_dict()  # neither is saved
 
 
-def test_the_mlp_generators_role_indices_move_with_it() -> None:
-    model = _generator("mlp")
-    assert model.decoder.tokens_by_role.tolist() == [0, 1, 2, 3, 4, 5, 6] and model.decoder.role_sizes == [2, 1, 3, 1]
-    assert dict(model.named_buffers())["decoder.tokens_by_role"] is model.decoder.tokens_by_role
-    assert model.double().decoder.tokens_by_role.dtype == torch.int64  # an index, never cast
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_the_role_heads_indices_move_with_the_generator(kind: str) -> None:
+    model = _generator(kind)
+    heads = model.decoder.heads
+    assert heads.tokens_by_role.tolist() == [0, 1, 2, 3, 4, 5, 6] and heads.role_sizes == [2, 1, 3, 1]
+    assert dict(model.named_buffers())["decoder.heads.tokens_by_role"] is heads.tokens_by_role
+    assert model.double().decoder.heads.tokens_by_role.dtype == torch.int64  # an index, never cast

@@ -1,7 +1,7 @@
 """The prompt-conditioned LoRA generators: a condition of N prompt embeddings of one task, (batch, N, E),
 in; the adapter's normalised weight tokens (batch, T, D) and their scales (batch, T, 2) out.
 
-Two kinds (`GeneratorConfig.kind`):
+Three kinds (`GeneratorConfig.kind`):
 - "hyperconv" (after DnD's hyper-convolutional decoder): each prompt embedding is projected to a feature
   axis of width F; convolutions along the feature axis treat the prompt axis as channels and grow it into
   the token axis (N -> c1 -> ... -> T); one head shared by all tokens squeezes each token's F features
@@ -11,6 +11,12 @@ Two kinds (`GeneratorConfig.kind`):
   vector; each of the T tokens has a learned query embedding (it names the token's layer, module, A or B
   and chunk); a residual MLP trunk shared by all tokens reads [task vector; query] and one head per
   token role (module and A or B) writes the token, plus a learned per-token offset.
+- "linear" (the mlp kind without its nonlinear trunk): each token is a linear function of the mean-pooled
+  prompts, through a shared projection to a task vector, the token's own query (a diagonal mixing of it)
+  and its role's head. A condition that is the sum of its parts gives the sum of their tokens: where the
+  encoder makes a composition's embedding additive in its factors (the built-in family's prompt means:
+  R^2 0.92 on held-out pairs, fold 0), the generated weights are additive in them, and a held-out pair is
+  written from what its factors did in training, not interpolated between neighbouring tasks.
 
 Either kind can be made prompt-blind (`condition: constant`): it ignores its input and sees zeros, the
 same generator and objective without the prompts (a reference that tells conditioning from averaging).
@@ -31,7 +37,7 @@ from torch import nn
 
 from llgbm.core.weight_tokens import standardise, token_mask
 
-GENERATOR_KINDS = ("hyperconv", "mlp")
+GENERATOR_KINDS = ("hyperconv", "mlp", "linear")
 CONDITIONS = ("prompts", "constant")
 # The eps of the generated tokens' normalisation: larger than the targets' (weight_tokens.STD_EPS), so that a
 # generated token near zero std keeps a bounded gradient.
@@ -40,13 +46,13 @@ GENERATED_STD_EPS = 1e-6
 
 @dataclass
 class GeneratorConfig:
-    kind: str = "mlp"  # hyperconv (DnD) | mlp (T2L-style: pooled prompts, per-token queries, shared trunk)
+    kind: str = "mlp"  # hyperconv (DnD) | mlp (T2L-style: pooled prompts, per-token queries, shared trunk) | linear
     condition: str = "prompts"  # prompts | constant (prompt-blind: the same generator, a constant condition)
     chunk_width: int = 64  # weight-token width; token size = lora.rank * chunk_width
     prompts_per_sample: int = 8  # N prompts of one task condition one generated adapter
     feature_dim: int = 256  # hyperconv: each prompt embedding is projected to this feature axis
     channels: list[int] = field(default_factory=lambda: [32, 64])  # hyperconv: conv channels, prompt axis -> tokens
-    hidden_dim: int = 512  # mlp: width of the task vector, the queries and the trunk
+    hidden_dim: int = 512  # mlp, linear: width of the task vector, the queries and the trunk
     depth: int = 2  # mlp: residual blocks in the trunk
     max_scale_factor: float = 4.0  # the bound F (see the module's docstring)
 
@@ -151,6 +157,32 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+class RoleHeads(nn.Module):
+    """One linear head per token role (module and A or B), each applied to that role's tokens:
+    (batch, T, h) -> (batch, T, out). Gathering a head per token would hold T copies."""
+
+    def __init__(self, token_roles: tuple[int, ...], width: int, out: int):
+        super().__init__()
+        roles = torch.tensor(token_roles)
+        n_roles = int(roles.max()) + 1
+        # The token indices grouped by role, a buffer that moves with the module (not saved).
+        per_role = [torch.nonzero(roles == r).flatten() for r in range(n_roles)]
+        self.register_buffer("tokens_by_role", torch.cat(per_role), persistent=False)
+        self.role_sizes = [len(tokens) for tokens in per_role]
+        self.weight = nn.Parameter(torch.randn(n_roles, width, out) * width ** -0.5)
+        self.bias = nn.Parameter(torch.zeros(n_roles, out))
+
+    def zero(self) -> None:
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty(*x.shape[:2], self.weight.shape[-1])
+        for role, tokens in enumerate(self.tokens_by_role.split(self.role_sizes)):
+            out[:, tokens] = x[:, tokens] @ self.weight[role] + self.bias[role]
+        return out
+
+
 class QueryMlpDecoder(nn.Module):
     """T2L-style decoder: mean-pooled prompts -> task vector; [task vector; token query] -> residual trunk ->
     the token's role head. (batch, N, E) -> (batch, T, D + 2)."""
@@ -162,28 +194,37 @@ class QueryMlpDecoder(nn.Module):
         self.queries = nn.Parameter(torch.randn(shape.num_tokens, h) * h ** -0.5)
         self.mix = nn.Linear(2 * h, h)
         self.trunk = nn.Sequential(*[ResidualBlock(h) for _ in range(shape.depth)], nn.LayerNorm(h))
-        roles = torch.tensor(shape.token_roles)
-        n_roles = int(roles.max()) + 1
-        # One head per role, applied to that role's tokens (gathering a head per token would hold T copies):
-        # the token indices grouped by role, a buffer that moves with the module (not saved).
-        per_role = [torch.nonzero(roles == r).flatten() for r in range(n_roles)]
-        self.register_buffer("tokens_by_role", torch.cat(per_role), persistent=False)
-        self.role_sizes = [len(tokens) for tokens in per_role]
-        self.head_weight = nn.Parameter(torch.randn(n_roles, h, shape.token_dim + 2) * h ** -0.5)
-        self.head_bias = nn.Parameter(torch.zeros(n_roles, shape.token_dim + 2))
+        self.heads = RoleHeads(shape.token_roles, h, shape.token_dim + 2)
 
     def zero_last_layer(self) -> None:
-        nn.init.zeros_(self.head_weight)
-        nn.init.zeros_(self.head_bias)
+        self.heads.zero()
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         task = self.encode(condition.mean(1))  # (batch, h): the prompts' order cannot matter
         queries = self.queries.expand(task.shape[0], -1, -1)
-        x = self.trunk(self.mix(torch.cat([task.unsqueeze(1).expand_as(queries), queries], dim=-1)))  # (batch, T, h)
-        out = x.new_empty(*x.shape[:2], self.head_weight.shape[-1])
-        for role, tokens in enumerate(self.tokens_by_role.split(self.role_sizes)):
-            out[:, tokens] = x[:, tokens] @ self.head_weight[role] + self.head_bias[role]
-        return out
+        return self.heads(self.trunk(self.mix(torch.cat([task.unsqueeze(1).expand_as(queries), queries], dim=-1))))
+
+
+class LinearDecoder(nn.Module):
+    """Linear in the prompts' mean (after one LayerNorm): task vector = W mean; token t = head_role(t)(task *
+    query_t). (batch, N, E) -> (batch, T, D + 2)."""
+
+    def __init__(self, shape: GeneratorShape):
+        super().__init__()
+        h = shape.hidden_dim
+        self.encode = nn.Sequential(nn.LayerNorm(shape.embed_dim), nn.Linear(shape.embed_dim, h))
+        self.queries = nn.Parameter(torch.randn(shape.num_tokens, h))
+        self.heads = RoleHeads(shape.token_roles, h, shape.token_dim + 2)
+
+    def zero_last_layer(self) -> None:
+        self.heads.zero()
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        task = self.encode(condition.mean(1))  # (batch, h): the prompts' order cannot matter
+        return self.heads(task.unsqueeze(1) * self.queries)
+
+
+_DECODERS = {"hyperconv": HyperConvDecoder, "mlp": QueryMlpDecoder, "linear": LinearDecoder}
 
 
 class LoraGenerator(nn.Module):
@@ -191,7 +232,7 @@ class LoraGenerator(nn.Module):
         super().__init__()
         shape.check()
         self.shape = shape
-        self.decoder = HyperConvDecoder(shape) if shape.kind == "hyperconv" else QueryMlpDecoder(shape)
+        self.decoder = _DECODERS[shape.kind](shape)
         self.token_offset = nn.Parameter(torch.zeros(shape.num_tokens, shape.token_dim + 2))
         self.register_buffer("mask", token_mask(shape.token_columns, shape.token_dim, shape.chunk_width), persistent=False)
         # The training teachers' mean (mean, log std) per token, the bound's centre: saved with the weights.
