@@ -77,3 +77,31 @@ def test_stage_deps_exist(name: str) -> None:
         if not (produced or on_disk):
             gone.append(dep)
     assert not gone, f"dvc.yaml stage '{name}' lists deps that neither exist in git nor come from a stage: {gone}"
+
+
+# Config sections a recipe reads that its stage need not declare under params, each with the reason a change
+# to them still reruns it (or cannot change its outputs).
+PARAMS_COVERED: dict[tuple[str, str], str] = {
+    ("base", "seed"): "base.py's `cfg` there is the BaseConfig: cfg.seed is base.seed, declared as base",
+    ("check", "*"): "the check stage depends on params.yaml itself: any edit reruns it",
+    ("evaluate", "tasks"): "it reads the task pairs' names, which data/tasks.json (a dep, made from tasks) holds",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_stage_params_list_every_config_section_its_recipe_reads(name: str) -> None:
+    # Only a recipe sees config sections: one it reads but dvc.yaml does not declare would not rerun the stage
+    # when `dvc exp run -S` changes it (sft.records once trained nothing new).
+    import dataclasses
+    import re
+
+    from llgbm.config import Config
+
+    stage = _stages()[name]
+    declared = [str(p) for p in stage.get("params") or []]
+    sections = {f.name for f in dataclasses.fields(Config)}
+    read = {m.group(1) for m in re.finditer(r"\bcfg\.(\w+)", (ROOT / "llgbm" / "recipes" / f"{name}.py").read_text())}
+    undeclared = sorted(s for s in read & sections
+                        if not any(d == s or d.startswith(f"{s}.") for d in declared)
+                        and (name, s) not in PARAMS_COVERED and (name, "*") not in PARAMS_COVERED)
+    assert not undeclared, f"dvc.yaml stage '{name}' reads {', '.join(undeclared)} but does not list it under params"
