@@ -11,7 +11,7 @@ import llgbm.study.experiments as experiments
 import llgbm.study.grid as grid
 import llgbm.study.run_archive as run_archive
 from llgbm.infra.errors import LlgbmError
-from llgbm.study.arms import objective_of
+from llgbm.study.arms import arm_knobs, objective_of
 from llgbm.study.blocks import README_BEGIN, README_END, replace_marked
 from llgbm.study.compare import compare, compare_command
 from llgbm.study.experiments import collect_runs, failed_replicates, failure_reasons, failure_text
@@ -24,7 +24,13 @@ from llgbm.study.stats import mean_ci
 DEFAULTS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
             "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",
             "max_training_tasks": None, "train.lambda_weights": 1.0, "train.behaviour_adapters": 2,
-            "generator.kind": "mlp", "generator.condition": "prompts", "generator.max_scale_factor": 4.0}
+            "generator.kind": "mlp", "generator.condition": "prompts", "generator.max_scale_factor": 4.0,
+            "train.weight_decay": 0.01, "train.steps": 3000, "train.learning_rate": 0.002,
+            "train.lambda_weights_decay_steps": 0, "sft.records": 8, "generator.hidden_dim": 512, "generator.depth": 2,
+            "generator.prompts_per_sample": 8}
+# The generator's hyperparameters, arm knobs since issue 34's validation runs: experiments of older code lack them.
+LEVERS = ("train.weight_decay", "train.steps", "train.learning_rate", "train.lambda_weights_decay_steps", "sft.records",
+          "generator.hidden_dim", "generator.depth", "generator.prompts_per_sample")
 
 
 # --- the grid ---------------------------------------------------------------------------------------
@@ -161,8 +167,15 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
     save_archive(tmp_path / DEFAULT_ARCHIVE, finished + [failed, other_key])
     monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs=None: rows)
     monkeypatch.setattr(run_archive, "workspace_key", lambda repo: "k1")
-    # The repository's params with a fixed held-out set (runs without folds: NO_FOLD replicates).
+    # The repository's params with a fixed held-out set (runs without folds: NO_FOLD replicates), every knob
+    # the study's arms leave at params' value at the one the runs above had (DEFAULTS).
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    for knob, value in DEFAULTS.items():
+        *sections, name = knob.split(".")
+        node = raw
+        for section in sections:
+            node = node[section]
+        node[name] = value
     params = tmp_path / "fixed-heldout.yaml"
     params.write_text(yaml.safe_dump({**raw, "heldout_folds": None, "heldout_tasks": ["smallest_plus_two"]}))
     said: list[str] = []  # `llgbm grid --params <params> --study objectives --seeds 0 1 2 3 4 --missing --dry-run`
@@ -176,11 +189,19 @@ def test_missing_queues_only_what_no_run_has(tmp_path: Path, monkeypatch: pytest
 
 def test_study_needs_every_knob_and_a_behaviour_weight() -> None:
     params = {k: v for k, v in DEFAULTS.items() if "." not in k} | {
-        "train": {"lambda_weights": 1.0, "behaviour_adapters": 2, "steps": 9},
-        "generator": {"kind": "mlp", "condition": "prompts", "max_scale_factor": 4.0}}
+        "train": {"lambda_weights": 1.0, "behaviour_adapters": 2, "weight_decay": 0.01, "steps": 3000,
+                  "learning_rate": 0.002, "lambda_weights_decay_steps": 0, "batch_size": 8},
+        "sft": {"records": 8},
+        "generator": {"kind": "mlp", "condition": "prompts", "max_scale_factor": 4.0, "hidden_dim": 512, "depth": 2,
+                      "prompts_per_sample": 8, "chunk_width": 64}}
     assert knob_defaults(params, "p.yaml") == DEFAULTS
     with pytest.raises(LlgbmError, match="p.yaml: no 'train.lambda_weights'"):
         knob_defaults({**params, "train": {}}, "p.yaml")
+    with pytest.raises(LlgbmError, match="p.yaml: no 'sft.records'"):
+        knob_defaults({k: v for k, v in params.items() if k != "sft"}, "p.yaml")
+    # the repository's params.yaml spells out every knob (`dvc exp run -S` refuses a key the file lacks)
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert set(knob_defaults(raw, "params.yaml")) == set(DEFAULTS)
     with pytest.raises(LlgbmError, match="p.yaml: no 'max_training_tasks'"):
         knob_defaults({k: v for k, v in params.items() if k != "max_training_tasks"}, "p.yaml")
     with pytest.raises(LlgbmError, match="p.yaml: 'lambda_delta' is 0"):
@@ -314,6 +335,29 @@ def test_experiments_of_code_older_than_a_rename_read_under_the_new_names() -> N
     bare = [{k: v for k, v in _row("w0", 0, 0.1).items() if "." in k or not k.endswith("_mean")}]
     fallback = comparison_report(collect_runs(bare), {"mean_teacher_heldout_accuracy_mean": 0.0125})
     assert _line(fallback, "| baseline: mean of training teachers | testbed diagnostics | workspace | — | — | 0.013 |")
+
+
+def test_experiments_of_code_older_than_a_knob_read_it_as_none() -> None:
+    """The generator's hyperparameters joined ARM_KEYS after issue 34's runs: an exp_show row of code older than a
+    knob lacks it (or, beside newer rows, shows it as "None") and reads as None, finished or pending; a row that
+    has them reads each as params.yaml writes it (exp_show's floats: integers again)."""
+    levers = {"train.steps": 6000, "train.weight_decay": 0.1, "sft.records": 16, "generator.hidden_dim": 1024}
+    [new] = collect_runs([_row("n", 0, 0.3, **levers)])
+    values = dict(new.arm)
+    assert {k: values[k] for k in LEVERS} == {**{k: DEFAULTS[k] for k in LEVERS}, **levers}
+    assert all(type(values[k]) is type(DEFAULTS[k]) for k in LEVERS)  # 6000, not 6000.0
+    older = {k: v for k, v in _row("o", 0, 0.3, **levers).items() if k not in LEVERS}
+    [old] = collect_runs([older])
+    assert all(dict(old.arm)[k] is None for k in LEVERS)
+    assert [kv for kv in old.arm if kv[0] not in LEVERS] == [kv for kv in new.arm if kv[0] not in LEVERS]
+    assert collect_runs([{**older, **{k: "None" for k in LEVERS}}])[0].arm == old.arm
+    queued = {**older, "Experiment": "q", "State": "Queued"}
+    assert experiments.pending_runs([queued]) == {(old.arm, (experiments.NO_FOLD, 0))}
+    # the report names the knob an arm differs in, and one a run did not record as such
+    assert arm_knobs([new.arm, old.arm, old.arm])[new.arm] == (
+        "train.weight_decay=0.1, train.steps=6000, train.learning_rate=0.002, train.lambda_weights_decay_steps=0, "
+        "sft.records=16, generator.hidden_dim=1024, generator.depth=2, generator.prompts_per_sample=8")
+    assert arm_knobs([old.arm, new.arm, new.arm])[old.arm] == ", ".join(f"{k} not recorded" for k in LEVERS)
 
 
 # --- README and plot --------------------------------------------------------------------------------

@@ -35,10 +35,14 @@ LOCK = {"schema": "2.0", "stages": {
               "params": {"params.yaml": {"tasks": {"seed": 0}}}, "outs": [{"path": "data/tasks.json", "md5": "t1"}]},
     "train": {"cmd": "python stages/train.py", "deps": [{"path": "llgbm/train.py", "md5": "b1"},
                                                         {"path": "data/tasks.json", "md5": "t1"}],
-              "params": {"params.yaml": {"seed": 0, "lambda_delta": 1.0, "train": {"steps": 10, "lambda_weights": 1.0}}},
+              "params": {"params.yaml": {"seed": 0, "lambda_delta": 1.0,
+                                         "train": {"steps": 10, "batch_size": 8, "lambda_weights": 1.0}}},
               "outs": [{"path": "models/generator", "md5": "g1"}]}}}
-PARAMS = {"seed": 0, "lambda_delta": 1.0, "tasks": {"seed": 0}, "train": {"steps": 10, "lambda_weights": 1.0}}
+PARAMS = {"seed": 0, "lambda_delta": 1.0, "tasks": {"seed": 0}, "train": {"steps": 10, "batch_size": 8, "lambda_weights": 1.0}}
 DEFAULT_ARCHIVE_IN_REPO = Path(__file__).resolve().parents[1] / "results" / "study" / "runs.json"
+# The generator's hyperparameters, arm knobs since issue 34's validation runs (recorded without them).
+LEVERS = ("train.weight_decay", "train.steps", "train.learning_rate", "train.lambda_weights_decay_steps", "sft.records",
+          "generator.hidden_dim", "generator.depth", "generator.prompts_per_sample")
 PROVENANCE = {"libraries": {"torch": "2.13.0"}, "precision": "no", "device": "cpu", "processes": 1, "machine": "m1"}
 
 
@@ -58,7 +62,8 @@ def _changed(value: dict, path: list, new: object) -> dict:
 def test_key_ignores_the_run_and_its_machine_but_not_what_made_it() -> None:
     key = _key()
     # the run's own params (arm knobs, seed), outputs that differ per arm, the machine's name: same key
-    assert _key(params={**PARAMS, "seed": 3, "lambda_delta": 0.0, "train": {"steps": 10, "lambda_weights": 0.0}}) == key
+    assert _key(params={**PARAMS, "seed": 3, "lambda_delta": 0.0, "train": {**PARAMS["train"], "lambda_weights": 0.0}}) == key
+    assert _key(params=_changed(PARAMS, ["train", "steps"], 20)) == key  # an arm knob since issue 34's runs
     assert _key(lock=_changed(LOCK, ["stages", "train", "outs", 0, "md5"], "g2")) == key
     assert _key(lock=_changed(LOCK, ["stages", "train", "params", "params.yaml", "seed"], 4)) == key
     assert _key(provenance={**PROVENANCE, "machine": "m2"}) == key
@@ -66,7 +71,7 @@ def test_key_ignores_the_run_and_its_machine_but_not_what_made_it() -> None:
     assert _key(lock=_changed(LOCK, ["stages", "train", "deps", 0, "md5"], "b2")) != key
     assert _key(lock=_changed(LOCK, ["stages", "tasks", "deps", 0, "md5"], "a9")) != key
     assert _key(lock=_changed(LOCK, ["stages", "tasks", "outs", 0, "md5"], "t2")) != key
-    assert _key(params=_changed(PARAMS, ["train", "steps"], 20)) != key
+    assert _key(params=_changed(PARAMS, ["train", "batch_size"], 16)) != key
     assert _key(provenance={**PROVENANCE, "libraries": {"torch": "2.14.1"}}) != key
     assert _key(provenance={**PROVENANCE, "precision": "bf16"}) != key
     with pytest.raises(LlgbmError, match="lacks precision"):
@@ -194,13 +199,18 @@ def test_runs_archived_before_a_knob_or_the_fold_existed_still_load(tmp_path: Pa
     from llgbm.study.experiments import NO_FOLD
 
     entry = run_to_json(_run("a", 0, 0.3, key="old"))
-    for knob in ("train.behaviour_adapters", "generator.kind", "generator.condition", "generator.max_scale_factor"):
+    later = ("train.behaviour_adapters", "generator.kind", "generator.condition", "generator.max_scale_factor", *LEVERS)
+    for knob in later:
         del entry["arm"][knob]
     del entry["fold"]
     (tmp_path / "runs.json").write_text(json.dumps({"format": 1, "runs": [entry]}))
     [run] = load_archive(tmp_path / "runs.json")
-    assert dict(run.arm)["generator.kind"] is None and run.replicate == (NO_FOLD, 0)
-    assert load_archive(DEFAULT_ARCHIVE_IN_REPO)  # the repository's own archive loads
+    assert all(dict(run.arm)[knob] is None for knob in later) and run.replicate == (NO_FOLD, 0)
+    assert [k for k, _ in run.arm] == list(arms.ARM_KEYS) and run.key == "old"
+    archived = load_archive(DEFAULT_ARCHIVE_IN_REPO)  # the repository's own archive loads
+    # the second edition's runs, recorded before the generator's hyperparameters were knobs: None, their key kept
+    second = [r for r in archived if r.key == "4064f620d22d4f90"]
+    assert second and all(dict(r.arm)[knob] is None for r in second for knob in LEVERS)
 
 
 def test_runs_archived_under_old_names_load_under_the_new_ones(tmp_path: Path) -> None:
@@ -254,6 +264,24 @@ def test_a_metric_the_report_gained_is_added_from_the_same_experiment_only() -> 
     changed = replace(read_again, metrics={**read_again.metrics, "heldout_accuracy": 0.9})
     merged, disagreements = merge_runs([archived], [changed])
     assert merged == [archived] and disagreements == [(archived, changed)]
+
+
+def test_an_archived_experiment_read_again_under_another_key_stays_as_recorded() -> None:
+    """An experiment still in DVC that the archive holds, keyed again by code whose ARM_KEYS grew (issue 34's
+    validation runs: the knobs that joined are outside today's key, and its arm now has their values): the
+    archived run is used, under the key and arm it was recorded with, and the experiment is not added twice;
+    a metric the report gained is still added to it, and a failed one's queue log is not read again."""
+    recorded = _run("a", 0, 0.3, rev="r1", key="old")
+    rekeyed = replace(recorded, key="new", arm=tuple((k, 0.1 if k == "train.weight_decay" else v) for k, v in recorded.arm),
+                      metrics={**recorded.metrics, "validation_accuracy": 0.4})
+    other = replace(rekeyed, name="b", rev="r2")  # another experiment of the new key and arm: added
+    merged, disagreements = merge_runs([recorded], [rekeyed, other])
+    assert merged == [replace(recorded, metrics=rekeyed.metrics), other] and disagreements == []
+    assert [(r.key, dict(r.arm)["train.weight_decay"]) for r in merged] == [("old", 1.0), ("new", 0.1)]
+    failed = replace(recorded, name="f", rev="r3", failure="nan")
+    assert new_failures([recorded, failed], [replace(failed, key="new", arm=rekeyed.arm, failure="failed")]) == []
+    merged, _ = merge_runs([recorded, failed], [replace(failed, key="new", arm=rekeyed.arm, failure="failed")])
+    assert merged == [recorded, failed]
 
 
 def test_a_failed_run_is_keyed_only_where_its_code_is_what_its_lock_says(tmp_path: Path) -> None:

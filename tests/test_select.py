@@ -21,7 +21,10 @@ from llgbm.study.select import rank_arms, select, selection_report, validation_a
 KNOBS = {"lambda_delta": 1.0, "delta_loss_type": "mse", "probe_count": 5, "lambda_schedule": "linear",
          "delta_reduce": "mean", "delta_layers": "last", "loss_balance": "grad_norm", "behaviour_loss": "delta",
          "max_training_tasks": None, "train.lambda_weights": 1.0, "train.behaviour_adapters": 2,
-         "generator.kind": "mlp", "generator.condition": "prompts", "generator.max_scale_factor": 4.0}
+         "generator.kind": "mlp", "generator.condition": "prompts", "generator.max_scale_factor": 4.0,
+         "train.weight_decay": 0.01, "train.steps": 3000, "train.learning_rate": 0.002,
+         "train.lambda_weights_decay_steps": 0, "sft.records": 8, "generator.hidden_dim": 512, "generator.depth": 2,
+         "generator.prompts_per_sample": 8}
 # Validation accuracy per arm (before seed noise) and held-out accuracy ranked the other way round: a selector
 # that read held-out figures would choose another arm.
 VALIDATION = {"weight-only": 0.30, "SFT": 0.55, "SFT-only": 0.62}
@@ -172,6 +175,52 @@ def test_select_command_reads_the_archive_of_one_key(tmp_path: Path, monkeypatch
     said.clear()
     select(repo=str(tmp_path), revs=None, runs=None, key="k", folds=[1], echo=said.append)
     assert "| 1 | SFT-only | — | all | 3 |" in "".join(said) and "(folds 1): 9 with validation figures, of 9." in "".join(said)
+
+
+def _nested(knobs: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted knobs as params.yaml nests them."""
+    params: dict[str, Any] = {}
+    for knob, value in knobs.items():
+        *sections, name = knob.split(".")
+        node = params
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[name] = value
+    return params
+
+
+def test_runs_differing_only_in_weight_decay_share_a_key_and_are_ranked(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator's hyperparameters are arm knobs: two runs whose params differ only in train.weight_decay
+    are runs of one key (their code, shared outputs and libraries the same), so `llgbm select --key` ranks them
+    against each other, the arm labelled by its weight decay."""
+    from llgbm.study.run_archive import run_key
+
+    lock = {"stages": {"train": {"cmd": "python stages/train.py", "deps": [{"path": "llgbm/recipes/train.py", "md5": "c1"}],
+                                 "params": {"params.yaml": {"seed": 0, "train": {"weight_decay": 0.01}}},
+                                 "outs": [{"path": "models/generator", "md5": "g1"}]}}}
+    provenance = {"libraries": {"torch": "2.13.0"}, "precision": "no", "device": "cpu", "processes": 1}
+    knobs = {**KNOBS, **OBJECTIVES["SFT-only"]}
+    shared = {"seed": 0, "heldout_folds": 5, "heldout_fold": 0, "validation_tasks": 10, "train.batch_size": 8}
+    keys = {decay: run_key(lock, _nested({**knobs, **shared, "train.weight_decay": decay}), provenance, "run")
+            for decay in (0.01, 0.1)}
+    assert keys[0.01] == keys[0.1]
+    # a param that is not a knob still makes another key
+    assert run_key(lock, _nested({**knobs, **shared, "train.batch_size": 16}), provenance, "run") != keys[0.01]
+
+    runs = [Run(arm=experiments.arm_of({**knobs, "train.weight_decay": decay}), seed=seed, fold=0,
+                metrics={"heldout_accuracy": 0.3, "validation_accuracy": figure + 0.01 * seed}, counts={},
+                train_tasks=40, diagnostics={}, baseline="main", name=f"wd{decay}-{seed}", rev=f"r{decay}{seed}",
+                key=keys[decay]) for decay, figure in ((0.01, 0.25), (0.1, 0.38)) for seed in range(3)]
+    save_archive(tmp_path / DEFAULT_ARCHIVE, runs)
+    monkeypatch.setattr(experiments, "exp_rows", lambda repo, revs: [])
+    said: list[str] = []
+    chosen = select(repo=str(tmp_path), revs=None, runs=None, key=keys[0.01], folds=None, echo=said.append)
+    report = "".join(said)
+    assert dict(chosen.arm)["train.weight_decay"] == 0.1 and chosen.mean == pytest.approx(0.39)
+    assert "| 1 | SFT-only | — | all | 3 | 0.390 ± 0.006 | chosen |" in report
+    assert "| 2 | SFT-only | train.weight_decay=0.01 | all | 3 | 0.260 ± 0.006 | -0.130 ± 0.000 (3) |" in report
+    assert f"Runs of key `{keys[0.01]}`: 6 with validation figures, of 6." in report
 
 
 @pytest.mark.e2e

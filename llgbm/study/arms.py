@@ -9,7 +9,12 @@ from typing import Any, Mapping
 # both name them).
 ARM_KEYS = ("lambda_delta", "delta_loss_type", "probe_count", "lambda_schedule", "delta_reduce", "delta_layers",
             "loss_balance", "behaviour_loss", "max_training_tasks", "train.lambda_weights", "train.behaviour_adapters",
-            "generator.kind", "generator.condition", "generator.max_scale_factor")
+            "generator.kind", "generator.condition", "generator.max_scale_factor",
+            # The generator's hyperparameters, chosen on validation tasks (`llgbm select`): arms of one key, so
+            # that runs differing only in them are ranked against each other. Runs archived before they joined
+            # (the second edition's, issue 34's validation runs) lack them (None) and keep their recorded keys.
+            "train.weight_decay", "train.steps", "train.learning_rate", "train.lambda_weights_decay_steps",
+            "sft.records", "generator.hidden_dim", "generator.depth", "generator.prompts_per_sample")
 # Knobs renamed since runs were made (issue 33), old name -> new: runs in the archive and older experiments'
 # exp_show rows carry the old name, read as the new one (llgbm.study.run_archive, llgbm.study.experiments).
 RENAMED_KNOBS = {"train.delta_batch_size": "train.behaviour_adapters"}
@@ -73,7 +78,8 @@ _NAMED_KNOBS = ("behaviour_loss", "delta_reduce", "delta_layers", "max_training_
 
 
 def arm_knobs(arms: list[Arm]) -> dict[Arm, str]:
-    """Per arm, the knobs its name does not say that differ from the most common value among `arms`."""
+    """Per arm, the knobs its name does not say that differ from the most common value among `arms`. A knob
+    of None is one the run did not record (it predates the knob: no knob it shows takes null)."""
     common = {key: Counter(dict(a)[key] for a in arms).most_common(1)[0][0] for key in ARM_KEYS} if arms else {}
     knobs = {}
     for arm in arms:
@@ -86,8 +92,12 @@ def arm_knobs(arms: list[Arm]) -> dict[Arm, str]:
             implied.add("train.behaviour_adapters")
         if "-only" in objective:
             implied |= {"train.lambda_weights", "loss_balance"}
-        knobs[arm] = ", ".join(f"{k}={_text(v)}" for k, v in arm if k not in implied and v != common[k])
+        knobs[arm] = ", ".join(_knob_text(k, v) for k, v in arm if k not in implied and v != common[k])
     return knobs
+
+
+def _knob_text(key: str, value: Any) -> str:
+    return f"{key} not recorded" if value is None else f"{key}={_text(value)}"
 
 
 def _text(value: Any) -> str:

@@ -22,7 +22,9 @@ from llgbm.infra.errors import LlgbmError, first_line
 from llgbm.study.arms import ARM_KEYS, RENAMED_KNOBS, Arm
 
 # exp_show gives every number as a float; these knobs are integers.
-INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed", "heldout_folds", "heldout_fold", "train.behaviour_adapters")
+INTEGER_KNOBS = ("probe_count", "max_training_tasks", "seed", "heldout_folds", "heldout_fold", "train.behaviour_adapters",
+                 "train.steps", "train.lambda_weights_decay_steps", "sft.records", "generator.hidden_dim", "generator.depth",
+                 "generator.prompts_per_sample")
 # dvc exp show's State of an experiment whose outputs are its own (None: one run by `dvc exp run` in the
 # workspace, which has no executor state), and of one whose run stopped with an error.
 FINISHED_STATES = ("Success", None)

@@ -183,8 +183,10 @@ def queued_or_done(repo: str = ".") -> tuple[set[tuple[Arm, Replicate]], str]:
     archived = run_archive.load_archive(Path(repo) / run_archive.DEFAULT_ARCHIVE)
     rows = experiments.exp_rows(repo)
     key = run_archive.workspace_key(repo)
-    # A failed (arm, replicate) is not queued again: the same code and params would fail the same way.
-    done = [r for r in archived + run_archive.keyed(experiments.collect_runs(rows), repo)[0] if r.key == key]
+    # A failed (arm, replicate) is not queued again: the same code and params would fail the same way. Merged
+    # as the comparison merges them: an archived experiment counts under the key it was recorded with.
+    merged = run_archive.merge_runs(archived, run_archive.keyed(experiments.collect_runs(rows), repo)[0])[0]
+    done = [r for r in merged if r.key == key]
     pending = experiments.pending_runs(rows)
     have = {(r.arm, r.replicate) for r in done} | pending
     return have, (f"--missing: {len({(r.arm, r.replicate) for r in done if r.failure is None})} finished and "

@@ -201,19 +201,30 @@ def identity(run: Run) -> tuple:
     return (run.key, run.arm, run.replicate, run.failure is not None)
 
 
+def _experiment(run: Run) -> tuple[str, bool] | None:
+    """The experiment a run is (its commit, and whether it failed); None for a run that names no commit."""
+    return (run.rev, run.failure is not None) if run.rev else None
+
+
 def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tuple[Run, Run]]]:
-    """The archive with each new run of an identity it lacks added; and the (archived, new) pairs of finished
-    runs whose metrics differ although their key, arm and seed agree: the same inputs gave another result,
-    which a reader must hear about. The archived one is kept: nothing recorded is replaced (a metric it
-    lacks is added from the same experiment, read again)."""
+    """The archive with each new run added that it lacks, neither the same experiment (its commit) nor of an
+    identity it holds; and the (archived, new) pairs of finished runs whose metrics differ although their key,
+    arm and seed agree: the same inputs gave another result, which a reader must hear about. The archived one
+    is kept: nothing recorded is replaced (a metric it lacks is added from the same experiment, read again).
+    An experiment the archive holds stays under the key and arm it was recorded with, even where today's code
+    keys or reads it otherwise (a knob that joined ARM_KEYS since is outside today's key, and the archived
+    run lacks it): it is counted once, as recorded."""
     merged = list(archived)
     by_identity = {identity(r): r for r in archived}
+    by_experiment = {_experiment(r): r for r in archived if r.rev}
     disagreements = []
     for run in new:
-        old = by_identity.get(identity(run))
+        old = by_experiment.get(_experiment(run)) or by_identity.get(identity(run))
         if old is None:
             merged.append(run)
             by_identity[identity(run)] = run
+            if run.rev:
+                by_experiment[_experiment(run)] = run
             continue
         shared = set(old.metrics) & set(run.metrics)
         if run.failure is None and any(old.metrics[m] != run.metrics[m] for m in shared):
@@ -226,7 +237,9 @@ def merge_runs(archived: list[Run], new: list[Run]) -> tuple[list[Run], list[tup
             filled = replace(old, metrics={**_gained(old.metrics, run.metrics), **old.metrics},
                              counts={**_gained(old.counts, run.counts), **old.counts},
                              per_task=old.per_task or run.per_task)
-            merged[merged.index(old)] = by_identity[identity(run)] = filled
+            merged[merged.index(old)] = by_identity[identity(old)] = filled
+            if old.rev:
+                by_experiment[_experiment(old)] = filled
     return merged, disagreements
 
 
@@ -239,7 +252,8 @@ def new_failures(archived: list[Run], runs: list[Run]) -> list[Run]:
     """The failed runs of `runs` (keyed) that the archive does not hold yet: those whose reason is to be read
     from DVC's queue log."""
     known = {identity(r) for r in archived}
-    return [r for r in runs if r.failure is not None and identity(r) not in known]
+    recorded = {_experiment(r) for r in archived if r.rev}
+    return [r for r in runs if r.failure is not None and identity(r) not in known and _experiment(r) not in recorded]
 
 
 def _code_matches_lock(repo: str, rev: str) -> bool:
