@@ -294,11 +294,14 @@ def _validate_base(cfg: Config, source: str) -> None:
         raise LlgbmError(f"{source}: 'base.tiny' needs hidden_size % num_heads == 0 and num_heads % num_kv_heads == 0")
     _check_positive(cfg.base.pretrain_steps, "base.pretrain_steps", source, allow_zero=True)
     _check_positive(cfg.base.pretrain_texts, "base.pretrain_texts", source)
-    if not 0.0 <= cfg.base.pretrain_primitive_share <= 1.0:
-        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' must be in [0, 1]")
-    if cfg.base.pretrain_primitive_share > 0 and not (cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional"):
-        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' needs tasks.family 'compositional' (built-in); "
-                         "set it to 0 for other tasks")
+    for share in ("pretrain_primitive_share", "pretrain_composition_share"):
+        if not 0.0 <= getattr(cfg.base, share) <= 1.0:
+            raise LlgbmError(f"{source}: 'base.{share}' must be in [0, 1]")
+        if getattr(cfg.base, share) > 0 and not (cfg.tasks.source == "builtin" and cfg.tasks.family == "compositional"):
+            raise LlgbmError(f"{source}: 'base.{share}' needs tasks.family 'compositional' (built-in); "
+                             "set it to 0 for other tasks")
+    if cfg.base.pretrain_primitive_share + cfg.base.pretrain_composition_share > 1.0:
+        raise LlgbmError(f"{source}: 'base.pretrain_primitive_share' + 'base.pretrain_composition_share' must be at most 1")
     _check_positive(cfg.lora.rank, "lora.rank", source)
     _check_positive(cfg.lora.alpha, "lora.alpha", source)
     if not cfg.lora.target_modules:

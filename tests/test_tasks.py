@@ -175,6 +175,30 @@ def test_pretraining_mix_follows_the_share() -> None:
     assert all(prompt == "" for prompt, _ in pretraining_texts(COMPOSITIONAL, [], 50, 0.0))
 
 
+def test_cued_compositions_answer_their_pair_and_join_the_corpus_only_when_asked() -> None:
+    from llgbm.data.tasks import (
+        SELECTOR_CUES,
+        TRANSFORM_CUES,
+        WORDS,
+        apply_transform,
+        compositional_pairs,
+        cued_composition_texts,
+        pretraining_texts,
+    )
+
+    texts = cued_composition_texts(COMPOSITIONAL, 200, 0)
+    pairs = {f"{SELECTOR_CUES[s]} {TRANSFORM_CUES[t]}": (s, t)
+             for s, t in compositional_pairs(COMPOSITIONAL.selectors, COMPOSITIONAL.transforms).values()}
+    seen = Counter()
+    for prompt, answer in texts:
+        selector, transform = pairs[prompt.split("task: ")[1].split(" items:")[0]]
+        seen[selector, transform] += 1
+        assert apply_transform(transform, apply_selector(selector, _items(prompt))) == WORDS.index(answer)
+    assert set(seen.values()) == {200 // len(pairs)}  # every pair, held-out ones included, in turn
+    mixed = pretraining_texts(COMPOSITIONAL, [], 200, 0.25, 0.5)
+    assert len(mixed) == 200 and sum(prompt == "" for prompt, _ in mixed) == 50
+
+
 def test_primitive_tasks_measure_each_part_alone() -> None:
     from llgbm.data.tasks import primitive_tasks
 

@@ -52,6 +52,11 @@ class BaseConfig:
     # Compositional family only: share of the corpus that shows a primitive (a selector alone with its
     # answer, or a transform of a single item), never a composition; the rest is number-word text.
     pretrain_primitive_share: float = 0.0
+    # Compositional family only, a positive control of composition: share of the corpus that shows a pair
+    # with its cue in the prompt ("task: <selector> <transform> items: ... answer:" and its answer), every pair,
+    # held-out ones included. The base then composes when told the cue, as a large model follows an
+    # instruction, and an adapter only has to stand in for the cue the adapted model no longer reads.
+    pretrain_composition_share: float = 0.0
 
 
 def build_tiny_tokenizer(words: list[str]) -> PreTrainedTokenizerBase:

@@ -461,17 +461,35 @@ def vocabulary(tasks: list[Task]) -> list[str]:
     return list(words)
 
 
-def pretraining_texts(cfg: TasksConfig, tasks: list[Task], count: int, primitive_share: float) -> list[tuple[str, str]]:
+def pretraining_texts(cfg: TasksConfig, tasks: list[Task], count: int, primitive_share: float,
+                      composition_share: float = 0.0) -> list[tuple[str, str]]:
     """The tiny base's corpus as (context, scored text) pairs: generic world text, scored whole (plus, for
     the compositional family, a share of primitive texts, scored on their answer only: their items are
-    random, only the answer shows the primitive; never a composition), or the user's train prompts
-    (never answers)."""
+    random, only the answer shows the primitive; and, as a positive control only, a share of cued
+    compositions), or the user's train prompts (never answers)."""
     if cfg.source != "builtin":
         return [("", r.prompt) for task in tasks for r in task.train]
-    primitives = round(count * primitive_share)
-    generic = [("", text) for text in generic_texts(count - primitives, cfg.sequence_length, cfg.seed)]
-    if not primitives:
+    primitives, compositions = round(count * primitive_share), round(count * composition_share)
+    generic = [("", text) for text in generic_texts(count - primitives - compositions, cfg.sequence_length, cfg.seed)]
+    if not primitives and not compositions:
         return generic
     texts = generic + primitive_texts(cfg, primitives, cfg.seed)
+    if compositions:  # drawn after the primitives, so a corpus without them is the one it always was
+        texts += cued_composition_texts(cfg, compositions, cfg.seed)
     random.Random(f"{cfg.seed}:pretraining").shuffle(texts)
+    return texts
+
+
+def cued_composition_texts(cfg: TasksConfig, count: int, seed: int) -> list[tuple[str, str]]:
+    """(prompt, answer) texts of every (selector, transform) pair with its cue in the prompt ("task: largest
+    mirror items: ... answer:", an answer word): pairs take turns, each one's answers cycle (balanced)."""
+    rng = random.Random(f"{seed}:cued-compositions")
+    pairs = list(compositional_pairs(cfg.selectors, cfg.transforms).values())
+    texts = []
+    for i in range(count):
+        selector, transform = pairs[i % len(pairs)]
+        options = composed_options(selector, transform, cfg.sequence_length)
+        answer = options[(i // len(pairs)) % len(options)]
+        items = selector_items(selector, invert_transform(transform, answer), cfg.sequence_length, rng)
+        texts.append((format_prompt(composed_cue(selector, transform), items), WORDS[answer]))
     return texts

@@ -67,7 +67,8 @@ def prepare_base(cfg: BaseConfig, tokenizer_words: list[str], pretraining_texts:
 
 def run(cfg: Config) -> None:
     tasks = load_tasks(TASKS_FILE)
-    texts = pretraining_texts(cfg.tasks, tasks, cfg.base.pretrain_texts, cfg.base.pretrain_primitive_share)
+    texts = pretraining_texts(cfg.tasks, tasks, cfg.base.pretrain_texts, cfg.base.pretrain_primitive_share,
+                              cfg.base.pretrain_composition_share)
     with atomic_dir(BASE_DIR) as out:
         metrics = prepare_base(cfg.base, vocabulary(tasks), texts, out)
     write_json_atomic(RESULTS_DIR / "base" / "metrics.json", metrics)
