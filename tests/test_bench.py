@@ -17,7 +17,8 @@ from llgbm.testing import random_model, tiny_shape
 
 from .conftest import micro_config
 
-TRAIN_ARMS = ("weight_only", "delta", "delta_per_probe", "delta_all_layers", "delta_grad_norm", "kl", "sft", "sft_every_item")
+TRAIN_ARMS = ("weight_only", "delta", "delta_per_probe", "delta_all_layers", "delta_grad_norm", "kl", "sft", "sft_every_item",
+              "sft_only")
 
 
 class FakeWork:
@@ -208,10 +209,13 @@ def test_each_train_arm_changes_one_knob_and_never_warms_its_lambda_up() -> None
                      "delta_all_layers": ("delta", "mean", "all", "none", n),
                      "delta_grad_norm": ("delta", "mean", "last", "grad_norm", n), "kl": ("kl", "mean", "last", "none", n),
                      "sft": ("sft", "mean", "last", "none", n),
-                     "sft_every_item": ("sft", "mean", "last", "none", cfg.train.batch_size)}
+                     "sft_every_item": ("sft", "mean", "last", "none", cfg.train.batch_size),
+                     "sft_only": ("sft", "mean", "last", "none", cfg.train.batch_size)}
     for name, arm in arms.items():  # lambda at its value from the first step: a step at 0 skips the backward
         assert objective(arm).get_lambda() == (0.0 if name == "weight_only" else max(cfg.lambda_delta, 1.0))
         assert arm.train.mixed_precision == "no"
+        # The weight term in every arm but SFT-only, whatever params' default objective sets.
+        assert objective(arm).get_lambda_weights() == (0.0 if name == "sft_only" else 1.0), name
 
 
 def test_bench_teachers_times_both_recipe_paths_interleaved(monkeypatch) -> None:

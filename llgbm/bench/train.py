@@ -40,11 +40,13 @@ TASKS, CHECKPOINTS_PER_TASK, PROMPTS, EMBED_DIM = 6, 3, 256, 384  # 18 checkpoin
 def arm_configs(cfg: Config) -> dict[str, Config]:
     """Each objective's params: weight-only; the seed's delta; its per-probe and all-layer variants; the
     gradient-balanced sum; the KL reference; the task loss on behaviour_adapters items and on every item (as
-    the study's SFT arms run it). lambda is max(lambda_delta, 1) from the first step (a constant schedule
-    without warm-up: a step at lambda 0 skips the behaviour term's backward), the sum plain but in the
-    grad_norm arm; fp32."""
+    the study's SFT arms run it); and the task loss alone on every item (SFT-only, the default objective).
+    lambda is max(lambda_delta, 1) from the first step (a constant schedule without warm-up: a step at
+    lambda 0 skips the behaviour term's backward), the sum plain but in the grad_norm arm; the weight term
+    at weight 1 throughout but in SFT-only, whatever params' default objective; fp32."""
     lam = max(cfg.lambda_delta, 1.0)
-    train = dataclasses.replace(cfg.train, mixed_precision="no", lambda_warmup_steps=0)
+    train = dataclasses.replace(cfg.train, mixed_precision="no", lambda_warmup_steps=0, lambda_weights=1.0,
+                                lambda_weights_decay_steps=0)
     base = dataclasses.replace(cfg, lambda_delta=lam, lambda_schedule="constant", loss_balance="none",
                                behaviour_loss="delta", delta_reduce="mean", delta_layers="last", train=train)
 
@@ -60,6 +62,8 @@ def arm_configs(cfg: Config) -> dict[str, Config]:
         "kl": arm(behaviour_loss="kl"),
         "sft": arm(behaviour_loss="sft"),
         "sft_every_item": arm(behaviour_loss="sft", train=dataclasses.replace(train, behaviour_adapters=train.batch_size)),
+        "sft_only": arm(behaviour_loss="sft", train=dataclasses.replace(train, behaviour_adapters=train.batch_size,
+                                                                         lambda_weights=0.0)),
     }
 
 
