@@ -268,3 +268,54 @@ def test_instructions_of_task_files_and_their_round_trip(tmp_path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a", "response": "b", "instruction": ["x"]}\n')
     with pytest.raises(LlgbmError, match="bad.jsonl: line 1 has a non-string 'instruction'"):
         load_task_file(tmp_path / "bad.jsonl", 0.2, 0)
+
+
+def test_the_builtin_corpus_is_unchanged_by_the_copy_texts_of_task_files() -> None:
+    """The default testbed's base is pre-trained on exactly the texts it was (issue 35 changed task files only)."""
+    import hashlib
+
+    import yaml
+
+    from llgbm.config import config_from_dict
+    from llgbm.data.tasks import pretraining_texts
+
+    from .test_pipeline import REPO
+
+    cfg = config_from_dict(yaml.safe_load((REPO / "params.yaml").read_text()))
+    texts = pretraining_texts(cfg.tasks, [], cfg.base.pretrain_texts, cfg.base.pretrain_primitive_share)
+    assert hashlib.sha256(json.dumps(texts).encode()).hexdigest() == (
+        "e3bb32f106bae7dad2fc3967c12c7e03db14a3784b0588f8f974c94ce5979154")
+
+
+def test_task_files_pretrain_on_their_prompts_and_copy_texts_of_their_words_never_an_answer(tmp_path) -> None:
+    from llgbm.data.tasks import copy_texts, pretraining_texts, task_words
+
+    from .own_task_sets import write_task_set
+
+    cfg = TasksConfig(source="files", files=write_task_set("fruits", tmp_path, records=40))
+    tasks = make_tasks(cfg, tmp_path)
+    texts = pretraining_texts(cfg, tasks, 100, 0.0)
+    prompts = [r.prompt for t in tasks for r in t.train]
+    assert all(context == "" for context, _ in texts) and len(texts) == len(prompts) + 100
+    assert Counter(text for _, text in texts) == Counter(prompts + copy_texts(task_words(tasks), 100, cfg.seed))
+    words = task_words(tasks)
+    assert {"lime", "q:", "|", "a:", "purple"} <= set(words)  # answer words too: only as words of a copy
+    for text in copy_texts(words, 200, 0):
+        tokens = text.split()
+        assert any(tokens[-n:] == tokens[-2 * n : -n] for n in range(2, 7))  # ends with a run, repeated
+        assert set(tokens) <= set(words) and 4 <= len(tokens) <= 4 + 2 * 6
+    answered = {f"{r.prompt} {r.response}" for t in tasks for r in (*t.train, *t.test)}
+    assert not any(prompt in text for _, text in texts for prompt in answered)
+    assert copy_texts(words, 50, 0) == copy_texts(words, 50, 0) != copy_texts(words, 50, 1)
+
+
+def test_own_task_sets_vary_in_shape_and_are_balanced() -> None:
+    from .own_task_sets import SETS, task_set
+
+    for name, spec in SETS.items():
+        tasks = task_set(name)
+        assert 150 <= spec.records <= 300 and set(tasks) == set(spec.tasks)
+        for task, records in tasks.items():
+            counts = Counter(r["response"] for r in records)
+            assert 2 <= len(counts) <= 6 and max(counts.values()) - min(counts.values()) <= 1, (name, task)
+            assert len({r["prompt"] for r in records}) == len(records) == spec.records

@@ -461,14 +461,41 @@ def vocabulary(tasks: list[Task]) -> list[str]:
     return list(words)
 
 
+def task_words(tasks: list[Task]) -> list[str]:
+    """The words of the tasks' own text (prompts, responses, options), sorted: a record's deletion leaves
+    them as they were unless it held a word no other record holds."""
+    words = {w for task in tasks for r in (*task.train, *task.test) for w in (*r.prompt.split(), *r.response.split())}
+    return sorted(words | {w for task in tasks for option in task.options for w in option.split()})
+
+
+def copy_texts(words: list[str], count: int, seed: int) -> list[str]:
+    """Task-free texts over the tasks' own words that make each word's identity matter: a random prefix
+    (0-4 words), a random run (2-6 words, repeats allowed), then the run again ("a b c d b c d"). The
+    repeat can be predicted only by copying what followed the current word before; nothing else can.
+    Without such texts, a corpus of prompts whose items are random draws makes the items interchangeable
+    (and answer words, never seen, alike): their tied embeddings collapse together, and a LoRA, which
+    cannot move them, tells them apart or not by the luck of the seed (issue 35). The prefix keeps the
+    repeat from starting at a fixed place, so the base learns no "go back to the first word"."""
+    rng = random.Random(f"{seed}:copy")
+    texts = []
+    for _ in range(count):
+        prefix, run = rng.choices(words, k=rng.randint(0, 4)), rng.choices(words, k=rng.randint(2, 6))
+        texts.append(" ".join(prefix + run + run))
+    return texts
+
+
 def pretraining_texts(cfg: TasksConfig, tasks: list[Task], count: int, primitive_share: float,
                       composition_share: float = 0.0) -> list[tuple[str, str]]:
     """The tiny base's corpus as (context, scored text) pairs: generic world text, scored whole (plus, for
     the compositional family, a share of primitive texts, scored on their answer only: their items are
     random, only the answer shows the primitive; and, as a positive control only, a share of cued
-    compositions), or the user's train prompts (never answers)."""
+    compositions), or for task files the user's train prompts (never answers) and `count` copy texts over
+    the tasks' words, scored whole."""
     if cfg.source != "builtin":
-        return [("", r.prompt) for task in tasks for r in task.train]
+        texts = [("", r.prompt) for task in tasks for r in task.train]
+        texts += [("", text) for text in copy_texts(task_words(tasks), count, cfg.seed)]
+        random.Random(f"{cfg.seed}:pretraining").shuffle(texts)
+        return texts
     primitives, compositions = round(count * primitive_share), round(count * composition_share)
     generic = [("", text) for text in generic_texts(count - primitives - compositions, cfg.sequence_length, cfg.seed)]
     if not primitives and not compositions:

@@ -145,6 +145,19 @@ def train_teachers_together(base_dir: Path, tokenizer: PreTrainedTokenizerBase, 
     return results
 
 
+# What to try when a teacher misses the bar, most likely to help first, with what each costs. Measured on
+# issue 35's task sets (a tiny base, one CPU thread; base and teachers about 30 s each for 4-6 tasks of
+# 150-300 records): teachers at chance had not fitted their own train records either (the base could not
+# tell the items apart), and which tasks failed changed with base.seed; 3x teachers.steps or rank 8 lifted
+# some of them, a lower or higher teachers.learning_rate none.
+BAR_KNOBS = (
+    ("base.seed", "another value", "a new base: reruns the base and every teacher, about 1 min for 6 tasks"),
+    ("teachers.steps", "3x", "the teachers stage takes 3x as long"),
+    ("lora.rank", "8, with lora.alpha 16", "adapters twice as large: reruns the teachers and every stage after"),
+    ("records", "more in the failing tasks' files (150 or more each)", "reruns every stage"),
+)
+
+
 def below_bar(summary: dict, min_accuracy: float) -> str | None:
     """None if every checkpoint reaches the bar; else one line naming every task below it, weakest first,
     with its weakest checkpoint's accuracy and the records it was measured on."""
@@ -157,14 +170,21 @@ def below_bar(summary: dict, min_accuracy: float) -> str | None:
             f"{min_accuracy} (accuracy on the test records of the task itself): {listed}")
 
 
+def bar_advice() -> str:
+    """The knobs to try for teachers below the bar, in order, each with its cost."""
+    return "to try, most likely to help first: " + "; ".join(
+        f"{i}) {knob}: {value} ({cost})" for i, (knob, value, cost) in enumerate(BAR_KNOBS, 1))
+
+
 def check_bar(summary: dict, min_accuracy: float, on_miss: str = "fail") -> None:
-    """Fail (before anything is kept) or warn, as teachers.below_bar says, when a teacher misses the bar."""
+    """Fail (before anything is kept) or warn, as teachers.below_bar says, when a teacher misses the bar;
+    either way the message names the tasks below it and the knobs to try (`bar_advice`)."""
     message = below_bar(summary, min_accuracy)
     if message is None:
         return
     if on_miss == "fail":
-        raise LlgbmError(f"{message}; train longer (teachers.steps) or set teachers.below_bar: warn to keep them")
-    print(f"warning: {message}; kept (teachers.below_bar: warn)", file=sys.stderr, flush=True)
+        raise LlgbmError(f"{message}; {bar_advice()}; or set teachers.below_bar: warn to keep them")
+    print(f"warning: {message}; kept (teachers.below_bar: warn); {bar_advice()}", file=sys.stderr, flush=True)
 
 
 def summarise(per_task: dict[str, dict]) -> dict:
