@@ -121,11 +121,15 @@ def test_definition_records_dtype_precision_and_scaling_and_is_checked(micro, tm
     seed = DeltaSpec()
     answers = answer_prompts(micro["tasks"], cfg.kl.prompts, cfg.kl.top_k, cfg.kl.seed)
     cache.check_definition(delta_definition("float32", "no", scaling, seed, answers))
-    for other, differs in ((("bfloat16", "no", scaling, seed, answers), "dtype"),
-                           (("float32", "bf16", scaling, seed, answers), "precision"),
-                           (("float32", "no", 0.5, seed, answers), "scaling"),
-                           (("float32", "no", scaling, DeltaSpec("per_probe"), answers), "variant"),
-                           (("float32", "no", scaling, seed, answer_prompts(micro["tasks"], 3, 0, 0)), "kl")):
+    # Each named in words a user can act on: an edited task file changes the KL reference's prompts, which
+    # no `kl` param says.
+    for other, differs in ((("bfloat16", "no", scaling, seed, answers), "base.dtype"),
+                           (("float32", "bf16", scaling, seed, answers), "train.mixed_precision"),
+                           (("float32", "no", 0.5, seed, answers), "the LoRA scaling"),
+                           (("float32", "no", scaling, DeltaSpec("per_probe"), answers),
+                            r"the delta variant \(delta_reduce, delta_layers\)"),
+                           (("float32", "no", scaling, seed, answer_prompts(micro["tasks"][1:], 3, 0, 0)),
+                            r"the KL reference's prompts \(drawn from the tasks' records\) or kl params")):
         with pytest.raises(LlgbmError, match=rf"another definition \({differs} differs\)"):
             cache.check_definition(delta_definition(*other))
 

@@ -185,7 +185,7 @@ def test_a_delta_variant_trains_against_its_own_cache(micro_train_inputs, tmp_pa
     metrics = train_generator(cfg, micro_train_inputs["tasks"],
                               _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "run"))
     assert math.isfinite(metrics["loss_behaviour"]) and metrics["loss_behaviour"] > 0
-    with pytest.raises(LlgbmError, match=r"another definition \(variant differs\)"):
+    with pytest.raises(LlgbmError, match=r"another definition \(the delta variant \(delta_reduce, delta_layers\) differs\)"):
         train_generator(micro_config(train=train), micro_train_inputs["tasks"],
                         _paths({**micro_train_inputs, "deltas": tmp_path / "deltas"}, tmp_path / "other"))
 

@@ -41,6 +41,13 @@ def delta_definition(dtype: str, precision: str, scaling: float, spec: DeltaSpec
             "kl": answers.fingerprint()}
 
 
+# A definition's keys in a message's words: "kl" is no param but the KL reference's prompts, drawn from the
+# tasks' records, so an edited task file changes it with every `kl` param as it was (issue 35).
+DEFINITION_WORDS = {"kl": "the KL reference's prompts (drawn from the tasks' records) or kl params",
+                    "variant": "the delta variant (delta_reduce, delta_layers)", "scaling": "the LoRA scaling",
+                    "dtype": "base.dtype", "precision": "train.mixed_precision"}
+
+
 def entry_key(adapter_sha256: str, probes_fingerprint: str, base_fingerprint: str, definition: dict) -> str:
     return sha256_json([adapter_sha256, probes_fingerprint, base_fingerprint, definition])
 
@@ -75,7 +82,7 @@ class DeltaCache:
             old_definition = manifest.get("definition") if isinstance(manifest.get("definition"), dict) else {}
             if old_definition != definition:
                 print(f"{cache.root}: cached deltas were computed under another definition "
-                      f"({changed_keys_text(old_definition, definition)} changed); starting fresh", flush=True)
+                      f"({changed_keys_text(old_definition, definition, DEFINITION_WORDS)} changed); starting fresh", flush=True)
             elif (manifest.get("probes_fingerprint") == probes.fingerprint()
                     and manifest.get("base_fingerprint") == base_fingerprint
                     and isinstance(manifest.get("entries"), dict)):
@@ -110,7 +117,7 @@ class DeltaCache:
         """Refuse deltas computed by other code, libraries, dtype or scaling than the caller's."""
         if self.definition != definition:
             raise LlgbmError(f"{self.root}: deltas were computed under another definition "
-                             f"({changed_keys_text(self.definition, definition)} differs); rerun the deltas stage")
+                             f"({changed_keys_text(self.definition, definition, DEFINITION_WORDS)} differs); rerun the deltas stage")
 
     def _valid(self, key: str, entry: dict) -> bool:
         try:

@@ -104,6 +104,7 @@ def changed_keys(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
 
 
-def changed_keys_text(saved: dict, current: dict) -> str:
-    """changed_keys as words for a message ("code" is the library code)."""
-    return ", ".join("library code" if k == "code" else k for k in changed_keys(saved, current))
+def changed_keys_text(saved: dict, current: dict, words: dict[str, str] | None = None) -> str:
+    """changed_keys as words for a message ("code" is the library code; `words` names other keys)."""
+    names = {"code": "library code", **(words or {})}
+    return ", ".join(names.get(k, k) for k in changed_keys(saved, current))
