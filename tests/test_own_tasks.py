@@ -1,5 +1,6 @@
-"""README's "Your own tasks" as a new user runs it: the example task files through `dvc repro` in a fresh
-repository, with the params block README gives (plus fewer steps), and the checks that run first."""
+"""README's "Your own tasks" as a new user runs it: the example task files, copied from examples/tasks/ into
+data/tasks/ by README's own `cp` line, through `dvc repro` in a fresh repository, with the params block README
+gives (plus fewer steps), and the checks that run first."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import yaml
 from .conftest import MICRO_PARAMS
 from .test_pipeline import REPO, run
 
-pytestmark = pytest.mark.e2e
+EXAMPLES = ["color_first.jsonl", "color_second.jsonl", "color_third.jsonl", "color_last.jsonl"]
 
 # Only sizes and step counts: what the README block sets is left as it says.
 FEWER_STEPS = {key: MICRO_PARAMS[key] for key in ("lora", "generator", "train")}
@@ -28,6 +29,25 @@ def readme_block() -> dict:
     block = re.search(r"<!-- own-tasks -->\n```yaml\n(.*?)```\n<!-- /own-tasks -->", text, re.S)
     assert block, "README.md has no own-tasks block"
     return yaml.safe_load(block.group(1))
+
+
+def readme_copy_line() -> str:
+    """The own-tasks section's command that copies the shipped example into data/tasks/."""
+    section = (REPO / "README.md").read_text().split("## Your own tasks", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip("` ") for line in re.findall(r"`cp [^`]+`", section)]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_the_shipped_example_lives_outside_the_users_folder() -> None:
+    # A user's own color_first.jsonl must not replace a shipped file, nor a shipped file linger beside theirs:
+    # git ships data/tasks/ with a placeholder only (what a user copies there is theirs).
+    tracked = subprocess.run(["git", "ls-files", "data/tasks", "examples/tasks"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked == ["data/tasks/README.md", *sorted(f"examples/tasks/{name}" for name in EXAMPLES)], tracked
+    assert readme_block()["tasks"]["files"] == EXAMPLES
+    assert readme_copy_line() == "cp examples/tasks/color_*.jsonl data/tasks/"
+    assert "examples" not in (REPO / "dvc.yaml").read_text()  # the default pipeline never reads examples/
 
 
 def merged(base: dict, *overrides: dict) -> dict:
@@ -46,6 +66,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
         shutil.copytree(REPO / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     shutil.copytree(REPO / "data" / "tasks", root / "data" / "tasks")
+    shutil.copytree(REPO / "examples", root / "examples")
+    run(["bash", "-c", readme_copy_line()], root)
     params = merged(yaml.safe_load((REPO / "params.yaml").read_text()), readme_block(), FEWER_STEPS)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
@@ -58,6 +80,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.
     return root, result
 
 
+@pytest.mark.e2e
 def test_the_example_runs_end_to_end_with_pictures(project) -> None:
     root, result = project
     assert (root / "results" / "evaluate" / "metrics.json").is_file()
@@ -71,6 +94,7 @@ def test_the_example_runs_end_to_end_with_pictures(project) -> None:
         result.stdout + result.stderr)
 
 
+@pytest.mark.e2e
 def test_a_misspelt_key_fails_the_experiment_at_the_check(project) -> None:
     root, _ = project
     result = run(["dvc", "exp", "run", "-S", "+lamda_delta=2"], root, check=False)
@@ -81,6 +105,7 @@ def test_a_misspelt_key_fails_the_experiment_at_the_check(project) -> None:
     assert re.findall(r"Running stage '(\w+)'", output) == ["check"]
 
 
+@pytest.mark.e2e
 def test_an_unknown_heldout_name_fails_before_the_base_stage_and_lists_the_tasks(project) -> None:
     root, _ = project
     params = yaml.safe_load((root / "params.yaml").read_text())
@@ -94,6 +119,7 @@ def test_an_unknown_heldout_name_fails_before_the_base_stage_and_lists_the_tasks
     assert "color_first, color_second, color_third, color_last" in output
 
 
+@pytest.mark.e2e
 def test_editing_a_task_file_reruns_the_tasks_stage(project) -> None:
     root, _ = project
     path = root / "data" / "tasks" / "color_first.jsonl"
