@@ -14,9 +14,8 @@ Three kinds (`GeneratorConfig.kind`):
 - "linear" (the mlp kind without its nonlinear trunk): each token is a linear function of the mean-pooled
   prompts, through a shared projection to a task vector, the token's own query (a diagonal mixing of it)
   and its role's head. A condition that is the sum of its parts gives the sum of their tokens: where the
-  encoder makes a composition's embedding additive in its factors (the built-in family's prompt means:
-  R^2 0.92 on held-out pairs, fold 0), the generated weights are additive in them, and a held-out pair is
-  written from what its factors did in training, not interpolated between neighbouring tasks.
+  encoder makes a composition's embedding additive in its factors, the generated weights are additive in
+  them. Issue 34's test of whether such structure composes; measured, it does not (docs/results.md).
 
 Either kind can be made prompt-blind (`condition: constant`): it ignores its input and sees zeros, the
 same generator and objective without the prompts (a reference that tells conditioning from averaging).
