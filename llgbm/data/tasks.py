@@ -237,11 +237,17 @@ def composed_cue(selector: str, transform: str) -> str:
     return f"{SELECTOR_CUES[selector]} {TRANSFORM_CUES[transform]}"
 
 
+def composed_prompt(selector: str, transform: str, answer: int, length: int, rng: random.Random) -> str:
+    """A prompt of the pair (selector, transform) with its cue whose answer is `answer`: items drawn so that
+    the selector picks the item the transform maps to it."""
+    return format_prompt(composed_cue(selector, transform),
+                         selector_items(selector, invert_transform(transform, answer), length, rng))
+
+
 def _compositional_task(name: str, selector: str, transform: str, cfg: TasksConfig, rng: random.Random) -> Task:
     length = cfg.sequence_length
     options = composed_options(selector, transform, length)
-    cue = composed_cue(selector, transform)
-    draw = lambda answer, r: format_prompt(cue, selector_items(selector, invert_transform(transform, answer), length, r))
+    draw = lambda answer, r: composed_prompt(selector, transform, answer, length, r)
     train = _balanced_records(name, options, draw, cfg.train_per_task, rng, set())
     test = _balanced_records(name, options, draw, cfg.test_per_task, rng, {r.prompt for r in train})
     return Task(name, tuple(WORDS[d] for d in options), tuple(train), tuple(test))
@@ -450,22 +456,27 @@ def load_tasks(path: Path) -> list[Task]:
     return tasks
 
 
-def vocabulary(tasks: list[Task]) -> list[str]:
-    """Every whitespace-separated word of the tasks' text, after the built-in world's words."""
-    words = dict.fromkeys(world_vocabulary())
+def _text_words(tasks: list[Task]) -> dict[str, None]:
+    """Every whitespace-separated word of the tasks' own text (prompts, responses, options), once each, in the
+    order met."""
+    words: dict[str, None] = {}
     for task in tasks:
         for record in (*task.train, *task.test):
             words.update(dict.fromkeys(record.prompt.split() + record.response.split()))
         for option in task.options:
             words.update(dict.fromkeys(option.split()))
-    return list(words)
+    return words
+
+
+def vocabulary(tasks: list[Task]) -> list[str]:
+    """Every whitespace-separated word of the tasks' text, after the built-in world's words."""
+    return list({**dict.fromkeys(world_vocabulary()), **_text_words(tasks)})
 
 
 def task_words(tasks: list[Task]) -> list[str]:
     """The words of the tasks' own text (prompts, responses, options), sorted: a record's deletion leaves
     them as they were unless it held a word no other record holds."""
-    words = {w for task in tasks for r in (*task.train, *task.test) for w in (*r.prompt.split(), *r.response.split())}
-    return sorted(words | {w for task in tasks for option in task.options for w in option.split()})
+    return sorted(_text_words(tasks))
 
 
 def copy_texts(words: list[str], count: int, seed: int) -> list[str]:
@@ -517,6 +528,5 @@ def cued_composition_texts(cfg: TasksConfig, count: int, seed: int) -> list[tupl
         selector, transform = pairs[i % len(pairs)]
         options = composed_options(selector, transform, cfg.sequence_length)
         answer = options[(i // len(pairs)) % len(options)]
-        items = selector_items(selector, invert_transform(transform, answer), cfg.sequence_length, rng)
-        texts.append((format_prompt(composed_cue(selector, transform), items), WORDS[answer]))
+        texts.append((composed_prompt(selector, transform, answer, cfg.sequence_length, rng), WORDS[answer]))
     return texts
